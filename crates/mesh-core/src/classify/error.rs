@@ -1,0 +1,123 @@
+//! Which transport errors are worth another attempt.
+
+use std::any::Any;
+use std::error::Error;
+use std::io;
+
+use crate::BoxError;
+
+/// Views a classifier's error type as a `dyn Error`, when it is one of the
+/// error types a tower client stack produces: [`BoxError`] (and the other boxed
+/// `dyn Error`s), `hyper::Error` and `std::io::Error`.
+///
+/// Classifiers are generic over the error type; this is how they look inside
+/// one without requiring a bound that `BoxError` cannot meet (`Box<dyn Error>`
+/// does not implement `Error`). Returns `None` for other types: map such errors
+/// into a `BoxError` (tower's `MapErr`) or classify them with a closure.
+pub fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    let any = error as &dyn Any;
+    if let Some(b) = any.downcast_ref::<BoxError>() {
+        return Some(&**b);
+    }
+    if let Some(b) = any.downcast_ref::<Box<dyn Error + Send + 'static>>() {
+        return Some(&**b);
+    }
+    if let Some(b) = any.downcast_ref::<Box<dyn Error + 'static>>() {
+        return Some(&**b);
+    }
+    if let Some(e) = any.downcast_ref::<hyper::Error>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<io::Error>() {
+        return Some(e);
+    }
+    None
+}
+
+/// The default answer to "is this transport error worth another attempt?".
+///
+/// True when anything in the error's source chain is a connection that could
+/// not be made or broke (`io::Error` of kind refused, reset, aborted, not
+/// connected, broken pipe, timed out, unexpected EOF), a hyper connection that
+/// closed before the response (`is_incomplete_message`, `is_canceled`), or a
+/// timeout (tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed`).
+/// Anything else, including mesh's own "breaker open" and "no endpoint" errors,
+/// is not retryable: another attempt would meet the same condition.
+pub fn is_transient_error(error: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_timeout())
+        {
+            return true;
+        }
+        if is_elapsed(e) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A per-attempt timeout fired: tower's `Timeout` layer or `tokio::time::timeout`.
+fn is_elapsed(e: &(dyn Error + 'static)) -> bool {
+    e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt;
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("request failed")
+        }
+    }
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn finds_connection_errors_down_the_chain() {
+        let refused: BoxError = Box::new(Wrapper(io::ErrorKind::ConnectionRefused.into()));
+        assert!(is_transient_error(as_dyn_error(&refused).unwrap()));
+        let denied: BoxError = Box::new(Wrapper(io::ErrorKind::PermissionDenied.into()));
+        assert!(!is_transient_error(as_dyn_error(&denied).unwrap()));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(is_transient_error(as_dyn_error(&reset).unwrap()));
+    }
+
+    #[test]
+    fn timeouts_are_transient() {
+        let e: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert!(is_transient_error(&*e));
+        let e: BoxError = "elapsed".into();
+        assert!(!is_transient_error(&*e));
+    }
+
+    #[test]
+    fn unknown_error_types_are_not_viewable() {
+        assert!(as_dyn_error(&42u8).is_none());
+        let e: Box<dyn Error + Send> = Box::new(Wrapper(io::ErrorKind::TimedOut.into()));
+        assert!(as_dyn_error(&e).is_some());
+    }
+}

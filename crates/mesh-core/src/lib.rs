@@ -1,0 +1,78 @@
+//! The shared vocabulary of mesh.
+//!
+//! mesh is a service mesh inside the client process: a family of `tower`
+//! layers (breaker, retry, balance, discovery, auth) that each do one job and
+//! meet through the types in this crate instead of importing each other.
+//!
+//! - [`Outcome`] and [`Classify`](classify::Classify): what one call's result
+//!   says about the server (success, failure, or nothing), whether another
+//!   attempt is worth it, and what the server pushed back. Implemented for HTTP
+//!   ([`HttpClassifier`](classify::HttpClassifier)), gRPC
+//!   ([`GrpcClassifier`](classify::GrpcClassifier)) and closures.
+//! - [`Backoff`](backoff::Backoff): exponential backoff with full or
+//!   decorrelated jitter, fresh randomness for every session.
+//! - [`Pushback`](pushback::Pushback): `Retry-After` and
+//!   `grpc-retry-pushback-ms`, parsed defensively and clamped.
+//! - [`Endpoint`]: one instance of a service, cheap to clone.
+//! - [`Availability`](availability::Availability): the atomic signal a breaker
+//!   publishes and a balancer reads.
+//! - [`TriedEndpoints`]: the endpoints a logical request already tried, written
+//!   by the router, read by the balancer on a retry.
+//! - [`InvalidConfig`](config::InvalidConfig): config errors that name each bad
+//!   field by its path.
+//!
+//! # Example
+//!
+//! Classify a response and decide how long to wait before the next attempt:
+//!
+//! ```
+//! use std::time::Duration;
+//! use mesh_core::backoff::Backoff;
+//! use mesh_core::classify::{Classify, HttpClassifier};
+//! use mesh_core::BoxError;
+//!
+//! let classifier = HttpClassifier::default();
+//! let backoff = Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(5));
+//! let mut session = backoff.session();
+//!
+//! let response: Result<_, BoxError> = Ok(http::Response::builder()
+//!     .status(503)
+//!     .header("retry-after", "1")
+//!     .body(())
+//!     .unwrap());
+//!
+//! let outcome = classifier.classify(&response);
+//! if outcome.is_retryable() {
+//!     // The server's pushback wins when it asks for longer than the backoff.
+//!     let backoff_delay = session.next_delay();
+//!     let delay = outcome
+//!         .pushback()
+//!         .and_then(|p| p.delay())
+//!         .map_or(backoff_delay, |p| p.max(backoff_delay));
+//!     assert!(delay >= Duration::from_secs(1));
+//! }
+//! ```
+//!
+//! # Features
+//!
+//! - `serde`: `Serialize`/`Deserialize` for the config types, durations in
+//!   humantime form (`"250ms"`, `"30s"`).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod availability;
+pub mod backoff;
+pub mod classify;
+pub mod config;
+pub mod endpoint;
+mod outcome;
+pub mod pushback;
+mod tried;
+
+pub use availability::{Availability, AvailabilityState};
+pub use endpoint::{Address, Endpoint, EndpointKey};
+pub use outcome::{Failure, Outcome};
+pub use tried::TriedEndpoints;
+
+/// The error type tower middleware passes around: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
