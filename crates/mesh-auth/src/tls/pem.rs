@@ -1,0 +1,108 @@
+//! Where certificates and keys come from: PEM files or PEM bytes.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::{TlsError, TlsErrorKind};
+
+/// A PEM document: a file (re-read when it changes) or bytes in memory.
+///
+/// With the `serde` feature it reads as `{ "file": "/etc/mesh/tls.crt" }` or
+/// `{ "pem": "-----BEGIN CERTIFICATE-----..." }`. `Debug` never prints the
+/// bytes, since a private key may be among them.
+#[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum PemSource {
+    /// A PEM file; certificates reload when it changes.
+    File(PathBuf),
+    /// PEM text held in memory.
+    Pem(String),
+}
+
+impl PemSource {
+    /// A PEM file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        PemSource::File(path.into())
+    }
+
+    /// PEM text held in memory.
+    pub fn pem(text: impl Into<String>) -> Self {
+        PemSource::Pem(text.into())
+    }
+
+    pub(crate) fn path(&self) -> Option<&Path> {
+        match self {
+            PemSource::File(p) => Some(p),
+            PemSource::Pem(_) => None,
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, TlsError> {
+        match self {
+            PemSource::File(path) => std::fs::read(path).map_err(|e| {
+                TlsError::new(
+                    TlsErrorKind::Io,
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            }),
+            PemSource::Pem(text) => Ok(text.as_bytes().to_vec()),
+        }
+    }
+
+    /// Every certificate in the document; an error if there is none.
+    pub fn load_certificates(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let bytes = self.read()?;
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| malformed(self, &format!("bad certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(malformed(self, "no CERTIFICATE section"));
+        }
+        Ok(certs)
+    }
+
+    /// The first private key (PKCS#8, PKCS#1 or SEC1) in the document.
+    pub fn load_private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        let bytes = self.read()?;
+        // The pem error never contains key material, only what was missing.
+        PrivateKeyDer::from_pem_slice(&bytes)
+            .map_err(|e| malformed(self, &format!("no usable private key: {e}")))
+    }
+}
+
+fn malformed(source: &PemSource, why: &str) -> TlsError {
+    TlsError::new(TlsErrorKind::MalformedPem, format!("{source:?}: {why}"))
+}
+
+impl fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(p) => write!(f, "File({p:?})"),
+            PemSource::Pem(t) => write!(f, "Pem({} bytes)", t.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_malformed_pem_and_never_echoed() {
+        let src = PemSource::pem("-----BEGIN PRIVATE KEY-----\nnot base64 at all!\n");
+        let err = src.load_private_key().unwrap_err();
+        assert_eq!(err.kind(), TlsErrorKind::MalformedPem);
+        assert!(!err.to_string().contains("not base64"));
+        let err = PemSource::pem("hello").load_certificates().unwrap_err();
+        assert_eq!(err.kind(), TlsErrorKind::MalformedPem);
+        let err = PemSource::file("/nonexistent/mesh.pem")
+            .load_certificates()
+            .unwrap_err();
+        assert_eq!(err.kind(), TlsErrorKind::Io);
+    }
+}

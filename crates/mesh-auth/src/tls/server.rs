@@ -1,0 +1,265 @@
+//! The server side of mTLS: require a client certificate from the configured CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::config::InvalidConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::pem::PemSource;
+use super::reload::Reloading;
+use super::sessions::ServerSessions;
+use super::{MAX_RELOAD_INTERVAL, default_reload_interval, provider};
+use crate::error::{TlsError, TlsErrorKind};
+
+/// Where the server's certificate, key and trusted client CAs come from.
+///
+/// Clients must present a certificate that chains to `client_ca`; files are
+/// re-read when they change (checked at most every `reload_interval`).
+///
+/// With the `serde` feature:
+///
+/// ```json
+/// { "client_ca": { "file": "/etc/mesh/ca.pem" },
+///   "cert": { "file": "/etc/mesh/tls.crt" },
+///   "key": { "file": "/etc/mesh/tls.key" },
+///   "reload_interval": "30s" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[non_exhaustive]
+pub struct ServerTlsConfig {
+    /// The CA bundle client certificates must chain to.
+    pub client_ca: PemSource,
+    /// The server's certificate chain, leaf first.
+    pub cert: PemSource,
+    /// The server's private key.
+    pub key: PemSource,
+    /// How often a handshake may check the files for changes (0 to 1 day;
+    /// 0 checks on every handshake). Default 10s.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "humantime_serde", default = "default_reload_interval")
+    )]
+    pub reload_interval: Duration,
+}
+
+impl ServerTlsConfig {
+    /// A config from the client CA bundle and the server's certificate and key.
+    pub fn new(client_ca: PemSource, cert: PemSource, key: PemSource) -> Self {
+        Self {
+            client_ca,
+            cert,
+            key,
+            reload_interval: default_reload_interval(),
+        }
+    }
+
+    /// Sets how often handshakes check the files for changes.
+    #[must_use]
+    pub fn with_reload_interval(mut self, interval: Duration) -> Self {
+        self.reload_interval = interval;
+        self
+    }
+
+    /// Checks every field; the error names each bad one.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut errors = InvalidConfig::default();
+        if self.reload_interval > MAX_RELOAD_INTERVAL {
+            errors.push(
+                "reload_interval",
+                format!("must be at most 1 day (got {:?})", self.reload_interval),
+            );
+        }
+        errors.into_result()
+    }
+
+    /// Loads the files and builds the rustls server config.
+    ///
+    /// Fails with [`TlsErrorKind::MalformedPem`] or [`TlsErrorKind::Io`] when a
+    /// file is bad, [`TlsErrorKind::Config`] when the key does not match.
+    pub fn build(&self) -> Result<MtlsServerConfig, TlsError> {
+        self.validate()
+            .map_err(|e| TlsError::new(TlsErrorKind::Config, e.to_string()))?;
+        let provider = provider();
+        let files = [&self.client_ca, &self.cert, &self.key]
+            .iter()
+            .filter_map(|s| s.path().map(ToOwned::to_owned))
+            .collect();
+        let (ca, cert, key, p) = (
+            self.client_ca.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+            provider.clone(),
+        );
+        let sessions = Arc::new(ServerSessions::new());
+        let forget = sessions.clone();
+        let material = Arc::new(Reloading::new(
+            "server",
+            files,
+            self.reload_interval,
+            Box::new(move || ServerMaterial::load(&ca, &cert, &key, &p)),
+            // Resumed sessions skip the certificates: forget them on rotation.
+            Box::new(move || forget.clear()),
+        )?);
+        let verifier = Arc::new(ReloadingClientVerifier {
+            material: material.clone(),
+            provider: provider.clone(),
+        });
+        let resolver = Arc::new(ReloadingServerCert {
+            material: material.clone(),
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::new(TlsErrorKind::Config, e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        config.session_storage = sessions;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(MtlsServerConfig {
+            rustls: Arc::new(config),
+            material,
+        })
+    }
+}
+
+/// A built server config whose certificate and client CAs follow their files.
+///
+/// Cheap to clone. Hand [`rustls_config`](Self::rustls_config) to any rustls
+/// server, or use [`MtlsAcceptor`](super::MtlsAcceptor).
+#[derive(Debug, Clone)]
+pub struct MtlsServerConfig {
+    rustls: Arc<rustls::ServerConfig>,
+    material: Arc<Reloading<ServerMaterial>>,
+}
+
+impl MtlsServerConfig {
+    /// The rustls config: requires client certificates, offers h2 and http/1.1.
+    pub fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.rustls.clone()
+    }
+
+    /// Re-reads the files now if they changed (handshakes also do this, at
+    /// most once per reload interval). `Ok(true)` when new material is in use.
+    pub fn reload_now(&self) -> Result<bool, TlsError> {
+        self.material.reload_if_changed()
+    }
+}
+
+struct ServerMaterial {
+    verifier: Arc<dyn ClientCertVerifier>,
+    key: Arc<CertifiedKey>,
+}
+
+impl ServerMaterial {
+    fn load(
+        ca: &PemSource,
+        cert: &PemSource,
+        key: &PemSource,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in ca.load_certificates()? {
+            roots
+                .add(c)
+                .map_err(|e| TlsError::new(TlsErrorKind::Config, format!("client CA: {e}")))?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| TlsError::new(TlsErrorKind::Config, format!("client CA: {e}")))?;
+        let key =
+            CertifiedKey::from_der(cert.load_certificates()?, key.load_private_key()?, provider)
+                .map_err(|e| TlsError::new(TlsErrorKind::Config, format!("server key: {e}")))?;
+        Ok(Self {
+            verifier,
+            key: Arc::new(key),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct ReloadingServerCert {
+    material: Arc<Reloading<ServerMaterial>>,
+}
+
+impl ResolvesServerCert for ReloadingServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // The first callback of every handshake: the place to notice new files.
+        self.material.check();
+        Some(self.material.current().key.clone())
+    }
+}
+
+#[derive(Debug)]
+struct ReloadingClientVerifier {
+    material: Arc<Reloading<ServerMaterial>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints would borrow from material that may be swapped; clients send
+        // their one certificate anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.material
+            .current()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

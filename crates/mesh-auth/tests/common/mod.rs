@@ -1,0 +1,132 @@
+//! A throwaway PKI for the tests: CAs and leaf certificates made by rcgen.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+
+use mesh_auth::tls::PemSource;
+
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+#[derive(Clone, Copy)]
+pub enum Validity {
+    Now,
+    Expired,
+    NotYetValid,
+}
+
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Ca { issuer }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn source(&self) -> PemSource {
+        PemSource::pem(self.pem())
+    }
+
+    /// A leaf certificate. SANs starting with `spiffe://` are URIs, IPs are IPs,
+    /// anything else a DNS name.
+    pub fn leaf(&self, sans: &[&str], validity: Validity) -> Leaf {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, sans.first().copied().unwrap_or("leaf"));
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| {
+                if s.contains("://") {
+                    SanType::URI((*s).try_into().unwrap())
+                } else if let Ok(ip) = s.parse::<IpAddr>() {
+                    SanType::IpAddress(ip)
+                } else {
+                    SanType::DnsName((*s).try_into().unwrap())
+                }
+            })
+            .collect();
+        match validity {
+            Validity::Now => {}
+            Validity::Expired => {
+                params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+            }
+            Validity::NotYetValid => {
+                params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
+impl Leaf {
+    pub fn cert(&self) -> PemSource {
+        PemSource::pem(self.cert_pem.clone())
+    }
+
+    pub fn key(&self) -> PemSource {
+        PemSource::pem(self.key_pem.clone())
+    }
+
+    /// Writes cert and key into `dir` (replacing atomically), returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        write_atomic(&cert, &self.cert_pem);
+        write_atomic(&key, &self.key_pem);
+        (cert, key)
+    }
+}
+
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mesh-auth-{name}-{}-{}",
+        std::process::id(),
+        fastrand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+pub const ORDERS: &str = "spiffe://test.mesh/orders";
+pub const USERS: &str = "spiffe://test.mesh/users";
