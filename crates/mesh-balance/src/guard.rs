@@ -1,0 +1,107 @@
+//! The guard a pick returns: one request in flight to one endpoint.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use mesh_core::pushback::Pushback;
+use mesh_core::{Availability, Endpoint, EndpointKey, Outcome};
+
+use crate::state::EndpointState;
+
+/// One request in flight to the endpoint a [`Balancer`](crate::Balancer)
+/// chose.
+///
+/// While the guard lives, the request counts in the endpoint's load. Call
+/// [`record`](Self::record) with the call's [`Outcome`] when the response
+/// completes; dropping the guard without recording (the caller gave up, the
+/// future was dropped) counts the call as neither success nor failure.
+///
+/// Holds one reference-counted pointer; recording takes no lock and
+/// allocates nothing.
+#[must_use = "dropping the guard ends the request's load accounting at once"]
+pub struct LoadGuard {
+    state: Arc<EndpointState>,
+    /// When the request started (ns since the balancer's epoch), if this
+    /// strategy uses latency.
+    started_ns: Option<u64>,
+}
+
+impl LoadGuard {
+    /// Counts one more request in flight to `state`.
+    #[inline]
+    pub(crate) fn new(state: &Arc<EndpointState>, started_ns: Option<u64>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        state.picks.increment(1);
+        Self {
+            state: Arc::clone(state),
+            started_ns,
+        }
+    }
+
+    /// The chosen endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.state.endpoint
+    }
+
+    /// The chosen endpoint's key (record it in
+    /// [`TriedEndpoints`](mesh_core::TriedEndpoints) before sending).
+    pub fn key(&self) -> &EndpointKey {
+        self.state.endpoint.key()
+    }
+
+    /// The chosen endpoint's availability signal (the one its breaker
+    /// publishes into).
+    pub fn availability(&self) -> &Availability {
+        &self.state.availability
+    }
+
+    /// Requests in flight to this endpoint now, this one included.
+    pub fn in_flight(&self) -> u32 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records how the call went and ends its load accounting.
+    ///
+    /// - [`Outcome::Success`] and [`Outcome::Ignored`]: the latency is a
+    ///   normal sample (a 404 is served as fast as a 200).
+    /// - [`Outcome::Failure`]: the latency is recorded as at least the
+    ///   configured `failure_penalty`, so failing fast does not look fast;
+    ///   pushback with a delay (`Retry-After`) also penalises the endpoint
+    ///   until that delay has passed.
+    #[inline]
+    pub fn record(self, outcome: Outcome) {
+        let pushback = outcome.pushback().and_then(Pushback::delay);
+        let Some(started) = self.started_ns else {
+            // Latency-blind strategy: only pushback needs the clock.
+            if let Some(delay) = pushback {
+                let now = self.state.params.clock.now_ns();
+                self.state.push_back(now, delay);
+            }
+            return;
+        };
+        let now = self.state.params.clock.now_ns();
+        self.state
+            .observe(now.saturating_sub(started), now, outcome.is_failure());
+        if let Some(delay) = pushback {
+            self.state.push_back(now, delay);
+        }
+    }
+}
+
+impl Drop for LoadGuard {
+    #[inline]
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for LoadGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadGuard")
+            .field("endpoint", self.state.endpoint.key())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}

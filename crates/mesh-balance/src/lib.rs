@@ -1,0 +1,108 @@
+//! Choosing an endpoint: load-aware balancing strategies with per-endpoint
+//! load and health accounting, and no I/O.
+//!
+//! # Why
+//!
+//! A client that spreads requests evenly over a service's instances sends as
+//! much to a slow or failing instance as to a healthy one. Round robin is
+//! fair and blind: a replica that answers in 500 ms gets the same share as one
+//! that answers in 5 ms, and the requests queue behind it. Choosing the least
+//! loaded instance fixes that, but looking at every instance on every request
+//! costs O(n) and makes every client herd onto the same "best" instance.
+//!
+//! The *power of two choices* (p2c) gets nearly all of the benefit at O(1):
+//! draw two instances at random and send to the less loaded. Load is
+//! measured as Linkerd and Finagle do, with a **peak-EWMA** latency estimate
+//! multiplied by the requests in flight: the estimate jumps up at once on a
+//! slow response and comes down gradually, so a slowing instance is avoided
+//! immediately. Plain peak-EWMA has one known weakness: an instance that
+//! *fails fast* (a 503 in 1 ms) looks like the fastest of all and attracts
+//! more traffic. Here a failure is recorded as at least a configurable
+//! penalty latency, and server pushback (`Retry-After`) penalises the
+//! instance until its delay passes, so failing fast never pays.
+//!
+//! Around the strategies sit the protections Envoy taught the industry:
+//!
+//! - **Ejection with a cap**: an endpoint whose breaker marks it unavailable
+//!   (the [`Availability`](mesh_core::Availability) signal) is skipped, but
+//!   never more than `max_ejection_percent` of the set at once and never the
+//!   last endpoint; past the cap the balancer is in *panic mode* and the rest
+//!   keep taking traffic instead of everything landing on a few survivors.
+//! - **Slow start**: a new or re-admitted endpoint ramps its effective weight
+//!   up over `slow_start_window` instead of taking a full share cold.
+//! - **Retry elsewhere**: a pick avoids the endpoints the request already
+//!   tried ([`TriedEndpoints`](mesh_core::TriedEndpoints)) while any other
+//!   can be chosen.
+//!
+//! # How
+//!
+//! A [`Balancer`] holds the current endpoint set as an immutable snapshot
+//! behind an `ArcSwap`: [`Balancer::update`] builds a new one (keeping the
+//! accounting of endpoints that stay) and swaps it in; [`Balancer::pick`]
+//! reads it without a lock, chooses, and returns a [`LoadGuard`] that counts
+//! the request in flight until [`LoadGuard::record`] (or drop). Everything a
+//! strategy needs from the set (the weighted-random alias table, the smooth
+//! WRR schedule, the ejection cap) is computed at update time, so a pick is
+//! O(1) for p2c, least outstanding and random, and O(1) amortised for round
+//! robin and smooth WRR, and allocates nothing. Per-pick randomness comes
+//! from `fastrand`'s thread-local generator (seed it with `fastrand::seed`
+//! in tests).
+//!
+//! The crate does no I/O and knows no discovery source or service type: the
+//! discovery router feeds it endpoints and maps each pick to the endpoint's
+//! own stack.
+//!
+//! # Example
+//!
+//! ```
+//! use mesh_balance::{BalanceConfig, Balancer, Strategy};
+//! use mesh_core::{Endpoint, Outcome, TriedEndpoints};
+//!
+//! let balancer = Balancer::new(BalanceConfig {
+//!     strategy: Strategy::P2cPeakEwma,
+//!     ..BalanceConfig::default()
+//! })?;
+//! balancer.update([
+//!     Endpoint::new("users-1", "10.0.0.1:8080".parse()?),
+//!     Endpoint::new("users-2", "10.0.0.2:8080".parse()?),
+//! ]);
+//!
+//! // First attempt.
+//! let tried = TriedEndpoints::new();
+//! let guard = balancer.pick(Some(&tried)).expect("two endpoints");
+//! tried.record(guard.key());
+//! // ... send the request to guard.endpoint().address(), then:
+//! guard.record(Outcome::retryable());
+//!
+//! // The retry goes to the other endpoint.
+//! let retry = balancer.pick(Some(&tried)).unwrap();
+//! assert!(!tried.contains(retry.key()));
+//! retry.record(Outcome::Success);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//!
+//! - `serde`: `Serialize`/`Deserialize` for [`BalanceConfig`], durations in
+//!   humantime form (`"10s"`).
+//! - `metrics`: `mesh_balance_picks_total{service, endpoint}` (counter),
+//!   `mesh_balance_endpoints{service}`,
+//!   `mesh_balance_ejected_endpoints{service}` and
+//!   `mesh_balance_panic_mode{service}` (gauges). Labels are bounded by the
+//!   endpoint set; no request data.
+//!
+//! Tracing events: endpoint set updated (info), endpoint added/removed
+//! (debug), ejected and panic mode (warn), re-admitted and panic mode over
+//! (info), pushback (debug).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod balancer;
+pub mod config;
+mod guard;
+mod snapshot;
+mod state;
+
+pub use balancer::{Balancer, BalancerStats, EndpointStats, SetChanges};
+pub use config::{BalanceConfig, Strategy};
+pub use guard::LoadGuard;

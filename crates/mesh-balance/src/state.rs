@@ -1,0 +1,316 @@
+//! Per-endpoint load and health accounting, shared by every snapshot that
+//! holds the endpoint and by every guard of a request in flight to it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use mesh_core::{Availability, Endpoint};
+use tokio::time::Instant;
+
+use crate::config::BalanceConfig;
+
+/// `admitted_at` when the endpoint is not ramping up.
+pub(crate) const NOT_RAMPING: u64 = u64::MAX;
+
+/// Nanoseconds since the balancer was created: one clock read, then integer
+/// arithmetic everywhere else.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        duration_ns(Instant::now().saturating_duration_since(self.epoch))
+    }
+}
+
+#[inline]
+pub(crate) fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What every endpoint's accounting needs from the config, copied into each
+/// state so a guard never touches the balancer's shared (and contended) `Arc`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    pub(crate) clock: Clock,
+    pub(crate) tau_ns: f64,
+    pub(crate) penalty_ns: f64,
+    pub(crate) default_rtt_ns: f64,
+    pub(crate) slow_start_ns: u64,
+    pub(crate) slow_start_floor: f64,
+}
+
+impl Params {
+    pub(crate) fn new(config: &BalanceConfig, clock: Clock) -> Self {
+        Self {
+            clock,
+            tau_ns: duration_ns(config.ewma_decay).max(1) as f64,
+            penalty_ns: duration_ns(config.failure_penalty) as f64,
+            default_rtt_ns: duration_ns(config.default_rtt) as f64,
+            slow_start_ns: duration_ns(config.slow_start_window),
+            slow_start_floor: f64::from(config.slow_start_min_weight_percent) / 100.0,
+        }
+    }
+}
+
+/// One endpoint's accounting. Lives as long as the endpoint stays in the set
+/// or a request to it is in flight.
+pub(crate) struct EndpointState {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) id: u64,
+    pub(crate) availability: Availability,
+    pub(crate) in_flight: AtomicU32,
+    /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits.
+    rtt_bits: AtomicU64,
+    /// When `rtt_bits` was last updated (ns since the epoch).
+    rtt_stamp: AtomicU64,
+    /// When slow start began (ns since the epoch), or [`NOT_RAMPING`].
+    pub(crate) admitted_at: AtomicU64,
+    /// Until when the server asked for no traffic (ns since the epoch), 0 if never.
+    pushback_until: AtomicU64,
+    pub(crate) params: Params,
+    #[cfg(feature = "metrics")]
+    pub(crate) picks: metrics::Counter,
+}
+
+impl EndpointState {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        params: Params,
+        now_ns: u64,
+        ramp: bool,
+        #[cfg_attr(not(feature = "metrics"), allow(unused_variables))] service: &str,
+    ) -> Self {
+        Self {
+            id: endpoint.key().id(),
+            #[cfg(feature = "metrics")]
+            picks: metrics::counter!(
+                "mesh_balance_picks_total",
+                "service" => service.to_owned(),
+                "endpoint" => endpoint.key().as_str().to_owned()
+            ),
+            endpoint,
+            availability: Availability::new(),
+            in_flight: AtomicU32::new(0),
+            rtt_bits: AtomicU64::new(params.default_rtt_ns.to_bits()),
+            rtt_stamp: AtomicU64::new(now_ns),
+            admitted_at: AtomicU64::new(if ramp && params.slow_start_ns > 0 {
+                now_ns
+            } else {
+                NOT_RAMPING
+            }),
+            pushback_until: AtomicU64::new(0),
+            params,
+        }
+    }
+
+    /// The latency estimate as a pick sees it at `now_ns`: an idle endpoint's
+    /// estimate fades towards zero so it gets tried again. One with requests
+    /// in flight does not fade: a hung endpoint must not look fast.
+    #[inline]
+    pub(crate) fn rtt_view(&self, now_ns: u64, in_flight: u32) -> f64 {
+        let rtt = f64::from_bits(self.rtt_bits.load(Ordering::Relaxed));
+        if in_flight > 0 {
+            return rtt;
+        }
+        let elapsed = now_ns.saturating_sub(self.rtt_stamp.load(Ordering::Relaxed));
+        rtt * decay(elapsed as f64 / self.params.tau_ns)
+    }
+
+    /// Whether the server ever pushed back and the penalty was not yet seen
+    /// to expire (no clock read needed).
+    #[inline]
+    pub(crate) fn may_be_pushed_back(&self) -> bool {
+        self.pushback_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the server's pushback still asks for no traffic at `now_ns`.
+    #[inline]
+    pub(crate) fn pushed_back(&self, now_ns: u64) -> bool {
+        let until = self.pushback_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now_ns >= until {
+            // Expired: later picks skip the clock.
+            let _ = self.pushback_until.compare_exchange(
+                until,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Whether the endpoint might be in slow start (no clock read needed).
+    #[inline]
+    pub(crate) fn maybe_ramping(&self) -> bool {
+        self.admitted_at.load(Ordering::Relaxed) != NOT_RAMPING
+    }
+
+    /// The slow-start factor in `floor..=1` at `now_ns`.
+    #[inline]
+    pub(crate) fn ramp_factor(&self, now_ns: u64) -> f64 {
+        let admitted = self.admitted_at.load(Ordering::Relaxed);
+        if admitted == NOT_RAMPING {
+            return 1.0;
+        }
+        let elapsed = now_ns.saturating_sub(admitted);
+        if elapsed >= self.params.slow_start_ns {
+            // Done ramping: later picks skip the arithmetic.
+            let _ = self.admitted_at.compare_exchange(
+                admitted,
+                NOT_RAMPING,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return 1.0;
+        }
+        (elapsed as f64 / self.params.slow_start_ns as f64).max(self.params.slow_start_floor)
+    }
+
+    /// Starts slow start again (the endpoint was re-admitted after ejection).
+    pub(crate) fn restart_ramp(&self, now_ns: u64) {
+        if self.params.slow_start_ns > 0 {
+            self.admitted_at.store(now_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Folds one completed call into the latency estimate.
+    ///
+    /// Successes are "peak" samples: a slower one replaces the estimate at
+    /// once, a faster one is blended in. Failures are blended in at
+    /// `max(latency, failure_penalty)`: one failure among many successes barely
+    /// moves the estimate, an endpoint that keeps failing fast soon looks slow.
+    pub(crate) fn observe(&self, latency_ns: u64, now_ns: u64, failed: bool) {
+        let sample = if failed {
+            (latency_ns as f64).max(self.params.penalty_ns)
+        } else {
+            latency_ns as f64
+        };
+        let elapsed = now_ns.saturating_sub(self.rtt_stamp.load(Ordering::Relaxed));
+        let d = decay(elapsed as f64 / self.params.tau_ns);
+        let _ = self
+            .rtt_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let rtt = f64::from_bits(bits);
+                let next = if !failed && sample > rtt {
+                    sample
+                } else {
+                    rtt * d + sample * (1.0 - d)
+                };
+                Some(next.to_bits())
+            });
+        self.rtt_stamp.fetch_max(now_ns, Ordering::Relaxed);
+    }
+
+    /// Records the server's "come back after `delay`".
+    pub(crate) fn push_back(&self, now_ns: u64, delay: Duration) {
+        let until = now_ns.saturating_add(duration_ns(delay));
+        self.pushback_until.fetch_max(until, Ordering::Relaxed);
+        tracing::debug!(
+            endpoint = %self.endpoint.key(),
+            delay = ?delay,
+            "balance: endpoint pushed back, penalised until then"
+        );
+    }
+
+    /// The current latency estimate (for stats and tests).
+    pub(crate) fn rtt_estimate(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.rtt_bits.load(Ordering::Relaxed)) as u64)
+    }
+}
+
+/// `e^-x`, cheap where it does not matter: most picks and records come within
+/// a tiny fraction of the decay time of the last update.
+#[inline]
+fn decay(x: f64) -> f64 {
+    if x < 1e-3 {
+        1.0 - x
+    } else if x > 40.0 {
+        0.0
+    } else {
+        (-x).exp()
+    }
+}
+
+impl fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("key", self.endpoint.key())
+            .field("availability", &self.availability)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .field("rtt", &self.rtt_estimate())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(config: &BalanceConfig) -> EndpointState {
+        let params = Params::new(config, Clock::new());
+        EndpointState::new(
+            Endpoint::new("a", "127.0.0.1:1".parse().unwrap()),
+            params,
+            0,
+            false,
+            "svc",
+        )
+    }
+
+    #[test]
+    fn peak_jumps_up_and_blends_down() {
+        let s = state(&BalanceConfig::default());
+        assert_eq!(s.rtt_estimate(), Duration::from_millis(30));
+        s.observe(100_000_000, 1_000, false);
+        assert_eq!(s.rtt_estimate(), Duration::from_millis(100));
+        // One decay time later a fast sample moves the estimate ~63% of the way.
+        s.observe(0, 10_000_001_000, false);
+        let ms = s.rtt_estimate().as_secs_f64() * 1e3;
+        assert!((36.0..38.0).contains(&ms), "{ms}");
+    }
+
+    #[test]
+    fn fast_failures_are_penalised_but_one_failure_is_not_a_peak() {
+        let s = state(&BalanceConfig::default());
+        s.observe(1_000, 1_000_000, true);
+        // 1ms after the last update: the 1s penalty weighs ~1e-4.
+        let est = s.rtt_estimate();
+        assert!(
+            est > Duration::from_millis(30) && est < Duration::from_millis(31),
+            "{est:?}"
+        );
+        // Failing for a whole decay time drives it most of the way to the penalty.
+        s.observe(1_000, 10_001_000_000, true);
+        assert!(s.rtt_estimate() > Duration::from_millis(600));
+    }
+
+    #[test]
+    fn idle_estimate_fades_unless_requests_are_in_flight() {
+        let s = state(&BalanceConfig::default());
+        let later = 20_000_000_000; // two decay times
+        assert!(s.rtt_view(later, 0) < 30e6 * 0.14);
+        assert_eq!(s.rtt_view(later, 1), 30e6);
+    }
+
+    #[test]
+    fn decay_is_close_to_exp() {
+        for x in [0.0, 1e-6, 5e-4, 1e-3, 0.5, 1.0, 10.0, 39.0, 41.0, 1e9] {
+            assert!((decay(x) - (-x).exp()).abs() < 1e-6, "{x}");
+        }
+    }
+}
