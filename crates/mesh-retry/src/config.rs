@@ -1,0 +1,276 @@
+//! Retry configuration, checked by [`RetryConfig::validate`].
+
+use std::time::Duration;
+
+use mesh_core::backoff::Backoff;
+use mesh_core::config::InvalidConfig;
+
+/// The default name of the header that tells a server which attempt it sees.
+pub const DEFAULT_ATTEMPT_HEADER: &str = "x-mesh-attempt";
+
+/// The default largest request body buffered for replay: 64 KiB.
+pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
+
+/// How many retries the budget allows, relative to traffic. See
+/// [`RetryBudget`](crate::RetryBudget).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct BudgetConfig {
+    /// How long deposits and withdrawals count. 1 s to 1 h; default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub ttl: Duration,
+    /// Retries always allowed per second of `ttl`, whatever the traffic.
+    /// At most 1 000 000; default 10.
+    pub min_retries_per_second: u32,
+    /// Retries allowed per request, on top of the floor. 0 to 1000, in
+    /// steps of 0.0001; default 0.2 (20 %).
+    pub retry_ratio: f64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(10),
+            min_retries_per_second: 10,
+            retry_ratio: 0.2,
+        }
+    }
+}
+
+impl BudgetConfig {
+    /// Checks every field against its allowed range.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut errors = InvalidConfig::default();
+        if self.ttl < Duration::from_secs(1) || self.ttl > Duration::from_secs(3600) {
+            errors.push(
+                "ttl",
+                format!("must be between 1s and 1h, got {:?}", self.ttl),
+            );
+        }
+        if self.min_retries_per_second > 1_000_000 {
+            errors.push(
+                "min_retries_per_second",
+                format!(
+                    "must be at most 1000000, got {}",
+                    self.min_retries_per_second
+                ),
+            );
+        }
+        if !(self.retry_ratio.is_finite() && (0.0..=1000.0).contains(&self.retry_ratio)) {
+            errors.push(
+                "retry_ratio",
+                format!("must be between 0 and 1000, got {}", self.retry_ratio),
+            );
+        }
+        errors.into_result()
+    }
+}
+
+/// Everything [`RetryLayer`](crate::RetryLayer) and
+/// [`RetryPolicy`](crate::RetryPolicy) need to know.
+///
+/// The defaults are the seed plan's (3 retries, 1 s base delay doubling up to
+/// 30 s with full jitter) made safe: idempotent requests only, a 20 % budget,
+/// pushback honoured, 64 KiB of body replay.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct RetryConfig {
+    /// Retries after the first attempt. At most 100; default 3.
+    pub max_retries: u32,
+    /// Delay between attempts; drawn afresh for each request.
+    pub backoff: Backoff,
+    /// The budget shared by every clone of the layer's service.
+    pub budget: BudgetConfig,
+    /// The longest a server's pushback (`Retry-After`,
+    /// `grpc-retry-pushback-ms`) may stretch one delay. At most 1 h; default 30 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub max_pushback: Duration,
+    /// The whole logical request, all attempts and delays included, must end
+    /// within this. `None` (the default): no overall deadline.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub deadline: Option<Duration>,
+    /// Each attempt must end within this, or it fails with a (retryable)
+    /// timeout. `None` (the default): no per-attempt timeout.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub attempt_timeout: Option<Duration>,
+    /// A retry starts only if at least this much time is left before the
+    /// deadline after its delay. Default 10 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub min_attempt_time: Duration,
+    /// Also retry `POST` and `PATCH` requests without an `Idempotency-Key`.
+    /// Default `false`: only do this if the server deduplicates.
+    pub retry_non_idempotent: bool,
+    /// gRPC methods safe to repeat, as paths: `/pkg.Service/Method`, or
+    /// `/pkg.Service/*` for a whole service. gRPC calls are `POST`s and are
+    /// otherwise never retried.
+    pub idempotent_grpc_methods: Vec<String>,
+    /// The request header that carries the attempt number (2 for the first
+    /// retry). Default [`DEFAULT_ATTEMPT_HEADER`]; empty for none.
+    pub attempt_header: String,
+    /// Whether the first attempt carries a
+    /// [`TriedEndpoints`](mesh_core::TriedEndpoints) record, so a discovery
+    /// router can send a retry elsewhere. Costs one small allocation per
+    /// retryable request; default `true`.
+    pub track_tried_endpoints: bool,
+    /// The largest request body buffered for replay by
+    /// [`ReplayBody`](crate::ReplayBody); a larger body is sent once and not
+    /// retried. At most 64 MiB; default [`DEFAULT_MAX_REPLAY_BODY`].
+    pub max_replay_body: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            backoff: Backoff::default(),
+            budget: BudgetConfig::default(),
+            max_pushback: Duration::from_secs(30),
+            deadline: None,
+            attempt_timeout: None,
+            min_attempt_time: Duration::from_millis(10),
+            retry_non_idempotent: false,
+            idempotent_grpc_methods: Vec::new(),
+            attempt_header: DEFAULT_ATTEMPT_HEADER.to_owned(),
+            track_tried_endpoints: true,
+            max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Checks every field and nested config, naming each bad one.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut errors = InvalidConfig::default();
+        if self.max_retries > 100 {
+            errors.push(
+                "max_retries",
+                format!("must be at most 100, got {}", self.max_retries),
+            );
+        }
+        errors.merge_nested("backoff", self.backoff.validate());
+        errors.merge_nested("budget", self.budget.validate());
+        if self.max_pushback > Duration::from_secs(3600) {
+            errors.push(
+                "max_pushback",
+                format!("must be at most 1h, got {:?}", self.max_pushback),
+            );
+        }
+        if let Some(d) = self.deadline
+            && d.is_zero()
+        {
+            errors.push("deadline", "must be greater than zero (or absent)");
+        }
+        if let Some(d) = self.attempt_timeout
+            && d.is_zero()
+        {
+            errors.push("attempt_timeout", "must be greater than zero (or absent)");
+        }
+        if let Some(d) = self.deadline
+            && self.min_attempt_time >= d
+        {
+            errors.push(
+                "min_attempt_time",
+                format!(
+                    "must be shorter than the deadline ({d:?}), got {:?}",
+                    self.min_attempt_time
+                ),
+            );
+        }
+        for (i, m) in self.idempotent_grpc_methods.iter().enumerate() {
+            if !m.starts_with('/') || m.len() < 2 {
+                errors.push(
+                    format!("idempotent_grpc_methods[{i}]"),
+                    format!(
+                        "must be a path like `/pkg.Service/Method` or `/pkg.Service/*`, got {m:?}"
+                    ),
+                );
+            }
+        }
+        if !self.attempt_header.is_empty()
+            && http::HeaderName::from_bytes(self.attempt_header.as_bytes()).is_err()
+        {
+            errors.push(
+                "attempt_header",
+                format!(
+                    "must be a valid HTTP header name, got {:?}",
+                    self.attempt_header
+                ),
+            );
+        }
+        if self.max_replay_body > 64 * 1024 * 1024 {
+            errors.push(
+                "max_replay_body",
+                format!("must be at most 64 MiB, got {}", self.max_replay_body),
+            );
+        }
+        errors.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RetryConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let c = RetryConfig {
+            max_retries: 1000,
+            backoff: Backoff::new(Duration::ZERO, 2.0, Duration::from_secs(1)),
+            budget: BudgetConfig {
+                ttl: Duration::ZERO,
+                min_retries_per_second: 10,
+                retry_ratio: f64::NAN,
+            },
+            max_pushback: Duration::from_secs(7200),
+            deadline: Some(Duration::from_millis(5)),
+            attempt_timeout: Some(Duration::ZERO),
+            idempotent_grpc_methods: vec!["nope".into()],
+            attempt_header: "bad header".into(),
+            max_replay_body: usize::MAX,
+            ..RetryConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        let paths: Vec<_> = err.errors().iter().map(|e| e.path().to_owned()).collect();
+        assert_eq!(
+            paths,
+            [
+                "max_retries",
+                "backoff.base",
+                "budget.ttl",
+                "budget.retry_ratio",
+                "max_pushback",
+                "attempt_timeout",
+                "min_attempt_time",
+                "idempotent_grpc_methods[0]",
+                "attempt_header",
+                "max_replay_body",
+            ]
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_uses_humantime_and_rejects_unknown_fields() {
+        let c: RetryConfig = serde_json::from_str(
+            r#"{"max_retries":2,"deadline":"2s","backoff":{"base":"50ms","cap":"1s"},
+                "budget":{"retry_ratio":0.1},"idempotent_grpc_methods":["/a.B/*"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_retries, 2);
+        assert_eq!(c.deadline, Some(Duration::from_secs(2)));
+        assert_eq!(c.backoff.base, Duration::from_millis(50));
+        assert_eq!(c.budget.retry_ratio, 0.1);
+        assert_eq!(c.budget.ttl, Duration::from_secs(10));
+        c.validate().unwrap();
+        let back: RetryConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<RetryConfig>(r#"{"max_retry":1}"#).is_err());
+    }
+}

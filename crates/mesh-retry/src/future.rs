@@ -1,0 +1,199 @@
+//! [`ResponseFuture`] of [`RetryService`](crate::RetryService).
+//!
+//! Hand-written rather than tower's `retry::future::ResponseFuture` because
+//! the overall deadline and the per-attempt timeout must cut an attempt short,
+//! which a `Policy` cannot do. The timers are created only when configured,
+//! so the no-retry path never touches the timer wheel.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use mesh_core::BoxError;
+use mesh_core::classify::Classify;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+use crate::body::TryCloneBody;
+use crate::error::DeadlineExceeded;
+use crate::metrics;
+use crate::policy::{Decision, GiveUp, RetryPolicy};
+
+pin_project! {
+    /// The response of a [`RetryService`](crate::RetryService): the first
+    /// attempt's, or a retry's.
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // The per-attempt timeout while an attempt runs, the backoff delay
+        // between attempts.
+        #[pin]
+        timer: Option<Sleep>,
+        #[pin]
+        deadline: Option<Sleep>,
+        service: S,
+        // The copy for the next attempt; `None` when no retry is possible.
+        request: Option<Request<B>>,
+        policy: RetryPolicy<C>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] future: F },
+        Waiting,
+        Retrying,
+    }
+}
+
+impl<S, B, C> std::fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Waiting => "waiting",
+            State::Retrying => "retrying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("retries", &self.policy.retries())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, C> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
+    #[inline]
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        request: Option<Request<B>>,
+        policy: RetryPolicy<C>,
+    ) -> Self {
+        let config = policy.config();
+        let timer = config.attempt_timeout.map(tokio::time::sleep);
+        let deadline = policy.deadline().map(sleep_until);
+        Self {
+            state: State::Called { future },
+            timer,
+            deadline,
+            service,
+            request,
+            policy,
+        }
+    }
+}
+
+impl<S, B, C, ResB> Future for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: TryCloneBody,
+    C: Classify<Response<ResB>, BoxError>,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let result = match future.poll(cx) {
+                        Poll::Ready(r) => r.map_err(Into::into),
+                        Poll::Pending => {
+                            if deadline_passed(this.deadline.as_mut(), cx) {
+                                return Poll::Ready(Err(deadline_exceeded(this.policy)));
+                            }
+                            let timed_out = this.policy.config().attempt_timeout.is_some()
+                                && this
+                                    .timer
+                                    .as_mut()
+                                    .as_pin_mut()
+                                    .is_some_and(|t| t.poll(cx).is_ready());
+                            if !timed_out {
+                                return Poll::Pending;
+                            }
+                            tracing::debug!(
+                                attempt = this.policy.retries() + 1,
+                                "attempt timed out"
+                            );
+                            Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError)
+                        }
+                    };
+                    let Some(req) = this.request.as_mut() else {
+                        return Poll::Ready(result);
+                    };
+                    let remaining = this.policy.remaining(Instant::now());
+                    match this.policy.decide(req, &result, remaining) {
+                        Decision::Retry(delay) => {
+                            drop(result);
+                            let at = Instant::now() + delay;
+                            match this.timer.as_mut().as_pin_mut() {
+                                Some(t) => t.reset(at),
+                                None => this.timer.set(Some(sleep_until(at))),
+                            }
+                            this.state.set(State::Waiting);
+                        }
+                        Decision::Stop(why) => {
+                            return Poll::Ready(RetryPolicy::<C>::finish(why, result));
+                        }
+                    }
+                }
+                StateProj::Waiting => {
+                    // `decide` only waits when the wait ends before the deadline.
+                    if let Some(t) = this.timer.as_mut().as_pin_mut() {
+                        ready!(t.poll(cx));
+                    }
+                    this.state.set(State::Retrying);
+                }
+                StateProj::Retrying => {
+                    if let Poll::Ready(r) = this.service.poll_ready(cx) {
+                        r.map_err(Into::into)?;
+                    } else {
+                        if deadline_passed(this.deadline.as_mut(), cx) {
+                            return Poll::Ready(Err(deadline_exceeded(this.policy)));
+                        }
+                        return Poll::Pending;
+                    }
+                    // A retry is decided only with a stored copy; be safe anyway.
+                    let Some(req) = this.request.take() else {
+                        return Poll::Ready(Err("mesh-retry: no request to retry".into()));
+                    };
+                    *this.request = this.policy.copy(&req);
+                    if let Some(timeout) = this.policy.config().attempt_timeout {
+                        let at = Instant::now() + timeout;
+                        if let Some(t) = this.timer.as_mut().as_pin_mut() {
+                            t.reset(at);
+                        }
+                    }
+                    let future = this.service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+fn deadline_passed(deadline: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+    deadline.as_pin_mut().is_some_and(|d| d.poll(cx).is_ready())
+}
+
+fn deadline_exceeded<C>(policy: &RetryPolicy<C>) -> BoxError {
+    tracing::debug!(
+        attempt = policy.retries() + 1,
+        reason = GiveUp::Deadline.as_str(),
+        "deadline passed during an attempt"
+    );
+    metrics::give_up(GiveUp::Deadline);
+    Box::new(DeadlineExceeded::new(None))
+}

@@ -1,0 +1,117 @@
+//! Safe, budgeted retries for HTTP and gRPC clients.
+//!
+//! # Why
+//!
+//! Retrying a failed call is the cheapest resilience there is, and the most
+//! dangerous. Done naively it duplicates writes (a `POST` that timed out may
+//! well have succeeded), multiplies the load on a service that is already
+//! failing (every client retrying three times is four times the traffic),
+//! ignores the server asking for time (`Retry-After`), and keeps going past
+//! the point where the caller stopped caring. This crate retries only when it
+//! is safe and useful:
+//!
+//! - **Only what the classifier marks retryable**: connection errors, 502,
+//!   503, 504, 429, gRPC `UNAVAILABLE`, ... (`mesh_core::classify`).
+//! - **Only idempotent requests** by default: `GET`, `HEAD`, `OPTIONS`, `PUT`,
+//!   `DELETE`, `TRACE`, requests with an `Idempotency-Key` header, and gRPC
+//!   methods marked idempotent in [`RetryConfig::idempotent_grpc_methods`].
+//!   `POST` and `PATCH` only if [`RetryConfig::retry_non_idempotent`] is set.
+//! - **Within a budget** shared by all clones ([`RetryBudget`]): at most 20 %
+//!   of requests plus 10 per second, over 10 s; lock-free.
+//! - **After a backoff** with jitter, fresh for each request, stretched by
+//!   the server's pushback; a "do not retry" pushback stops.
+//! - **Before the deadline**: an optional overall deadline across attempts and
+//!   a per-attempt timeout; no retry starts that cannot finish in time.
+//! - **With the same body**: cloneable bodies are cloned without copying;
+//!   streaming ones are buffered lazily up to a cap by [`ReplayBody`].
+//!
+//! Each retry carries an `x-mesh-attempt` header (2, 3, ...), and every attempt
+//! shares a [`TriedEndpoints`](mesh_core::TriedEndpoints) record in its
+//! extensions, which a discovery router fills and a balancer reads to send a
+//! retry to another endpoint.
+//!
+//! # How
+//!
+//! [`RetryPolicy`] is a `tower::retry::Policy`, usable in plain
+//! `tower::retry::Retry`. [`RetryLayer`] wraps the same policy in its own
+//! service so that the deadline and per-attempt timeout can cut an attempt
+//! short. When retries run out the last attempt's own response or error is
+//! returned; [`BudgetExhausted`] and [`DeadlineExceeded`] replace an *error*
+//! (keeping it as their `source`) when those were why retrying stopped.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use mesh_retry::{RetryConfig, RetryLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let config = RetryConfig {
+//!     max_retries: 2,
+//!     deadline: Some(Duration::from_secs(5)),
+//!     ..RetryConfig::default()
+//! };
+//! let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+//! let log = seen.clone();
+//! let backend = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+//!     let attempt = req.headers().get("x-mesh-attempt").cloned();
+//!     let mut log = log.lock().unwrap();
+//!     log.push(attempt);
+//!     let status = if log.len() < 3 { 503 } else { 200 };
+//!     async move { Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap()) }
+//! });
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(config).unwrap())
+//!     .service(backend);
+//! let req = http::Request::get("http://users/42").body(Full::new(Bytes::new())).unwrap();
+//! let res = client.ready().await.unwrap().call(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! // Two retries, each telling the server which attempt it is.
+//! let seen = seen.lock().unwrap();
+//! assert_eq!(seen.len(), 3);
+//! assert_eq!(seen[0], None);
+//! assert_eq!(seen[2].as_ref().unwrap(), "3");
+//! # }
+//! ```
+//!
+//! For streaming request bodies put a [`ReplayBodyLayer`] outside the retry
+//! layer; for gRPC build the layer [`with_classifier`](RetryLayer::with_classifier)
+//! `GrpcClassifier` and list the idempotent methods.
+//!
+//! # Features
+//!
+//! - `serde`: `Serialize`/`Deserialize` for [`RetryConfig`] (durations in
+//!   humantime form).
+//! - `metrics`: counters `mesh_retry_requests_total`,
+//!   `mesh_retry_retries_total`, `mesh_retry_budget_exhausted_total`,
+//!   `mesh_retry_give_ups_total{reason}`.
+//!
+//! Hedging (a second, parallel attempt after a delay) is not implemented yet.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod budget;
+mod config;
+mod error;
+mod future;
+mod layer;
+mod metrics;
+mod policy;
+mod replay;
+mod service;
+
+pub use body::{BodyInUse, ReplayBody, TryCloneBody};
+pub use budget::RetryBudget;
+pub use config::{BudgetConfig, DEFAULT_ATTEMPT_HEADER, DEFAULT_MAX_REPLAY_BODY, RetryConfig};
+pub use error::{BudgetExhausted, DeadlineExceeded};
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use policy::{GiveUp, RetryPolicy};
+pub use replay::{ReplayBodyLayer, WithReplayBody};
+pub use service::RetryService;

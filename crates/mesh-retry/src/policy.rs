@@ -1,0 +1,679 @@
+//! [`RetryPolicy`]: what is retried, when, and how long to wait.
+//!
+//! The policy is a `tower::retry::Policy`, so it works inside plain
+//! `tower::retry::Retry`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use mesh_retry::{RetryConfig, RetryPolicy};
+//! use tower::{Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let mut config = RetryConfig::default();
+//! config.backoff.base = Duration::from_millis(10);
+//! let policy = RetryPolicy::new(config).unwrap();
+//!
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let counter = calls.clone();
+//! let inner = tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
+//!     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     let status = if n == 0 { 503 } else { 200 };
+//!     async move {
+//!         Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
+//!     }
+//! });
+//! let mut svc = tower::retry::Retry::new(policy, inner);
+//! let req = http::Request::get("http://users/1").body(Full::new(Bytes::new())).unwrap();
+//! let res = svc.ready().await.unwrap().call(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+//! # }
+//! ```
+//!
+//! Inside `tower::retry::Retry` the policy cannot cut an attempt short at the
+//! deadline (it only refuses retries that would pass it), and the first
+//! attempt carries no [`TriedEndpoints`] unless the caller added one;
+//! [`RetryLayer`](crate::RetryLayer) does both.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use mesh_core::backoff::BackoffSession;
+use mesh_core::classify::{Classify, HttpClassifier, as_dyn_error};
+use mesh_core::config::InvalidConfig;
+use mesh_core::pushback::Pushback;
+use mesh_core::{BoxError, Outcome, TriedEndpoints};
+use tokio::time::Instant;
+
+use crate::body::TryCloneBody;
+use crate::budget::RetryBudget;
+use crate::config::RetryConfig;
+use crate::error::{BudgetExhausted, DeadlineExceeded};
+use crate::metrics;
+
+/// Why a retryable failure was not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUp {
+    /// `max_retries` retries were made already.
+    MaxRetries,
+    /// The retry budget was spent.
+    Budget,
+    /// The delay would end too close to (or past) the deadline.
+    Deadline,
+    /// The request body was too large to keep for replay.
+    BodyNotReplayable,
+}
+
+impl GiveUp {
+    /// A short, stable name (used as the `reason` label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::MaxRetries => "max_retries",
+            GiveUp::Budget => "budget_exhausted",
+            GiveUp::Deadline => "deadline",
+            GiveUp::BodyNotReplayable => "body_not_replayable",
+        }
+    }
+}
+
+impl fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Send the stored copy after this delay.
+    Retry(Duration),
+    /// Return the result: it is a success, not retryable, or we gave up.
+    Stop(Option<GiveUp>),
+}
+
+enum GrpcMethod {
+    Exact(String),
+    Service(String),
+}
+
+struct Shared<C> {
+    config: RetryConfig,
+    classifier: C,
+    budget: RetryBudget,
+    attempt_header: Option<HeaderName>,
+    grpc_methods: Vec<GrpcMethod>,
+}
+
+/// Safe, budgeted retries for HTTP and gRPC requests, as a
+/// `tower::retry::Policy`. See the [module docs](self).
+///
+/// Clones share the configuration, the classifier and the budget; each clone
+/// tower makes for a request carries that request's attempt count, start time
+/// and backoff session (created, with fresh randomness, at its first retry).
+pub struct RetryPolicy<C = HttpClassifier> {
+    shared: Arc<Shared<C>>,
+    /// Retries decided so far for this request.
+    retries: u32,
+    start: Option<Instant>,
+    session: Option<BackoffSession>,
+    give_up: Option<GiveUp>,
+}
+
+impl<C> Clone for RetryPolicy<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            retries: self.retries,
+            start: self.start,
+            session: self.session.clone(),
+            give_up: self.give_up,
+        }
+    }
+}
+
+impl<C> fmt::Debug for RetryPolicy<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("config", &self.shared.config)
+            .field("budget", &self.shared.budget)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryPolicy<HttpClassifier> {
+    /// A policy for `config`, classifying with the default [`HttpClassifier`]
+    /// and with a budget of its own. Fails if the config is invalid.
+    pub fn new(config: RetryConfig) -> Result<Self, InvalidConfig> {
+        Self::with_classifier(config, HttpClassifier::default())
+    }
+}
+
+impl<C> RetryPolicy<C> {
+    /// A policy for `config` that classifies with `classifier` (use
+    /// `GrpcClassifier` for gRPC).
+    pub fn with_classifier(config: RetryConfig, classifier: C) -> Result<Self, InvalidConfig> {
+        config.validate()?;
+        let budget = RetryBudget::new(&config.budget);
+        Ok(Self::from_parts(config, classifier, budget))
+    }
+
+    /// The same policy drawing from another (shared) budget.
+    #[must_use]
+    pub fn with_budget(self, budget: RetryBudget) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_parts(
+            self.shared.config.clone(),
+            self.shared.classifier.clone(),
+            budget,
+        )
+    }
+
+    fn from_parts(config: RetryConfig, classifier: C, budget: RetryBudget) -> Self {
+        let attempt_header = if config.attempt_header.is_empty() {
+            None
+        } else {
+            HeaderName::from_bytes(config.attempt_header.as_bytes()).ok()
+        };
+        let grpc_methods = config
+            .idempotent_grpc_methods
+            .iter()
+            .map(|m| match m.strip_suffix('*') {
+                Some(prefix) => GrpcMethod::Service(prefix.to_owned()),
+                None => GrpcMethod::Exact(m.clone()),
+            })
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                classifier,
+                budget,
+                attempt_header,
+                grpc_methods,
+            }),
+            retries: 0,
+            start: None,
+            session: None,
+            give_up: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RetryConfig {
+        &self.shared.config
+    }
+
+    /// The budget, shared by every clone.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.shared.budget
+    }
+
+    /// The classifier.
+    pub fn classifier(&self) -> &C {
+        &self.shared.classifier
+    }
+
+    /// Why this request's policy last gave up on a retryable failure.
+    pub fn gave_up(&self) -> Option<GiveUp> {
+        self.give_up
+    }
+
+    /// Whether `req` may be sent twice: an idempotent method, an
+    /// `Idempotency-Key` header, a gRPC method marked idempotent, or any
+    /// request when `retry_non_idempotent` is set.
+    pub fn is_retryable_request<B>(&self, req: &Request<B>) -> bool {
+        let m = req.method();
+        if m == Method::GET
+            || m == Method::HEAD
+            || m == Method::OPTIONS
+            || m == Method::PUT
+            || m == Method::DELETE
+            || m == Method::TRACE
+        {
+            return true;
+        }
+        let shared = &*self.shared;
+        if shared.config.retry_non_idempotent || req.headers().contains_key("idempotency-key") {
+            return true;
+        }
+        if m == Method::POST && !shared.grpc_methods.is_empty() && is_grpc(req) {
+            let path = req.uri().path();
+            return shared.grpc_methods.iter().any(|g| match g {
+                GrpcMethod::Exact(p) => p == path,
+                GrpcMethod::Service(prefix) => path.starts_with(prefix.as_str()),
+            });
+        }
+        false
+    }
+
+    // ===== the request's life =====
+
+    /// Called once per logical request, before its first attempt: counts it
+    /// in the budget and starts the deadline clock.
+    #[inline]
+    pub(crate) fn begin(&mut self) {
+        self.shared.budget.deposit();
+        metrics::request();
+        if self.shared.config.deadline.is_some() {
+            self.start = Some(Instant::now());
+        }
+    }
+
+    /// Puts a `TriedEndpoints` record on the first attempt (when tracking).
+    #[inline]
+    pub(crate) fn track<B>(&self, req: &mut Request<B>) {
+        if self.shared.config.track_tried_endpoints
+            && req.extensions().get::<TriedEndpoints>().is_none()
+        {
+            req.extensions_mut().insert(TriedEndpoints::new());
+        }
+    }
+
+    /// The copy kept for the next attempt, or `None` when the request must not
+    /// (or cannot) be retried.
+    #[inline]
+    pub(crate) fn copy<B: TryCloneBody>(&self, req: &Request<B>) -> Option<Request<B>> {
+        if self.retries >= self.shared.config.max_retries || !self.is_retryable_request(req) {
+            return None;
+        }
+        clone_request(req)
+    }
+
+    /// The time left before the deadline, if there is one.
+    pub(crate) fn remaining(&self, now: Instant) -> Option<Duration> {
+        let deadline = self.shared.config.deadline?;
+        let start = self.start?;
+        Some(deadline.saturating_sub(now.saturating_duration_since(start)))
+    }
+
+    /// The absolute deadline, if there is one.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        Some(self.start? + self.shared.config.deadline?)
+    }
+
+    /// Decides what follows an attempt whose result is `result`; on a retry,
+    /// stamps the attempt header on `req` (the copy to be sent).
+    pub(crate) fn decide<B, Res, E>(
+        &mut self,
+        req: &mut Request<B>,
+        result: &Result<Response<Res>, E>,
+        remaining: Option<Duration>,
+    ) -> Decision
+    where
+        B: TryCloneBody,
+        C: Classify<Response<Res>, E>,
+        E: 'static,
+    {
+        let outcome = self.shared.classifier.classify(result);
+        if !outcome.is_retryable() {
+            return Decision::Stop(None);
+        }
+        let attempt = self.retries + 1;
+        let give_up = |this: &mut Self, why: GiveUp| {
+            tracing::debug!(attempt, reason = why.as_str(), "not retrying");
+            metrics::give_up(why);
+            this.give_up = Some(why);
+            Decision::Stop(Some(why))
+        };
+        if self.retries >= self.shared.config.max_retries {
+            return give_up(self, GiveUp::MaxRetries);
+        }
+        if !req.body().can_replay() {
+            return give_up(self, GiveUp::BodyNotReplayable);
+        }
+        let backoff = &self.shared.config.backoff;
+        let mut delay = self
+            .session
+            .get_or_insert_with(|| backoff.session())
+            .next_delay();
+        if let Some(Pushback::After(p)) = outcome.pushback() {
+            delay = delay.max(p.min(self.shared.config.max_pushback));
+        }
+        if let Some(left) = remaining
+            && delay.saturating_add(self.shared.config.min_attempt_time) > left
+        {
+            return give_up(self, GiveUp::Deadline);
+        }
+        if !self.shared.budget.withdraw() {
+            return give_up(self, GiveUp::Budget);
+        }
+        self.retries += 1;
+        let next = attempt + 1;
+        if let Some(name) = &self.shared.attempt_header {
+            req.headers_mut()
+                .insert(name.clone(), HeaderValue::from(next));
+        }
+        metrics::retry();
+        tracing::debug!(
+            attempt = next,
+            reason = %Reason { outcome: &outcome, result },
+            delay_ms = delay.as_millis() as u64,
+            "retrying request"
+        );
+        Decision::Retry(delay)
+    }
+
+    /// The error to return when giving up: the typed error (with the last
+    /// error as its source) for budget and deadline, else the result itself.
+    pub(crate) fn finish<Res>(
+        why: Option<GiveUp>,
+        result: Result<Res, BoxError>,
+    ) -> Result<Res, BoxError> {
+        match (why, result) {
+            (Some(GiveUp::Budget), Err(e)) => Err(Box::new(BudgetExhausted::new(Some(e)))),
+            (Some(GiveUp::Deadline), Err(e)) => Err(Box::new(DeadlineExceeded::new(Some(e)))),
+            (_, result) => result,
+        }
+    }
+
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
+    }
+}
+
+/// Renders why an attempt is retried: the status, or the error.
+struct Reason<'a, Res, E> {
+    outcome: &'a Outcome,
+    result: &'a Result<Response<Res>, E>,
+}
+
+impl<Res, E: 'static> fmt::Display for Reason<'_, Res, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.result {
+            Ok(r) => write!(f, "status {}", r.status().as_u16())?,
+            Err(e) => match as_dyn_error(e) {
+                Some(e) => {
+                    write!(f, "error: {e}")?;
+                    let mut s = e.source();
+                    while let Some(inner) = s {
+                        write!(f, ": {inner}")?;
+                        s = inner.source();
+                    }
+                }
+                None => f.write_str("error")?,
+            },
+        }
+        if let Some(Pushback::After(p)) = self.outcome.pushback() {
+            write!(f, " (pushback {}ms)", p.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Clones an `http::Request` whose body can be cloned.
+#[inline]
+pub(crate) fn clone_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
+    let body = req.body().try_clone_body()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+// ===== impl Policy =====
+
+impl<B, Res, E, C> tower::retry::Policy<Request<B>, Response<Res>, E> for RetryPolicy<C>
+where
+    B: TryCloneBody,
+    C: Classify<Response<Res>, E>,
+    E: 'static,
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<B>,
+        result: &mut Result<Response<Res>, E>,
+    ) -> Option<Self::Future> {
+        let remaining = self.remaining(Instant::now());
+        match self.decide(req, result, remaining) {
+            Decision::Retry(delay) => Some(tokio::time::sleep(delay)),
+            Decision::Stop(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        // tower calls this on the service's own policy once per request
+        // (retries == 0 there: only the per-request clones ever retry).
+        if self.retries == 0 {
+            self.begin();
+        }
+        let mut copy = self.copy(req)?;
+        self.track(&mut copy);
+        Some(copy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BudgetConfig;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use mesh_core::backoff::{Backoff, Jitter};
+    use mesh_core::classify::GrpcClassifier;
+
+    fn config() -> RetryConfig {
+        RetryConfig {
+            backoff: Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+                .with_jitter(Jitter::None),
+            ..RetryConfig::default()
+        }
+    }
+
+    fn req(method: Method) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri("http://svc/x")
+            .body(Full::new(Bytes::from_static(b"b")))
+            .unwrap()
+    }
+
+    fn status(code: u16) -> Result<Response<()>, BoxError> {
+        Ok(Response::builder().status(code).body(()).unwrap())
+    }
+
+    #[test]
+    fn idempotency_rules() {
+        let p = RetryPolicy::new(config()).unwrap();
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+            Method::TRACE,
+        ] {
+            assert!(p.is_retryable_request(&req(m.clone())), "{m}");
+        }
+        assert!(!p.is_retryable_request(&req(Method::POST)));
+        assert!(!p.is_retryable_request(&req(Method::PATCH)));
+        let mut keyed = req(Method::POST);
+        keyed
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_static("k1"));
+        assert!(p.is_retryable_request(&keyed));
+        let opted = RetryPolicy::new(RetryConfig {
+            retry_non_idempotent: true,
+            ..config()
+        })
+        .unwrap();
+        assert!(opted.is_retryable_request(&req(Method::PATCH)));
+    }
+
+    #[test]
+    fn grpc_methods_marked_idempotent() {
+        let p = RetryPolicy::with_classifier(
+            RetryConfig {
+                idempotent_grpc_methods: vec!["/users.Users/Get".into(), "/health.Health/*".into()],
+                ..config()
+            },
+            GrpcClassifier::default(),
+        )
+        .unwrap();
+        let grpc = |path: &str| {
+            Request::post(format!("http://svc{path}"))
+                .header("content-type", "application/grpc+proto")
+                .body(())
+                .unwrap()
+        };
+        assert!(p.is_retryable_request(&grpc("/users.Users/Get")));
+        assert!(p.is_retryable_request(&grpc("/health.Health/Check")));
+        assert!(!p.is_retryable_request(&grpc("/users.Users/Delete")));
+        // Not gRPC: a plain POST to the same path is not retried.
+        let plain = Request::post("http://svc/users.Users/Get")
+            .body(())
+            .unwrap();
+        assert!(!p.is_retryable_request(&plain));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_then_max_retries_then_attempt_header() {
+        let mut p = RetryPolicy::new(config()).unwrap();
+        p.begin();
+        let mut r = req(Method::GET);
+        let mut delays = Vec::new();
+        loop {
+            match p.decide(&mut r, &status(503), None) {
+                Decision::Retry(d) => delays.push(d),
+                Decision::Stop(why) => {
+                    assert_eq!(why, Some(GiveUp::MaxRetries));
+                    break;
+                }
+            }
+        }
+        assert_eq!(delays, [100, 200, 400].map(Duration::from_millis).to_vec());
+        assert_eq!(r.headers()["x-mesh-attempt"], "4");
+        assert_eq!(p.decide(&mut r, &status(200), None), Decision::Stop(None));
+        assert_eq!(p.decide(&mut r, &status(404), None), Decision::Stop(None));
+    }
+
+    #[test]
+    fn larger_pushback_replaces_the_delay_up_to_the_cap() {
+        let mut p = RetryPolicy::new(RetryConfig {
+            max_pushback: Duration::from_secs(5),
+            ..config()
+        })
+        .unwrap();
+        let mut r = req(Method::GET);
+        let res = |after: &str| -> Result<Response<()>, BoxError> {
+            Ok(Response::builder()
+                .status(503)
+                .header("retry-after", after)
+                .body(())
+                .unwrap())
+        };
+        assert_eq!(
+            p.decide(&mut r, &res("2"), None),
+            Decision::Retry(Duration::from_secs(2))
+        );
+        assert_eq!(
+            p.decide(&mut r, &res("60"), None),
+            Decision::Retry(Duration::from_secs(5))
+        );
+        // A pushback shorter than the backoff does not shorten it.
+        assert_eq!(
+            p.decide(&mut r, &res("0"), None),
+            Decision::Retry(Duration::from_millis(400))
+        );
+    }
+
+    #[test]
+    fn pushback_past_the_deadline_or_do_not_retry_stops() {
+        let mut p = RetryPolicy::with_classifier(config(), GrpcClassifier::default()).unwrap();
+        let mut r = req(Method::GET);
+        let grpc = |pushback: &str| -> Result<Response<()>, BoxError> {
+            Ok(Response::builder()
+                .header("grpc-status", "14")
+                .header("grpc-retry-pushback-ms", pushback)
+                .body(())
+                .unwrap())
+        };
+        assert_eq!(p.decide(&mut r, &grpc("-1"), None), Decision::Stop(None));
+        assert_eq!(
+            p.decide(&mut r, &grpc("3000"), Some(Duration::from_secs(2))),
+            Decision::Stop(Some(GiveUp::Deadline))
+        );
+        assert_eq!(
+            p.decide(&mut r, &grpc("300"), Some(Duration::from_secs(2))),
+            Decision::Retry(Duration::from_millis(300))
+        );
+    }
+
+    #[test]
+    fn budget_stops_retries_and_is_shared_by_clones() {
+        let budget = RetryBudget::new(&BudgetConfig {
+            ttl: Duration::from_secs(10),
+            min_retries_per_second: 0,
+            retry_ratio: 0.5,
+        });
+        let template = RetryPolicy::new(config())
+            .unwrap()
+            .with_budget(budget.clone());
+        let mut a = template.clone();
+        let mut b = template.clone();
+        a.begin();
+        b.begin();
+        let mut r = req(Method::GET);
+        assert!(matches!(
+            a.decide(&mut r, &status(502), None),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            b.decide(&mut r, &status(502), None),
+            Decision::Stop(Some(GiveUp::Budget))
+        );
+        assert_eq!(b.gave_up(), Some(GiveUp::Budget));
+        assert_eq!(budget.remaining(), 0);
+    }
+
+    #[test]
+    fn give_up_wraps_errors_but_keeps_responses() {
+        let e: Result<(), BoxError> = Err("refused".into());
+        let err = RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::Budget), e).unwrap_err();
+        assert!(err.is::<BudgetExhausted>());
+        let e: Result<(), BoxError> = Err("refused".into());
+        let err = RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::Deadline), e).unwrap_err();
+        assert!(err.is::<DeadlineExceeded>());
+        let e: Result<(), BoxError> = Err("refused".into());
+        let err = RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::MaxRetries), e).unwrap_err();
+        assert_eq!(err.to_string(), "refused");
+        assert!(RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::Budget), Ok(())).is_ok());
+    }
+
+    #[test]
+    fn fresh_randomness_per_request() {
+        let template = RetryPolicy::new(RetryConfig {
+            backoff: Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10)),
+            ..RetryConfig::default()
+        })
+        .unwrap();
+        let draw = |mut p: RetryPolicy| {
+            let mut r = req(Method::GET);
+            (0..3)
+                .map(|_| match p.decide(&mut r, &status(503), None) {
+                    Decision::Retry(d) => d,
+                    Decision::Stop(_) => Duration::ZERO,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(draw(template.clone()), draw(template.clone()));
+    }
+}
