@@ -1,0 +1,231 @@
+//! [`CircuitBreaker`]: the service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use mesh_core::classify::Classify;
+use mesh_core::{Availability, BoxError};
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::config::OpenBehavior;
+use crate::error::BreakerOpen;
+use crate::future::{Admission, ResponseFuture};
+use crate::handle::CircuitBreakerHandle;
+use crate::state::{Admit, ProbePermit, Shared, state_of};
+
+/// What one clone's `poll_ready` decided, for its next `call`.
+#[derive(Debug)]
+enum Ready {
+    Probe(ProbePermit),
+    Rejected(BreakerOpen),
+}
+
+/// The per-clone part: futures keep it alive, so their reference count is
+/// only touched by the thread driving this clone, never shared across cores.
+#[derive(Debug)]
+pub(crate) struct Local<C> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) classifier: C,
+}
+
+/// A circuit breaker around `S`. Build it with
+/// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
+///
+/// Clones share one breaker. Cloning allocates (each clone has its own small
+/// handle for its futures, so clones on different cores never contend on a
+/// reference count); clone once per task, not once per call.
+pub struct CircuitBreaker<S, C> {
+    inner: S,
+    local: Arc<Local<C>>,
+    ready: Option<Ready>,
+    wait: Option<Wait>,
+}
+
+/// What a [`OpenBehavior::NotReady`] breaker waits on while refusing: a
+/// transition (notified) or the moment the answer may change (a timer).
+struct Wait {
+    notified: Pin<Box<OwnedNotified>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+        Self {
+            inner,
+            local: Arc::new(Local { shared, classifier }),
+            ready: None,
+            wait: None,
+        }
+    }
+
+    /// A handle for manual control and state reads.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(Arc::clone(&self.local.shared))
+    }
+
+    /// The availability signal this breaker publishes: `Available` when
+    /// closed, `Probing` when half-open with a free probe permit, and
+    /// `Unavailable` otherwise.
+    pub fn availability(&self) -> &Availability {
+        self.local.shared.availability()
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        // A clone starts without this clone's readiness (like tower's own
+        // middleware): a probe permit is never duplicated.
+        Self {
+            inner: self.inner.clone(),
+            local: Arc::new(Local {
+                shared: Arc::clone(&self.local.shared),
+                classifier: self.local.classifier.clone(),
+            }),
+            ready: None,
+            wait: None,
+        }
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            match &self.ready {
+                Some(Ready::Rejected(_)) => return Poll::Ready(Ok(())),
+                Some(Ready::Probe(_)) => return self.inner.poll_ready(cx).map_err(Into::into),
+                None => {}
+            }
+            let shared = &self.local.shared;
+            if state_of(shared.word()).admits_all() {
+                self.wait = None;
+                return self.inner.poll_ready(cx).map_err(Into::into);
+            }
+            let not_ready = shared.behavior() == OpenBehavior::NotReady;
+            if not_ready && self.wait.is_none() {
+                // Listen before deciding, so a transition in between wakes us.
+                let mut notified = Box::pin(Arc::clone(shared.notify()).notified_owned());
+                notified.as_mut().enable();
+                self.wait = Some(Wait {
+                    notified,
+                    sleep: None,
+                });
+            }
+            match shared.admit() {
+                Admit::Closed { .. } => {
+                    self.wait = None;
+                    return self.inner.poll_ready(cx).map_err(Into::into);
+                }
+                Admit::Probe(permit) => {
+                    self.wait = None;
+                    self.ready = Some(Ready::Probe(permit));
+                }
+                Admit::Rejected(error) => {
+                    if !not_ready {
+                        self.ready = Some(Ready::Rejected(error));
+                        return Poll::Ready(Ok(()));
+                    }
+                    let deadline = shared.next_change_at();
+                    let Some(wait) = self.wait.as_mut() else {
+                        continue;
+                    };
+                    if wait.poll(cx, deadline).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.wait = None;
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &self.local.shared;
+        let admission = match self.ready.take() {
+            Some(Ready::Rejected(error)) => return ResponseFuture::rejected(error),
+            Some(Ready::Probe(permit)) => Admission::Probe(permit),
+            None => {
+                let word = shared.word();
+                if state_of(word).admits_all() {
+                    Admission::Closed(word)
+                } else {
+                    // The state changed since poll_ready said yes.
+                    match shared.admit() {
+                        Admit::Closed { word } => Admission::Closed(word),
+                        Admit::Probe(permit) => Admission::Probe(permit),
+                        Admit::Rejected(error) => return ResponseFuture::rejected(error),
+                    }
+                }
+            }
+        };
+        let start = shared.needs_start().then(Instant::now);
+        ResponseFuture::new(
+            self.inner.call(request),
+            Arc::clone(&self.local),
+            admission,
+            start,
+        )
+    }
+}
+
+impl Wait {
+    fn poll(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> Poll<()> {
+        if self.notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(deadline) = deadline else {
+            self.sleep = None;
+            return Poll::Pending;
+        };
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if s.deadline() != deadline {
+                    s.as_mut().reset(deadline);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        sleep.as_mut().poll(cx)
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("state", &self.local.shared.state())
+            .field("classifier", &self.local.classifier)
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,344 @@
+//! Sliding windows of call outcomes, lock-free, O(1) per call.
+//!
+//! - [`CountWindow`]: the last N calls. Each slot's outcome is one bit in a
+//!   failure bitset and one in a slow bitset; running counters follow every bit
+//!   flip, so recording a call and reading the rates are O(1), and memory is
+//!   N/4 bytes. When the window is full of plain successes, another success
+//!   changes nothing and is not written at all: the common case is read-only.
+//! - [`TimeWindow`]: a ring of time buckets, each with the bucket's epoch and
+//!   its call, failure and slow counters. A call bumps the counters of the
+//!   bucket `now` falls in (recycling it first if it belongs to an older lap);
+//!   reading sums the buckets still inside the window: O(buckets) memory, no
+//!   matter how many calls arrive.
+//!
+//! The counters are statistics, not a ledger: under concurrency a call that
+//! lands in the instant a time bucket is recycled may be lost. That never
+//! affects safety (how many probes are admitted), only the rate by one call.
+
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::config::{WindowConfig, WindowKind};
+
+/// What a window holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) calls: u32,
+    pub(crate) failures: u32,
+    pub(crate) slow: u32,
+}
+
+/// Keeps a hot atomic on its own cache line so threads writing it do not
+/// slow down threads reading its neighbours.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+/// A count or time window.
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    pub(crate) fn new(config: &WindowConfig) -> Self {
+        match config.kind {
+            WindowKind::Count { size } => Window::Count(CountWindow::new(size)),
+            WindowKind::Time {
+                buckets,
+                bucket_width,
+            } => Window::Time(TimeWindow::new(buckets, bucket_width)),
+        }
+    }
+
+    /// Records one call at `now_nanos` (only read by time windows). Returns the
+    /// window's contents when the call was a failure or slow, the only calls
+    /// that can push a rate up.
+    #[inline]
+    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
+        match self {
+            Window::Count(w) => w.record(failure, slow),
+            Window::Time(w) => w.record(now_nanos, failure, slow),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+
+    pub(crate) fn is_time(&self) -> bool {
+        matches!(self, Window::Time(_))
+    }
+}
+
+// ===== impl CountWindow =====
+
+/// The last `size` calls, as two bitsets and running counters.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    size: u64,
+    next: Padded<AtomicU64>,
+    calls: AtomicU32,
+    // Signed so that a record racing a reset can never wrap; clamped on read.
+    failures: AtomicI32,
+    slow: AtomicI32,
+    failure_bits: Box<[AtomicU64]>,
+    slow_bits: Box<[AtomicU64]>,
+}
+
+impl CountWindow {
+    pub(crate) fn new(size: u32) -> Self {
+        let size = size.max(1);
+        let words = size.div_ceil(64) as usize;
+        Self {
+            size: u64::from(size),
+            next: Padded(AtomicU64::new(0)),
+            calls: AtomicU32::new(0),
+            failures: AtomicI32::new(0),
+            slow: AtomicI32::new(0),
+            failure_bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            slow_bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    fn record(&self, failure: bool, slow: bool) -> Option<Snapshot> {
+        if !failure
+            && !slow
+            && self.failures.load(Relaxed) == 0
+            && self.slow.load(Relaxed) == 0
+            && u64::from(self.calls.load(Relaxed)) >= self.size
+        {
+            // Full of plain successes: every slot is alike, so writing one more
+            // success anywhere changes nothing. No shared write on the hot path.
+            return None;
+        }
+        let i = self.next.0.fetch_add(1, Relaxed) % self.size;
+        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        flip(&self.failure_bits[word], bit, failure, &self.failures);
+        flip(&self.slow_bits[word], bit, slow, &self.slow);
+        if u64::from(self.calls.load(Relaxed)) < self.size {
+            self.calls.fetch_add(1, Relaxed);
+        }
+        (failure || slow).then(|| self.snapshot())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let calls = (self.calls.load(Relaxed) as u64).min(self.size) as u32;
+        let clamp = |c: &AtomicI32| (c.load(Relaxed).max(0) as u32).min(calls);
+        Snapshot {
+            calls,
+            failures: clamp(&self.failures),
+            slow: clamp(&self.slow),
+        }
+    }
+
+    fn reset(&self) {
+        for w in self.failure_bits.iter().chain(self.slow_bits.iter()) {
+            w.store(0, Relaxed);
+        }
+        self.failures.store(0, Relaxed);
+        self.slow.store(0, Relaxed);
+        self.calls.store(0, Relaxed);
+        self.next.0.store(0, Relaxed);
+    }
+}
+
+/// Sets `bit` in `word` to `on`, adjusting `counter` by the change actually made.
+#[inline]
+fn flip(word: &AtomicU64, bit: u64, on: bool, counter: &AtomicI32) {
+    let was = word.load(Relaxed) & bit != 0;
+    if was == on {
+        return;
+    }
+    let old = if on {
+        word.fetch_or(bit, Relaxed)
+    } else {
+        word.fetch_and(!bit, Relaxed)
+    };
+    match (old & bit != 0, on) {
+        (false, true) => {
+            counter.fetch_add(1, Relaxed);
+        }
+        (true, false) => {
+            counter.fetch_sub(1, Relaxed);
+        }
+        _ => {}
+    }
+}
+
+// ===== impl TimeWindow =====
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Bucket {
+    /// Which lap of the ring this bucket holds, plus one (0: never used).
+    epoch: AtomicU64,
+    calls: AtomicU32,
+    failures: AtomicU32,
+    slow: AtomicU32,
+}
+
+/// A ring of `buckets` time buckets of `width` nanoseconds each.
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    width: u64,
+    buckets: Box<[Bucket]>,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(buckets: u32, width: Duration) -> Self {
+        Self {
+            width: (width.as_nanos().min(u128::from(u64::MAX)) as u64).max(1),
+            buckets: (0..buckets.max(1)).map(|_| Bucket::default()).collect(),
+        }
+    }
+
+    #[inline]
+    fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
+        let index = now_nanos / self.width;
+        let tag = index + 1;
+        let bucket = &self.buckets[(index % self.buckets.len() as u64) as usize];
+        let epoch = bucket.epoch.load(Relaxed);
+        if epoch != tag {
+            if epoch > tag {
+                // A call that finished in a bucket already recycled: too old.
+                return None;
+            }
+            if bucket
+                .epoch
+                .compare_exchange(epoch, tag, Relaxed, Relaxed)
+                .is_ok()
+            {
+                bucket.calls.store(0, Relaxed);
+                bucket.failures.store(0, Relaxed);
+                bucket.slow.store(0, Relaxed);
+            }
+        }
+        bucket.calls.fetch_add(1, Relaxed);
+        if failure {
+            bucket.failures.fetch_add(1, Relaxed);
+        }
+        if slow {
+            bucket.slow.fetch_add(1, Relaxed);
+        }
+        (failure || slow).then(|| self.snapshot(index))
+    }
+
+    fn snapshot(&self, index: u64) -> Snapshot {
+        let n = self.buckets.len() as u64;
+        let oldest = (index + 1).saturating_sub(n - 1);
+        let mut s = Snapshot::default();
+        for b in self.buckets.iter() {
+            let tag = b.epoch.load(Relaxed);
+            if tag >= oldest && tag <= index + 1 && tag != 0 {
+                s.calls = s.calls.saturating_add(b.calls.load(Relaxed));
+                s.failures = s.failures.saturating_add(b.failures.load(Relaxed));
+                s.slow = s.slow.saturating_add(b.slow.load(Relaxed));
+            }
+        }
+        s.failures = s.failures.min(s.calls);
+        s.slow = s.slow.min(s.calls);
+        s
+    }
+
+    fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.epoch.store(0, Relaxed);
+            b.calls.store(0, Relaxed);
+            b.failures.store(0, Relaxed);
+            b.slow.store(0, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_window_really_slides() {
+        let w = CountWindow::new(4);
+        assert_eq!(w.record(true, false).unwrap().failures, 1);
+        for _ in 0..3 {
+            assert!(w.record(false, false).is_none());
+        }
+        assert_eq!(
+            w.snapshot(),
+            Snapshot {
+                calls: 4,
+                failures: 1,
+                slow: 0
+            }
+        );
+        // The fifth call pushes the failure out: tower-resilience's window
+        // would still hold it until the next state change.
+        w.record(false, false);
+        assert_eq!(w.snapshot().failures, 0);
+        // Full of successes: more successes are not even written.
+        let next = w.next.0.load(Relaxed);
+        w.record(false, false);
+        assert_eq!(w.next.0.load(Relaxed), next);
+        let s = w.record(true, true).unwrap();
+        assert_eq!((s.calls, s.failures, s.slow), (4, 1, 1));
+        w.reset();
+        assert_eq!(w.snapshot(), Snapshot::default());
+    }
+
+    #[test]
+    fn count_window_matches_a_naive_model() {
+        let size = 70usize;
+        let w = CountWindow::new(size as u32);
+        let mut model = std::collections::VecDeque::new();
+        let mut rng = fastrand_like(7);
+        for _ in 0..1000 {
+            let (f, s) = (rng() % 3 == 0, rng() % 5 == 0);
+            w.record(f, s);
+            model.push_back((f, s));
+            if model.len() > size {
+                model.pop_front();
+            }
+            let snap = w.snapshot();
+            assert_eq!(snap.calls as usize, model.len());
+            assert_eq!(snap.failures as usize, model.iter().filter(|m| m.0).count());
+            assert_eq!(snap.slow as usize, model.iter().filter(|m| m.1).count());
+        }
+    }
+
+    fn fastrand_like(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    #[test]
+    fn time_window_forgets_old_buckets() {
+        let sec = 1_000_000_000;
+        let w = TimeWindow::new(3, Duration::from_secs(1));
+        w.record(0, true, false);
+        w.record(sec / 2, false, false);
+        w.record(sec, false, true);
+        let s = w.snapshot(2);
+        assert_eq!((s.calls, s.failures, s.slow), (3, 1, 1));
+        // At t = 3 s the bucket of t = 0 has left the window.
+        let s = w.record(3 * sec, false, false);
+        assert!(s.is_none());
+        let s = w.snapshot(3);
+        assert_eq!((s.calls, s.failures, s.slow), (2, 0, 1));
+        // Much later, everything is gone; memory never grew.
+        assert_eq!(w.snapshot(100).calls, 0);
+        assert_eq!(w.buckets.len(), 3);
+        // A late call for a recycled bucket is dropped.
+        w.record(100 * sec, false, false);
+        assert!(w.record(97 * sec, true, false).is_none());
+        w.reset();
+        assert_eq!(w.snapshot(100), Snapshot::default());
+    }
+}
