@@ -101,13 +101,40 @@ impl TlsError {
     /// Classifies an I/O error from a handshake (tokio-rustls wraps the rustls
     /// error in one).
     pub fn from_io(err: &io::Error) -> Self {
-        match err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<rustls::Error>())
-        {
-            Some(rustls_err) => Self::from_rustls(rustls_err),
-            None => Self::new(TlsErrorKind::Io, err.to_string()),
+        Self::from_io_chain(err).unwrap_or_else(|| Self::new(TlsErrorKind::Io, err.to_string()))
+    }
+
+    /// The TLS failure inside an `io::Error`, looking through nested
+    /// `io::Error`s (whose `source()` skips the error they wrap).
+    fn from_io_chain(err: &io::Error) -> Option<Self> {
+        let mut outer = err;
+        loop {
+            let inner = outer.get_ref()?;
+            if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+                return Some(Self::from_rustls(r));
+            }
+            if let Some(tls) = inner.downcast_ref::<TlsError>() {
+                return Some(Self::new(tls.kind, tls.detail.clone()));
+            }
+            match inner.downcast_ref::<io::Error>() {
+                Some(io) => outer = io,
+                None => return Self::from_alert_text(outer),
+            }
         }
+    }
+
+    /// A peer's alert read after the handshake reaches us as text only
+    /// ("received fatal alert: UnknownCA"); recover its kind from that.
+    fn from_alert_text(err: &io::Error) -> Option<Self> {
+        let text = err.get_ref()?.to_string();
+        let alert = text.strip_prefix("received fatal alert: ")?;
+        let kind = match alert {
+            "UnknownCA" => TlsErrorKind::UnknownCa,
+            "CertificateExpired" => TlsErrorKind::Expired,
+            "CertificateRequired" => TlsErrorKind::MissingClientCertificate,
+            _ => TlsErrorKind::Handshake,
+        };
+        Some(Self::new(kind, text))
     }
 
     /// Walks an error chain (hyper, reqwest and tonic each wrap the handshake
@@ -122,9 +149,9 @@ impl TlsError {
                 return Some(Self::from_rustls(r));
             }
             if let Some(io) = e.downcast_ref::<io::Error>()
-                && let Some(r) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+                && let Some(found) = Self::from_io_chain(io)
             {
-                return Some(Self::from_rustls(r));
+                return Some(found);
             }
             current = e.source();
         }
@@ -258,5 +285,21 @@ mod tests {
         );
         let plain = io::Error::other("boom");
         assert!(TlsError::find(&plain).is_none());
+        let nested = io::Error::other(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        ));
+        assert_eq!(
+            TlsError::find(&nested).unwrap().kind(),
+            TlsErrorKind::UnknownCa
+        );
+        let text = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        assert_eq!(
+            TlsError::from_io(&text).kind(),
+            TlsErrorKind::MissingClientCertificate
+        );
     }
 }

@@ -59,6 +59,7 @@ use std::time::Duration;
 
 mod acceptor;
 mod client;
+#[cfg(any(feature = "hyper", feature = "reqwest"))]
 mod connect;
 mod extension;
 mod pem;

@@ -91,7 +91,10 @@ impl<T> Reloading<T> {
     /// in use; on error the previous material stays.
     pub(crate) fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let fresh = stamp_all(&self.files);
-        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stamps = self
+            .stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *stamps == fresh {
             return Ok(false);
         }
