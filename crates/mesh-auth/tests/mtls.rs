@@ -334,3 +334,36 @@ async fn client_certificate_rotates_without_restart() {
         ]
     );
 }
+
+#[tokio::test]
+async fn resuming_clients_still_notice_rotated_files() {
+    let ca = Ca::new("mesh CA");
+    let dir = temp_dir("rotate-resume");
+    let (cert, key) = ca.leaf(&[ORDERS], Validity::Now).write(&dir, "client");
+    let client = ClientTlsConfig::new(ca.source())
+        .with_client_cert(PemSource::file(&cert), PemSource::file(&key))
+        .with_reload_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    let (addr, task) = server(&server_config(&ca, &users_leaf(&ca)), 3).await;
+    // The second connection resumes the first one's session.
+    connect(&client, addr, "localhost").await.unwrap();
+    connect(&client, addr, "localhost").await.unwrap();
+    ca.leaf(&["spiffe://test.mesh/orders-v2"], Validity::Now)
+        .write(&dir, "client");
+    connect(&client, addr, "localhost").await.unwrap();
+    let seen: Vec<_> = task
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            CallerIdentity::spiffe(ORDERS),
+            CallerIdentity::spiffe(ORDERS),
+            CallerIdentity::spiffe("spiffe://test.mesh/orders-v2")
+        ]
+    );
+}

@@ -161,6 +161,12 @@ impl ClientTlsConfig {
             // Resumed sessions skip the certificates: forget them on rotation.
             Box::new(move || forget.clear()),
         )?);
+        let weak = Arc::downgrade(&material);
+        sessions.set_check(Box::new(move || {
+            if let Some(material) = weak.upgrade() {
+                material.check();
+            }
+        }));
         let verifier = Arc::new(IdentityVerifier {
             material: material.clone(),
             expected: self.server_identity.as_deref().map(Arc::from),

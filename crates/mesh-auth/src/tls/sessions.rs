@@ -6,7 +6,7 @@
 //! sides swap in an empty cache whenever [`Reloading`](super::reload) installs
 //! new material. Steady-state cost: one `ArcSwap` load per cache access.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use rustls::NamedGroup;
@@ -53,15 +53,38 @@ impl StoresServerSessions for ServerSessions {
     }
 }
 
-#[derive(Debug)]
+type Check = Box<dyn Fn() + Send + Sync>;
+
 pub(crate) struct ClientSessions {
     cache: ArcSwap<ClientSessionMemoryCache>,
+    // A resumed handshake never reaches the verifier, so the client checks
+    // its files here, where every handshake starts.
+    check: OnceLock<Check>,
+}
+
+impl std::fmt::Debug for ClientSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSessions")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSessions {
     pub(crate) fn new() -> Self {
         Self {
             cache: ArcSwap::from_pointee(ClientSessionMemoryCache::new(SESSIONS)),
+            check: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_check(&self, check: Check) {
+        let _ = self.check.set(check);
+    }
+
+    fn check(&self) {
+        if let Some(check) = self.check.get() {
+            check();
         }
     }
 
@@ -85,6 +108,7 @@ impl ClientSessionStore for ClientSessions {
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.check();
         self.cache.load().tls12_session(server_name)
     }
 
@@ -104,6 +128,7 @@ impl ClientSessionStore for ClientSessions {
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
+        self.check();
         self.cache.load().take_tls13_ticket(server_name)
     }
 }
