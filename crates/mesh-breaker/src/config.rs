@@ -183,10 +183,7 @@ pub struct SlowCallConfig {
 
 fn check_rate(errors: &mut InvalidConfig, path: &str, rate: f64) {
     if !(rate > 0.0 && rate <= 1.0) {
-        errors.push(
-            path.to_owned(),
-            format!("must be in (0, 1], got {rate}"),
-        );
+        errors.push(path.to_owned(), format!("must be in (0, 1], got {rate}"));
     }
 }
 
@@ -358,7 +355,10 @@ mod tests {
             ]
         );
         let msg = c.validate().unwrap_err().to_string();
-        assert!(msg.contains("`window.failure_rate` must be in (0, 1], got 1.5"), "{msg}");
+        assert!(
+            msg.contains("`window.failure_rate` must be in (0, 1], got 1.5"),
+            "{msg}"
+        );
     }
 
     #[test]

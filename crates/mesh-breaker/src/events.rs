@@ -96,7 +96,10 @@ impl fmt::Display for TransitionReason {
                 rate,
                 threshold,
                 calls,
-            } => write!(f, "failure rate {rate:.2} ≥ {threshold:.2} over {calls} calls"),
+            } => write!(
+                f,
+                "failure rate {rate:.2} ≥ {threshold:.2} over {calls} calls"
+            ),
             Self::SlowCallRate {
                 rate,
                 threshold,

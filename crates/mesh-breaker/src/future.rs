@@ -95,7 +95,9 @@ where
                     let shared = &t.local.shared;
                     match t.admission {
                         Admission::Closed(word) => shared.on_closed_result(word, outcome, t.start),
-                        Admission::Probe(permit) => shared.on_probe_result(permit, outcome, t.start),
+                        Admission::Probe(permit) => {
+                            shared.on_probe_result(permit, outcome, t.start)
+                        }
                     }
                 }
                 Poll::Ready(result.map_err(Into::into))

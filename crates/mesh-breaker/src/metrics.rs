@@ -37,9 +37,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(name: Option<&str>) -> Self {
         let breaker = name.unwrap_or("unnamed").to_owned();
-        let calls = |outcome: &'static str| {
-            metrics::counter!("mesh_breaker_calls_total", "breaker" => breaker.clone(), "outcome" => outcome)
-        };
+        let calls = |outcome: &'static str| metrics::counter!("mesh_breaker_calls_total", "breaker" => breaker.clone(), "outcome" => outcome);
         let state = metrics::gauge!("mesh_breaker_state", "breaker" => breaker.clone());
         state.set(0.0);
         Self {

@@ -213,7 +213,9 @@ impl Wait {
                 }
                 s
             }
-            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         sleep.as_mut().poll(cx)
     }

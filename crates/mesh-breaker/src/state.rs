@@ -366,7 +366,7 @@ impl Shared {
     /// Takes back the permits of probes older than the probe timeout.
     fn reclaim_expired(&self, now_ms: u64) -> bool {
         let mut reclaimed = false;
-        for cell in self.probes.iter() {
+        for cell in &self.probes {
             let stamp = cell.load(Ordering::Acquire);
             if stamp == 0 {
                 continue;
@@ -502,7 +502,9 @@ impl Shared {
         let (Some(start), Some(slow)) = (start, self.policy.slow) else {
             return false;
         };
-        let elapsed = now.get_or_insert_with(Instant::now).saturating_duration_since(start);
+        let elapsed = now
+            .get_or_insert_with(Instant::now)
+            .saturating_duration_since(start);
         if elapsed < slow.threshold {
             return false;
         }
@@ -547,7 +549,9 @@ impl Shared {
         if let Some(delay) = pushback.and_then(Pushback::delay)
             && state_of(current) == CircuitState::Open
         {
-            let until = self.nanos(Instant::now()).saturating_add(delay.as_nanos() as u64);
+            let until = self
+                .nanos(Instant::now())
+                .saturating_add(delay.as_nanos() as u64);
             self.open_until.fetch_max(until, Ordering::AcqRel);
         }
     }
@@ -583,12 +587,14 @@ impl Shared {
                 {
                     d = p;
                 }
-                let until = self.nanos(Instant::now()).saturating_add(d.as_nanos() as u64);
+                let until = self
+                    .nanos(Instant::now())
+                    .saturating_add(d.as_nanos() as u64);
                 self.open_until.store(until, Ordering::Release);
                 open_for = Some(d);
             }
             CircuitState::HalfOpen => {
-                for cell in self.probes.iter() {
+                for cell in &self.probes {
                     cell.store(0, Ordering::Release);
                 }
                 self.probe_successes.store(0, Ordering::Release);

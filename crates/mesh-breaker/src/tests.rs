@@ -182,7 +182,10 @@ async fn probe_failure_reopens_with_backoff() {
         // The probe fails: open again, for recovery + jittered growth.
         assert_eq!(call(&mut svc).await.unwrap(), 500);
         let open = svc.handle().remaining_open_time().unwrap();
-        assert!(open >= secs(60) && open <= secs(300), "round {round}: {open:?}");
+        assert!(
+            open >= secs(60) && open <= secs(300),
+            "round {round}: {open:?}"
+        );
         previous_max = previous_max.max(open);
     }
     assert!(previous_max > secs(60), "open time never grew");
@@ -309,7 +312,10 @@ async fn not_ready_mode_waits_and_wakes() {
     assert!(!ready.is_woken());
     assert!(ready.poll().is_pending());
     advance(secs(30)).await;
-    assert!(ready.is_woken(), "the end of the open period must wake the task");
+    assert!(
+        ready.is_woken(),
+        "the end of the open period must wake the task"
+    );
     let std::task::Poll::Ready(mut probe_svc) = ready.poll() else {
         panic!("ready after the open period");
     };
@@ -468,7 +474,10 @@ async fn manual_control() {
     });
     let handle = svc.handle();
     handle.force_open();
-    assert_eq!(open_error(call(&mut svc).await).state(), CircuitState::ForcedOpen);
+    assert_eq!(
+        open_error(call(&mut svc).await).state(),
+        CircuitState::ForcedOpen
+    );
     assert!(!handle.availability().is_available());
     advance(secs(3600)).await;
     assert!(call(&mut svc).await.is_err(), "forced open has no end");

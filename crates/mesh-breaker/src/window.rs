@@ -35,6 +35,8 @@ pub(crate) struct Snapshot {
 pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A count or time window.
+// One per breaker, inside its `Arc`: inline beats a pointer chase per call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Window {
     Count(CountWindow),
@@ -128,7 +130,7 @@ impl CountWindow {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let calls = (self.calls.load(Relaxed) as u64).min(self.size) as u32;
+        let calls = u64::from(self.calls.load(Relaxed)).min(self.size) as u32;
         let clamp = |c: &AtomicI32| (c.load(Relaxed).max(0) as u32).min(calls);
         Snapshot {
             calls,
@@ -233,7 +235,7 @@ impl TimeWindow {
         let n = self.buckets.len() as u64;
         let oldest = (index + 1).saturating_sub(n - 1);
         let mut s = Snapshot::default();
-        for b in self.buckets.iter() {
+        for b in &self.buckets {
             let tag = b.epoch.load(Relaxed);
             if tag >= oldest && tag <= index + 1 && tag != 0 {
                 s.calls = s.calls.saturating_add(b.calls.load(Relaxed));
@@ -247,7 +249,7 @@ impl TimeWindow {
     }
 
     fn reset(&self) {
-        for b in self.buckets.iter() {
+        for b in &self.buckets {
             b.epoch.store(0, Relaxed);
             b.calls.store(0, Relaxed);
             b.failures.store(0, Relaxed);
@@ -289,32 +291,25 @@ mod tests {
         assert_eq!(w.snapshot(), Snapshot::default());
     }
 
-    #[test]
-    fn count_window_matches_a_naive_model() {
-        let size = 70usize;
-        let w = CountWindow::new(size as u32);
-        let mut model = std::collections::VecDeque::new();
-        let mut rng = fastrand_like(7);
-        for _ in 0..1000 {
-            let (f, s) = (rng() % 3 == 0, rng() % 5 == 0);
-            w.record(f, s);
-            model.push_back((f, s));
-            if model.len() > size {
-                model.pop_front();
+    proptest::proptest! {
+        #[test]
+        fn count_window_matches_a_naive_model(
+            size in 1usize..200,
+            calls in proptest::collection::vec((proptest::bool::ANY, proptest::bool::weighted(0.2)), 0..600),
+        ) {
+            let w = CountWindow::new(size as u32);
+            let mut model = std::collections::VecDeque::new();
+            for (f, s) in calls {
+                w.record(f, s);
+                model.push_back((f, s));
+                if model.len() > size {
+                    model.pop_front();
+                }
+                let snap = w.snapshot();
+                proptest::prop_assert_eq!(snap.calls as usize, model.len());
+                proptest::prop_assert_eq!(snap.failures as usize, model.iter().filter(|m| m.0).count());
+                proptest::prop_assert_eq!(snap.slow as usize, model.iter().filter(|m| m.1).count());
             }
-            let snap = w.snapshot();
-            assert_eq!(snap.calls as usize, model.len());
-            assert_eq!(snap.failures as usize, model.iter().filter(|m| m.0).count());
-            assert_eq!(snap.slow as usize, model.iter().filter(|m| m.1).count());
-        }
-    }
-
-    fn fastrand_like(mut x: u64) -> impl FnMut() -> u64 {
-        move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
         }
     }
 
