@@ -9,6 +9,9 @@
 //!   and headers, slow, hanging, dropping the connection, or a scripted
 //!   sequence), and which records what it received so tests can assert on the
 //!   server's side.
+//! - [`consul::FakeConsul`]: a fake Consul agent (registration, TTL checks,
+//!   health queries with real blocking) with fault injection, for testing
+//!   Consul-aware programs without a cluster.
 //!
 //! Use it as a dev-dependency only.
 //!
@@ -34,5 +37,7 @@
 //! ```
 
 pub mod backend;
+pub mod consul;
 
 pub use backend::{Backend, Behavior, Reply};
+pub use consul::FakeConsul;

@@ -1,0 +1,467 @@
+//! A small Consul HTTP client: the agent service and check API, and health
+//! queries with blocking-query support.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mesh_core::Address;
+use mesh_core::config::InvalidConfig;
+use reqwest::{Method, Url};
+
+use super::config::{ConsulConfig, ConsulToken};
+use super::model::{ServiceRegistration, go_duration};
+use crate::error::{DiscoveryError, ErrorKind, InvalidName, check_name, check_text};
+
+/// Which servers may answer a read, and how fresh the answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Consistency {
+    /// Served by the leader (Consul's default).
+    #[default]
+    Default,
+    /// Any server may answer (`?stale`): keeps working without a quorum.
+    Stale,
+    /// The leader confirms its leadership first (`?consistent`).
+    Consistent,
+    /// The local agent's cache (`?cached`).
+    Cached,
+}
+
+/// What to ask `/v1/health/service/:service` for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct HealthQuery {
+    /// The service name.
+    pub service: String,
+    /// Only instances whose checks all pass (`?passing`; default true).
+    pub passing_only: bool,
+    /// Only instances with all these tags (`?tag=`, repeated).
+    pub tags: Vec<String>,
+    /// Another datacenter (`?dc=`).
+    pub datacenter: Option<String>,
+    /// A bexpr filter (`?filter=`).
+    pub filter: Option<String>,
+    /// Sort by round-trip time from this node (`?near=`, e.g. `_agent`).
+    pub near: Option<String>,
+    /// Consistency mode.
+    pub consistency: Consistency,
+}
+
+impl HealthQuery {
+    /// Healthy instances of `service`.
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            passing_only: true,
+            tags: Vec::new(),
+            datacenter: None,
+            filter: None,
+            near: None,
+            consistency: Consistency::Default,
+        }
+    }
+
+    /// Adds a required tag.
+    #[must_use]
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Checks the service name and the query values before anything is sent.
+    pub fn validate(&self) -> Result<(), InvalidName> {
+        check_name("service name", &self.service)?;
+        for t in &self.tags {
+            check_text("tag", t)?;
+        }
+        if let Some(dc) = &self.datacenter {
+            check_name("datacenter", dc)?;
+        }
+        if let Some(f) = &self.filter {
+            check_text("filter", f)?;
+        }
+        if let Some(n) = &self.near {
+            check_name("near", n)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for HealthQuery {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+/// One answer of a health query: the raw body and the blocking index.
+#[derive(Debug, Clone)]
+pub struct HealthAnswer {
+    /// The JSON body, for [`parse_health`](super::parse_health).
+    pub body: Bytes,
+    /// `X-Consul-Index`, when present and a number.
+    pub index: Option<u64>,
+}
+
+/// A Consul HTTP client. Cheap to clone (one `Arc`).
+///
+/// ```
+/// use mesh_discovery::consul::{ConsulClient, ConsulConfig};
+///
+/// let client = ConsulClient::new(&ConsulConfig::new("http://127.0.0.1:8500").with_token("secret"))?;
+/// assert!(!format!("{client:?}").contains("secret"));
+/// # Ok::<(), mesh_core::config::InvalidConfig>(())
+/// ```
+#[derive(Clone)]
+pub struct ConsulClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<ConsulToken>,
+    namespace: Option<String>,
+    partition: Option<String>,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulClient")
+            .field("base", &self.inner.base.as_str())
+            .field("token", &self.inner.token)
+            .field("namespace", &self.inner.namespace)
+            .finish()
+    }
+}
+
+/// The margin a blocking query's HTTP timeout adds to `wait + wait/16`.
+pub(crate) const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
+
+impl ConsulClient {
+    /// A client for the agent `config` describes. Validates the config, reads
+    /// the TLS files, and never connects (that happens on the first call).
+    pub fn new(config: &ConsulConfig) -> Result<Self, InvalidConfig> {
+        config.validate()?;
+        let parsed = config.parse_address()?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("mesh-discovery/", env!("CARGO_PKG_VERSION")));
+        let mut host = parsed.address.host_str().to_string();
+        if parsed.https {
+            builder = tls(builder, config)?;
+            if let Some(name) = &config.tls_server_name {
+                // Connect to the configured address, but check the
+                // certificate (and send SNI) for `name`.
+                let addrs: Vec<std::net::SocketAddr> = match &parsed.address {
+                    Address::Socket(s) => vec![*s],
+                    Address::Host { host, port } => {
+                        std::net::ToSocketAddrs::to_socket_addrs(&(&**host, *port))
+                            .map_err(|e| {
+                                InvalidConfig::field("address", format!("could not be resolved: {e}"))
+                            })?
+                            .collect()
+                    }
+                };
+                builder = builder.resolve_to_addrs(name, &addrs);
+                host.clone_from(name);
+            }
+        }
+        let scheme = if parsed.https { "https" } else { "http" };
+        let base = Url::parse(&format!("{scheme}://{host}:{}/", parsed.address.port()))
+            .map_err(|e| InvalidConfig::field("address", format!("is not a valid URL: {e}")))?;
+        install_crypto_provider();
+        let http = builder
+            .build()
+            .map_err(|e| InvalidConfig::field("address", format!("HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token: config.token.clone(),
+                namespace: config.namespace.clone(),
+                partition: config.partition.clone(),
+                request_timeout: config.request_timeout,
+            }),
+        })
+    }
+
+    /// A client configured from Consul's environment variables
+    /// ([`ConsulConfig::from_env`]).
+    pub fn from_env() -> Result<Self, InvalidConfig> {
+        Self::new(&ConsulConfig::from_env()?)
+    }
+
+    /// The agent's base URL.
+    pub fn base_url(&self) -> &str {
+        self.inner.base.as_str()
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(ns) = &self.inner.namespace {
+                q.append_pair("ns", ns);
+            }
+            if let Some(p) = &self.inner.partition {
+                q.append_pair("partition", p);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        url
+    }
+
+    fn request(&self, method: Method, url: Url, timeout: Duration) -> reqwest::RequestBuilder {
+        let mut rb = self.inner.http.request(method, url).timeout(timeout);
+        if let Some(t) = &self.inner.token {
+            rb = rb.header("X-Consul-Token", t.expose());
+        }
+        rb
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<(http::HeaderMap, Bytes), DiscoveryError> {
+        let resp = rb.send().await.map_err(DiscoveryError::from_reqwest)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
+        if status == http::StatusCode::NOT_FOUND {
+            let mut e = DiscoveryError::status(404, &body);
+            e = DiscoveryError::new(ErrorKind::NotFound, e.to_string());
+            return Err(e);
+        }
+        if !status.is_success() {
+            return Err(DiscoveryError::status(status.as_u16(), &body));
+        }
+        Ok((headers, body))
+    }
+
+    /// `PUT /v1/agent/service/register`.
+    pub async fn register(&self, registration: &ServiceRegistration) -> Result<(), DiscoveryError> {
+        registration
+            .validate()
+            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid registration").with_source(e))?;
+        let body = serde_json::to_vec(registration)
+            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "could not encode").with_source(e))?;
+        let url = self.url(&["v1", "agent", "service", "register"]);
+        let rb = self
+            .request(Method::PUT, url, self.inner.request_timeout)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(rb).await.map(drop)
+    }
+
+    /// `PUT /v1/agent/service/deregister/:service_id`. Deregistering an
+    /// unknown ID succeeds (it is gone either way).
+    pub async fn deregister(&self, service_id: &str) -> Result<(), DiscoveryError> {
+        check_name("service ID", service_id)
+            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e))?;
+        let url = self.url(&["v1", "agent", "service", "deregister", service_id]);
+        match self.send(self.request(Method::PUT, url, self.inner.request_timeout)).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Sets a TTL check's status: `PUT /v1/agent/check/update/:check_id`.
+    /// An unknown check is an [`ErrorKind::NotFound`] error (the agent lost
+    /// the registration, e.g. after a restart).
+    pub async fn update_check(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> Result<(), DiscoveryError> {
+        check_name("check ID", check_id)
+            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid check ID").with_source(e))?;
+        let url = self.url(&["v1", "agent", "check", "update", check_id]);
+        let body = serde_json::json!({ "Status": status.as_str(), "Output": output });
+        let rb = self
+            .request(Method::PUT, url, self.inner.request_timeout)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.send(rb).await.map(drop)
+    }
+
+    /// `GET /v1/health/service/:service`. With `index > 0` and a `wait`, this
+    /// is a blocking query: Consul holds it until the index passes `index` or
+    /// `wait` (plus up to `wait/16`) runs out. The HTTP timeout is
+    /// `wait + wait/16 + margin`.
+    pub async fn health_service(
+        &self,
+        query: &HealthQuery,
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Result<HealthAnswer, DiscoveryError> {
+        self.health_service_with_margin(query, index, wait, BLOCKING_MARGIN).await
+    }
+
+    pub(crate) async fn health_service_with_margin(
+        &self,
+        query: &HealthQuery,
+        index: u64,
+        wait: Option<Duration>,
+        margin: Duration,
+    ) -> Result<HealthAnswer, DiscoveryError> {
+        query
+            .validate()
+            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid query").with_source(e))?;
+        let mut url = self.url(&["v1", "health", "service", &query.service]);
+        let timeout;
+        {
+            let mut q = url.query_pairs_mut();
+            if query.passing_only {
+                q.append_key_only("passing");
+            }
+            for t in &query.tags {
+                q.append_pair("tag", t);
+            }
+            if let Some(dc) = &query.datacenter {
+                q.append_pair("dc", dc);
+            }
+            if let Some(f) = &query.filter {
+                q.append_pair("filter", f);
+            }
+            if let Some(n) = &query.near {
+                q.append_pair("near", n);
+            }
+            match query.consistency {
+                Consistency::Default => {}
+                Consistency::Stale => {
+                    q.append_key_only("stale");
+                }
+                Consistency::Consistent => {
+                    q.append_key_only("consistent");
+                }
+                Consistency::Cached => {
+                    q.append_key_only("cached");
+                }
+            }
+            match wait {
+                Some(w) if index > 0 => {
+                    q.append_pair("index", &index.to_string());
+                    q.append_pair("wait", &go_duration(w));
+                    timeout = w + w / 16 + margin;
+                }
+                _ => timeout = self.inner.request_timeout,
+            }
+        }
+        let (headers, body) = self
+            .send(self.request(Method::GET, url, timeout))
+            .await?;
+        let index = headers
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        Ok(HealthAnswer { body, index })
+    }
+}
+
+/// The status of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckStatus {
+    /// Healthy.
+    Passing,
+    /// Degraded: excluded by `?passing`; without it, such instances get
+    /// `Weights.Warning`.
+    Warning,
+    /// Unhealthy: excluded by `?passing`.
+    Critical,
+}
+
+impl CheckStatus {
+    /// Consul's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Warning => "warning",
+            CheckStatus::Critical => "critical",
+        }
+    }
+}
+
+fn tls(
+    mut builder: reqwest::ClientBuilder,
+    config: &ConsulConfig,
+) -> Result<reqwest::ClientBuilder, InvalidConfig> {
+    builder = builder.tls_backend_rustls();
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            InvalidConfig::field(field, format!("file {} could not be read: {e}", path.display()))
+        })
+    };
+    if let Some(ca) = &config.ca_cert {
+        let pem = read("ca_cert", ca)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| InvalidConfig::field("ca_cert", format!("is not a PEM bundle: {e}")))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
+        let mut pem = read("client_cert", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("client_key", key)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            InvalidConfig::field("client_cert", format!("is not a PEM certificate and key: {e}"))
+        })?;
+        builder = builder.identity(id);
+    }
+    if config.tls_skip_verify {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
+}
+
+/// reqwest is built without a bundled crypto provider (no aws-lc); use ring
+/// unless the program installed one already.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_urls_with_namespace_and_escapes() {
+        let mut c = ConsulConfig::new("http://127.0.0.1:8500");
+        c.namespace = Some("team-a".into());
+        let client = ConsulClient::new(&c).unwrap();
+        let u = client.url(&["v1", "health", "service", "web"]);
+        assert_eq!(u.as_str(), "http://127.0.0.1:8500/v1/health/service/web?ns=team-a");
+        let client = ConsulClient::new(&ConsulConfig::new("localhost")).unwrap();
+        assert_eq!(client.base_url(), "http://localhost:8500/");
+        assert_eq!(
+            client.url(&["v1", "agent"]).as_str(),
+            "http://localhost:8500/v1/agent"
+        );
+    }
+
+    #[test]
+    fn bad_config_is_rejected() {
+        assert!(ConsulClient::new(&ConsulConfig::new("nope:nope")).is_err());
+        let mut c = ConsulConfig::new("https://127.0.0.1:8501");
+        c.ca_cert = Some("/nonexistent/ca.pem".into());
+        let e = ConsulClient::new(&c).unwrap_err();
+        assert_eq!(e.errors()[0].path(), "ca_cert");
+    }
+
+    #[test]
+    fn queries_are_validated() {
+        assert!(HealthQuery::new("web").tag("v1").validate().is_ok());
+        assert_eq!(HealthQuery::new("w/eb").validate().unwrap_err().what(), "service name");
+        assert_eq!(HealthQuery::new("web").tag("").validate().unwrap_err().what(), "tag");
+    }
+}

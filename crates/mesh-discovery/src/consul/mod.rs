@@ -1,0 +1,38 @@
+//! Consul: registration with the local agent, and live discovery of healthy
+//! instances through blocking queries.
+//!
+//! - [`ConsulClient`] / [`ConsulConfig`]: a small client on reqwest,
+//!   configured in code or from Consul's environment variables.
+//! - [`Registration`]: register, keep TTL checks alive, deregister on shutdown.
+//! - [`ConsulDiscovery`] / [`WatchConfig`]: the blocking-query watch, fail
+//!   static, publishing [`EndpointSet`](crate::EndpointSet)s.
+//! - [`parse_health`]: the health-response parser on its own.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use mesh_discovery::consul::{ConsulClient, ConsulDiscovery, WatchConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = ConsulClient::from_env()?;
+//! let users = ConsulDiscovery::spawn(client, WatchConfig::new("users"))?;
+//! let set = users.wait_for(|s| !s.is_empty()).await;
+//! println!("{set:?}, health: {:?}", users.health());
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod config;
+mod model;
+mod registration;
+mod watch;
+
+pub use client::{CheckStatus, ConsulClient, Consistency, HealthAnswer, HealthQuery};
+pub use config::{ConsulConfig, ConsulToken};
+pub use model::{
+    CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,
+    ServiceRegistration, TaggedAddress, Weights, parse_health,
+};
+pub use registration::Registration;
+pub use watch::{ConsulDiscovery, EmptyPolicy, WatchConfig};

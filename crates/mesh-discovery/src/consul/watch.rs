@@ -1,0 +1,271 @@
+//! The blocking-query watch behind [`ConsulDiscovery`].
+//!
+//! One task per watched service runs this loop:
+//!
+//! 1. take a token from a small token bucket (so churn, spurious wake-ups or a
+//!    server that ignores `index` cannot make the loop spin);
+//! 2. `GET /v1/health/service/:name?passing&index=<last>&wait=<wait>` (no
+//!    `index` on the first call and after an error: index 0 does not block);
+//! 3. on an answer: an index lower than the last one resets to 0 (snapshot
+//!    restore), an index of 0 is treated as 1 (never block on 0); a missing
+//!    `X-Consul-Index` or an unparsable body is an error; otherwise the
+//!    endpoints are published, and the [`Publisher`] drops them if their
+//!    content did not change;
+//! 4. on an error: keep the endpoints (fail static), record the error in the
+//!    source's health, reset the index, and sleep a capped, jittered backoff.
+
+use std::time::Duration;
+
+use mesh_core::backoff::Backoff;
+use mesh_core::config::InvalidConfig;
+use tokio::time::Instant;
+
+use super::client::{ConsulClient, HealthQuery};
+use super::model::parse_health_report;
+use crate::error::DiscoveryError;
+use crate::source::{Discovery, EndpointSet, Publisher};
+
+/// What a source does when its answer has no healthy endpoint while it still
+/// knows some.
+///
+/// An empty healthy set is more often a failure of health checking (a check
+/// endpoint that broke in a deploy, a Consul agent that lost its node) than a
+/// real scale-to-zero; sending no traffic at all turns it into a full outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum EmptyPolicy {
+    /// Keep the last non-empty set (the default), and count it in
+    /// [`SourceHealth::empty_sets_ignored`](crate::SourceHealth::empty_sets_ignored).
+    #[default]
+    KeepLast,
+    /// Publish the empty set: callers fail fast with "no endpoint".
+    Publish,
+}
+
+/// How a [`ConsulDiscovery`] watch behaves.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct WatchConfig {
+    /// What to ask for.
+    pub query: HealthQuery,
+    /// How long Consul may hold each blocking query (`wait`). 1 s to 10 min;
+    /// default 5 min (Consul's own default).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub wait: Duration,
+    /// The token bucket's refill period: at most one query per period once the
+    /// burst is spent. 1 ms to 60 s; default 100 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub min_interval: Duration,
+    /// The token bucket's size: how many queries may go back to back. 1 to
+    /// 100; default 5.
+    pub burst: u32,
+    /// The delay between attempts after an error. Default 500 ms, ×2, capped
+    /// at 60 s, full jitter.
+    pub backoff: Backoff,
+    /// What to do with an empty healthy set.
+    pub empty: EmptyPolicy,
+    /// Added to `wait + wait/16` to form the HTTP timeout of a blocking query.
+    /// 0 to 60 s; default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub timeout_margin: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            query: HealthQuery::default(),
+            wait: Duration::from_secs(300),
+            min_interval: Duration::from_millis(100),
+            burst: 5,
+            backoff: Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(60)),
+            empty: EmptyPolicy::KeepLast,
+            timeout_margin: super::client::BLOCKING_MARGIN,
+        }
+    }
+}
+
+impl WatchConfig {
+    /// Watches healthy instances of `service` with the defaults.
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            query: HealthQuery::new(service),
+            ..Self::default()
+        }
+    }
+
+    /// Checks every field; errors name each bad one and the allowed range.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut errors = InvalidConfig::default();
+        if let Err(e) = self.query.validate() {
+            errors.push("query", e.to_string());
+        }
+        let mut range = |name: &str, v: Duration, lo: Duration, hi: Duration| {
+            if v < lo || v > hi {
+                errors.push(name, format!("must be between {lo:?} and {hi:?}, got {v:?}"));
+            }
+        };
+        range("wait", self.wait, Duration::from_secs(1), Duration::from_secs(600));
+        range(
+            "min_interval",
+            self.min_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        );
+        range(
+            "timeout_margin",
+            self.timeout_margin,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        if !(1..=100).contains(&self.burst) {
+            errors.push("burst", format!("must be between 1 and 100, got {}", self.burst));
+        }
+        errors.merge_nested("backoff", self.backoff.validate());
+        errors.into_result()
+    }
+}
+
+/// Live discovery of a service's healthy instances through Consul blocking
+/// queries. See the [crate docs](crate) for why it works the way it does.
+#[derive(Debug)]
+pub struct ConsulDiscovery(());
+
+impl ConsulDiscovery {
+    /// Validates `config` and starts watching on the current tokio runtime
+    /// (call it from within one). The watch stops when every [`Discovery`]
+    /// handle and receiver taken from it is dropped.
+    pub fn spawn(client: ConsulClient, config: WatchConfig) -> Result<Discovery, InvalidConfig> {
+        config.validate()?;
+        let (publisher, discovery) = Publisher::new(
+            format!("consul:{}", config.query.service),
+            EndpointSet::empty(),
+        );
+        tokio::spawn(run(client, config, publisher));
+        Ok(discovery)
+    }
+}
+
+/// A token bucket: `burst` tokens, one more every `period`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    period: Duration,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: u32, period: Duration) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            period,
+            last: Instant::now(),
+        }
+    }
+
+    async fn acquire(&mut self) {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() / self.period.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = self.period.mul_f64(1.0 - self.tokens);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.last = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
+    let mut index: u64 = 0;
+    let mut backoff = config.backoff.session();
+    let mut bucket = TokenBucket::new(config.burst, config.min_interval);
+    tracing::debug!(source = %publisher.name(), "consul watch started");
+    loop {
+        bucket.acquire().await;
+        let wait = (index > 0).then_some(config.wait);
+        let answer = tokio::select! {
+            () = publisher.closed() => break,
+            a = client.health_service_with_margin(&config.query, index, wait, config.timeout_margin) => a,
+        };
+        let parsed = answer.and_then(|a| {
+            let new_index = a
+                .index
+                .ok_or_else(|| DiscoveryError::invalid_response("answer has no X-Consul-Index"))?;
+            let (endpoints, report) = parse_health_report(&a.body)?;
+            Ok((new_index, endpoints, report))
+        });
+        match parsed {
+            Ok((new_index, endpoints, report)) => {
+                backoff.reset();
+                if new_index < index {
+                    tracing::info!(source = %publisher.name(), old = index, new = new_index, "consul index went backwards; resetting");
+                    index = 0;
+                } else {
+                    index = new_index.max(1);
+                }
+                if let Some(e) = report.first_skip {
+                    tracing::warn!(source = %publisher.name(), skipped = report.skipped, first = %e, "skipped instances with unusable addresses");
+                }
+                if endpoints.is_empty()
+                    && config.empty == EmptyPolicy::KeepLast
+                    && !publisher.current().is_empty()
+                {
+                    tracing::warn!(source = %publisher.name(), kept = publisher.current().len(), "no healthy instance; keeping the last known endpoints");
+                    publisher.record_empty_ignored();
+                } else {
+                    publisher.publish(endpoints);
+                }
+                publisher.record_success();
+            }
+            Err(e) => {
+                index = 0;
+                let delay = backoff.next_delay();
+                tracing::debug!(source = %publisher.name(), retry_in = ?delay, "consul watch backing off");
+                publisher.record_failure(e);
+                tokio::select! {
+                    () = publisher.closed() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    tracing::debug!(source = %publisher.name(), "consul watch stopped: nobody listens");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_every_bad_field() {
+        let mut c = WatchConfig::new("bad name");
+        c.wait = Duration::from_secs(3600);
+        c.burst = 0;
+        c.backoff.base = Duration::ZERO;
+        let e = c.validate().unwrap_err();
+        let paths: Vec<_> = e.errors().iter().map(|f| f.path().to_owned()).collect();
+        assert_eq!(paths, ["query", "wait", "burst", "backoff.base"], "{e}");
+        WatchConfig::new("web").validate().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_a_burst_then_paces() {
+        let mut b = TokenBucket::new(3, Duration::from_millis(100));
+        let start = Instant::now();
+        for _ in 0..3 {
+            b.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        for _ in 0..10 {
+            b.acquire().await;
+        }
+        let el = start.elapsed();
+        assert!(el >= Duration::from_millis(999) && el <= Duration::from_millis(1010), "{el:?}");
+    }
+}
