@@ -6,6 +6,13 @@
 //! endpoint's breaker on every state change and read by the balancer on every
 //! pick. Neither crate imports the other; they meet here.
 //!
+//! An open breaker knows when its open period ends, but nothing polls an
+//! endpoint the balancer skips, so nothing would ever find out that it may be
+//! probed again. The breaker therefore publishes the deadline too
+//! ([`Availability::set_unavailable_until`]): once it has passed, the signal
+//! reads as available, the balancer sends the endpoint a request again, and
+//! the breaker, polled at last, decides whether it is a half-open probe.
+//!
 //! The router creates one `Availability` per endpoint and builds the endpoint's
 //! stack inside [`Availability::scope`]; a breaker layer built in that scope
 //! finds it with [`Availability::current`] and publishes into it. A breaker
@@ -27,8 +34,10 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::time::Instant;
 
 /// Whether an endpoint takes requests now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,7 +57,26 @@ pub enum AvailabilityState {
 /// balancer (reader). Cloning shares the signal.
 #[derive(Clone, Default)]
 pub struct Availability {
-    state: Arc<AtomicU8>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: AtomicU8,
+    /// For `Unavailable`: when it ends, as nanoseconds since [`anchor`] plus
+    /// one; 0 means "until further notice".
+    until: AtomicU64,
+}
+
+/// The instant deadlines are measured from (the first one this process used).
+fn anchor() -> Instant {
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+    *ANCHOR.get_or_init(Instant::now)
+}
+
+fn encode(at: Instant) -> u64 {
+    let nanos = at.saturating_duration_since(anchor()).as_nanos();
+    u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
 }
 
 thread_local! {
@@ -61,31 +89,64 @@ impl Availability {
         Self::default()
     }
 
-    /// Publishes a new state.
+    /// Publishes a new state; `Unavailable` lasts until further notice.
     #[inline]
     pub fn set(&self, state: AvailabilityState) {
-        self.state.store(state as u8, Ordering::Release);
+        self.inner.until.store(0, Ordering::Release);
+        self.inner.state.store(state as u8, Ordering::Release);
     }
 
-    /// The current state: one atomic load.
+    /// Publishes `Unavailable` until `until`: after that instant the signal
+    /// reads as available again (see the [module docs](self)), without anyone
+    /// having to write it.
+    #[inline]
+    pub fn set_unavailable_until(&self, until: Instant) {
+        self.inner.until.store(encode(until), Ordering::Release);
+        self.inner
+            .state
+            .store(AvailabilityState::Unavailable as u8, Ordering::Release);
+    }
+
+    /// The state as last published: one atomic load. An `Unavailable` whose
+    /// deadline has passed still reads `Unavailable` here; use
+    /// [`is_available`](Self::is_available) to decide where to send.
     #[inline]
     pub fn state(&self) -> AvailabilityState {
-        match self.state.load(Ordering::Acquire) {
+        match self.inner.state.load(Ordering::Acquire) {
             0 => AvailabilityState::Available,
             1 => AvailabilityState::Probing,
             _ => AvailabilityState::Unavailable,
         }
     }
 
-    /// True unless the state is [`AvailabilityState::Unavailable`].
+    /// When a deadline-bound `Unavailable` ends, if one is published.
+    pub fn unavailable_until(&self) -> Option<Instant> {
+        if self.state() != AvailabilityState::Unavailable {
+            return None;
+        }
+        match self.inner.until.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(anchor() + std::time::Duration::from_nanos(n - 1)),
+        }
+    }
+
+    /// True unless the state is [`AvailabilityState::Unavailable`] and its
+    /// deadline, if any, has not passed yet. Reads the clock only for an
+    /// unavailable endpoint with a deadline.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.state() != AvailabilityState::Unavailable
+        if self.state() != AvailabilityState::Unavailable {
+            return true;
+        }
+        match self.inner.until.load(Ordering::Acquire) {
+            0 => false,
+            until => encode(Instant::now()) >= until,
+        }
     }
 
     /// True when both handles share one signal.
     pub fn ptr_eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.state, &other.state)
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Runs `f` with this signal as the [`current`](Self::current) one on this
@@ -144,5 +205,27 @@ mod tests {
         a.clone().set(AvailabilityState::Unavailable);
         assert!(!a.is_available());
         assert_eq!(format!("{a:?}"), "Availability(Unavailable)");
+        assert_eq!(a.unavailable_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_makes_the_endpoint_available_again_by_itself() {
+        let a = Availability::new();
+        let until = Instant::now() + std::time::Duration::from_secs(5);
+        a.set_unavailable_until(until);
+        assert!(!a.is_available());
+        let published = a.unavailable_until().unwrap();
+        assert!(published.max(until) - published.min(until) < std::time::Duration::from_micros(1));
+        tokio::time::advance(std::time::Duration::from_secs(4)).await;
+        assert!(!a.is_available());
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(a.is_available(), "no writer needed");
+        assert_eq!(a.state(), AvailabilityState::Unavailable);
+        // A plain `set` clears the deadline.
+        a.set(AvailabilityState::Unavailable);
+        assert!(!a.is_available());
+        // A deadline in the past is available at once.
+        a.set_unavailable_until(Instant::now() - std::time::Duration::from_secs(1));
+        assert!(a.is_available());
     }
 }

@@ -57,6 +57,8 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for the config types, durations in
 //!   humantime form (`"250ms"`, `"30s"`).
+//! - `reqwest`: [`HttpClassifier`](classify::HttpClassifier) classifies
+//!   `reqwest::Response` and looks inside `reqwest::Error`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -8,7 +8,8 @@ use crate::BoxError;
 
 /// Views a classifier's error type as a `dyn Error`, when it is one of the
 /// error types a tower client stack produces: [`BoxError`] (and the other boxed
-/// `dyn Error`s), `hyper::Error` and `std::io::Error`.
+/// `dyn Error`s), `hyper::Error`, `std::io::Error`, and `reqwest::Error` with
+/// the `reqwest` feature.
 ///
 /// Classifiers are generic over the error type; this is how they look inside
 /// one without requiring a bound that `BoxError` cannot meet (`Box<dyn Error>`
@@ -29,6 +30,10 @@ pub fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
         return Some(e);
     }
     if let Some(e) = any.downcast_ref::<io::Error>() {
+        return Some(e);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = any.downcast_ref::<reqwest::Error>() {
         return Some(e);
     }
     None

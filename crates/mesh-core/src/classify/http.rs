@@ -217,12 +217,18 @@ impl HttpClassifier {
     /// Classifies a response by its status and headers.
     #[inline]
     pub fn classify_response<B>(&self, response: &Response<B>) -> Outcome {
-        let status = response.status();
+        self.classify_status(response.status(), response.headers())
+    }
+
+    /// Classifies a response given as its status and headers (for client
+    /// types other than `http::Response`).
+    #[inline]
+    pub fn classify_status(&self, status: StatusCode, headers: &http::HeaderMap) -> Outcome {
         let retryable = self.retryable.contains(status);
         if retryable || self.failures.contains(status) {
             Outcome::Failure(Failure {
                 retryable,
-                pushback: self.pushback.from_headers(response.headers()),
+                pushback: self.pushback.from_headers(headers),
             })
         } else if status.is_client_error() {
             Outcome::Ignored
@@ -246,6 +252,19 @@ impl<B, E: 'static> Classify<Response<B>, E> for HttpClassifier {
     fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
         match result {
             Ok(response) => self.classify_response(response),
+            Err(e) => self.classify_error(e),
+        }
+    }
+}
+
+/// `reqwest`'s own response type, classified like an `http::Response`
+/// (feature `reqwest`).
+#[cfg(feature = "reqwest")]
+impl<E: 'static> Classify<reqwest::Response, E> for HttpClassifier {
+    #[inline]
+    fn classify(&self, result: &Result<reqwest::Response, E>) -> Outcome {
+        match result {
+            Ok(response) => self.classify_status(response.status(), response.headers()),
             Err(e) => self.classify_error(e),
         }
     }
