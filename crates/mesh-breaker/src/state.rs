@@ -677,7 +677,15 @@ impl Shared {
                 }
                 _ => AvailabilityState::Unavailable,
             };
-            self.availability.set(a);
+            match (a, self.next_change_at()) {
+                // Nothing polls an endpoint the balancer skips: publish when
+                // the open period (or the oldest probe permit) ends, so the
+                // signal turns available by itself and the next pick probes.
+                (AvailabilityState::Unavailable, Some(at)) => {
+                    self.availability.set_unavailable_until(at);
+                }
+                _ => self.availability.set(a),
+            }
             if self.word() == word {
                 return;
             }

@@ -63,24 +63,48 @@ pub struct Availability {
 #[derive(Default)]
 struct Inner {
     state: AtomicU8,
-    /// For `Unavailable`: when it ends, as nanoseconds since [`anchor`] plus
-    /// one; 0 means "until further notice".
+    /// For `Unavailable`: when it ends, [`encode`]d; 0 means "until further
+    /// notice".
     until: AtomicU64,
 }
 
+thread_local! {
+    static CURRENT: RefCell<Option<Availability>> = const { RefCell::new(None) };
+}
+
 /// The instant deadlines are measured from (the first one this process used).
+/// Instants before it are fine: offsets are signed.
 fn anchor() -> Instant {
     static ANCHOR: OnceLock<Instant> = OnceLock::new();
     *ANCHOR.get_or_init(Instant::now)
 }
 
+/// `at` as a signed nanosecond offset from the anchor, biased into `u64` so
+/// that order is kept and 0 stays free to mean "no deadline".
 fn encode(at: Instant) -> u64 {
-    let nanos = at.saturating_duration_since(anchor()).as_nanos();
-    u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
+    const BIAS: u64 = 1 << 63;
+    let a = anchor();
+    let saturate = |d: std::time::Duration| {
+        u64::try_from(d.as_nanos())
+            .unwrap_or(BIAS - 1)
+            .min(BIAS - 1)
+    };
+    if at >= a {
+        BIAS + saturate(at - a)
+    } else {
+        BIAS - saturate(a - at)
+    }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Availability>> = const { RefCell::new(None) };
+fn decode(n: u64) -> Instant {
+    const BIAS: u64 = 1 << 63;
+    let a = anchor();
+    if n >= BIAS {
+        a + std::time::Duration::from_nanos(n - BIAS)
+    } else {
+        a.checked_sub(std::time::Duration::from_nanos(BIAS - n))
+            .unwrap_or(a)
+    }
 }
 
 impl Availability {
@@ -126,7 +150,7 @@ impl Availability {
         }
         match self.inner.until.load(Ordering::Acquire) {
             0 => None,
-            n => Some(anchor() + std::time::Duration::from_nanos(n - 1)),
+            n => Some(decode(n)),
         }
     }
 
