@@ -14,7 +14,7 @@ use mesh_core::{Availability, Endpoint, EndpointKey, TriedEndpoints};
 use crate::config::{BalanceConfig, Strategy};
 use crate::guard::LoadGuard;
 use crate::snapshot::{EJECTED, IN_SERVICE, OVER_CAP, Slot, Snapshot};
-use crate::state::{Clock, EndpointState, Params};
+use crate::state::{Clock, EndpointState, Params, in_flight};
 
 /// Random draws a pick tries before falling back to a scan.
 const DRAWS: usize = 4;
@@ -301,7 +301,7 @@ impl Balancer {
             now: None,
         };
         Some(EndpointStats {
-            in_flight: slot.state.in_flight.load(Ordering::Relaxed),
+            in_flight: in_flight(&slot.state),
             latency_estimate: slot.state.rtt_estimate(),
             weight: slot.weight,
             eligible: slot.weight > 0 && self.usable(&mut ctx, slot),
@@ -318,19 +318,19 @@ impl Balancer {
             shared: &self.shared,
             now: None,
         };
-        let mut in_flight = 0u64;
+        let mut total_in_flight = 0u64;
         for slot in &snap.slots {
             if slot.weight > 0 {
                 self.usable(&mut ctx, slot);
             }
-            in_flight += u64::from(slot.state.in_flight.load(Ordering::Relaxed));
+            total_in_flight += u64::from(in_flight(&slot.state));
         }
         BalancerStats {
             endpoints: snap.slots.len(),
             active: snap.active,
             ejected: snap.ejected.load(Ordering::Relaxed) as usize,
             panic: snap.over_cap.load(Ordering::Relaxed) > 0,
-            in_flight,
+            in_flight: total_in_flight,
         }
     }
 }
@@ -605,7 +605,7 @@ impl Balancer {
     #[inline]
     fn latency_cost(&self, ctx: &mut Ctx<'_>, i: usize) -> (bool, f64) {
         let slot = &ctx.snap.slots[i];
-        let in_flight = slot.state.in_flight.load(Ordering::Relaxed);
+        let in_flight = in_flight(&slot.state);
         let rtt = slot.state.rtt_view(ctx.now(), in_flight);
         let weight = f64::from(slot.weight) * self.ramp(ctx, i);
         (
@@ -618,7 +618,7 @@ impl Balancer {
     #[inline]
     fn outstanding_cost(&self, ctx: &mut Ctx<'_>, i: usize) -> (bool, f64) {
         let slot = &ctx.snap.slots[i];
-        let in_flight = slot.state.in_flight.load(Ordering::Relaxed);
+        let in_flight = in_flight(&slot.state);
         let weight = f64::from(slot.weight) * self.ramp(ctx, i);
         (Self::pushed_back(ctx, i), f64::from(in_flight + 1) / weight)
     }

@@ -175,7 +175,11 @@ mod tests {
             failure_penalty: Duration::from_secs(301),
         };
         let err = bad.validate().unwrap_err();
-        let paths: Vec<_> = err.errors().iter().map(mesh_core::config::FieldError::path).collect();
+        let paths: Vec<_> = err
+            .errors()
+            .iter()
+            .map(mesh_core::config::FieldError::path)
+            .collect();
         assert_eq!(
             paths,
             [

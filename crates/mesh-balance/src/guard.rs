@@ -2,12 +2,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use mesh_core::pushback::Pushback;
 use mesh_core::{Availability, Endpoint, EndpointKey, Outcome};
 
-use crate::state::EndpointState;
+use crate::state::{EndpointState, in_flight};
 
 /// One request in flight to the endpoint a [`Balancer`](crate::Balancer)
 /// chose.
@@ -17,8 +16,9 @@ use crate::state::EndpointState;
 /// completes; dropping the guard without recording (the caller gave up, the
 /// future was dropped) counts the call as neither success nor failure.
 ///
-/// Holds one reference-counted pointer; recording takes no lock and
-/// allocates nothing.
+/// Holds one reference-counted pointer to the endpoint's accounting, and that
+/// reference *is* the in-flight count (as in tower's `PendingRequests`), so a
+/// count can never be lost. Recording takes no lock and allocates nothing.
 #[must_use = "dropping the guard ends the request's load accounting at once"]
 pub struct LoadGuard {
     state: Arc<EndpointState>,
@@ -31,7 +31,6 @@ impl LoadGuard {
     /// Counts one more request in flight to `state`.
     #[inline]
     pub(crate) fn new(state: &Arc<EndpointState>, started_ns: Option<u64>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         state.picks.increment(1);
         Self {
@@ -59,7 +58,7 @@ impl LoadGuard {
 
     /// Requests in flight to this endpoint now, this one included.
     pub fn in_flight(&self) -> u32 {
-        self.state.in_flight.load(Ordering::Relaxed)
+        in_flight(&self.state)
     }
 
     /// Records how the call went and ends its load accounting.
@@ -87,13 +86,6 @@ impl LoadGuard {
         if let Some(delay) = pushback {
             self.state.push_back(now, delay);
         }
-    }
-}
-
-impl Drop for LoadGuard {
-    #[inline]
-    fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -121,11 +121,18 @@ impl Snapshot {
 
 impl Slot {
     pub(crate) fn new(state: Arc<EndpointState>, weight: u32) -> Self {
+        state.snapshot_refs.fetch_add(1, Ordering::AcqRel);
         Self {
             state,
             weight,
             ejection: AtomicU8::new(IN_SERVICE),
         }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state.snapshot_refs.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -2,6 +2,7 @@
 //! holds the endpoint and by every guard of a request in flight to it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -69,7 +70,10 @@ pub(crate) struct EndpointState {
     pub(crate) endpoint: Endpoint,
     pub(crate) id: u64,
     pub(crate) availability: Availability,
-    pub(crate) in_flight: AtomicU32,
+    /// How many snapshot slots hold this state: every other strong reference
+    /// is a [`LoadGuard`](crate::LoadGuard)'s, i.e. a request in flight (the
+    /// trick tower's `PendingRequests` uses; a count that cannot be lost).
+    pub(crate) snapshot_refs: AtomicU32,
     /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits.
     rtt_bits: AtomicU64,
     /// When `rtt_bits` was last updated (ns since the epoch).
@@ -81,6 +85,13 @@ pub(crate) struct EndpointState {
     pub(crate) params: Params,
     #[cfg(feature = "metrics")]
     pub(crate) picks: metrics::Counter,
+}
+
+/// Requests in flight to this endpoint: strong references no snapshot holds.
+#[inline]
+pub(crate) fn in_flight(state: &Arc<EndpointState>) -> u32 {
+    let strong = u32::try_from(Arc::strong_count(state)).unwrap_or(u32::MAX);
+    strong.saturating_sub(state.snapshot_refs.load(Ordering::Acquire))
 }
 
 impl EndpointState {
@@ -101,7 +112,7 @@ impl EndpointState {
             ),
             endpoint,
             availability: Availability::new(),
-            in_flight: AtomicU32::new(0),
+            snapshot_refs: AtomicU32::new(0),
             rtt_bits: AtomicU64::new(params.default_rtt_ns.to_bits()),
             rtt_stamp: AtomicU64::new(now_ns),
             admitted_at: AtomicU64::new(if ramp && params.slow_start_ns > 0 {
@@ -213,7 +224,9 @@ impl EndpointState {
                 };
                 Some(next.to_bits())
             });
-        self.rtt_stamp.fetch_max(now_ns, Ordering::Relaxed);
+        // A plain store: a racing completion may leave a stamp a few
+        // nanoseconds old, which no estimate notices.
+        self.rtt_stamp.store(now_ns, Ordering::Relaxed);
     }
 
     /// Records the server's "come back after `delay`".
@@ -251,7 +264,6 @@ impl fmt::Debug for EndpointState {
         f.debug_struct("EndpointState")
             .field("key", self.endpoint.key())
             .field("availability", &self.availability)
-            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .field("rtt", &self.rtt_estimate())
             .finish_non_exhaustive()
     }
