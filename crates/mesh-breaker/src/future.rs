@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use mesh_core::BoxError;
 use mesh_core::classify::Classify;
+use mesh_core::{BoxError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
@@ -26,10 +26,19 @@ pub(crate) enum Admission {
 
 /// Classifies on completion; dropped unfinished, it counts as nothing (and a
 /// probe's permit is given back).
-struct Tracker<C> {
-    local: Arc<Local<C>>,
-    admission: Admission,
-    start: Option<Instant>,
+enum Tracker<C> {
+    /// Nothing left to count (rejected, or already counted).
+    Done,
+    /// A success would change nothing: only a failure needs the breaker,
+    /// found by id (see `registry`).
+    Lite { classifier: C, id: u64, word: u64 },
+    /// Every result counts.
+    Full {
+        classifier: C,
+        local: Arc<Local>,
+        admission: Admission,
+        start: Option<Instant>,
+    },
 }
 
 pin_project! {
@@ -37,7 +46,7 @@ pin_project! {
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F>,
-        tracker: Option<Tracker<C>>,
+        tracker: Tracker<C>,
     }
 }
 
@@ -53,24 +62,38 @@ impl<F, C> ResponseFuture<F, C> {
     #[inline]
     pub(crate) fn new(
         future: F,
-        local: Arc<Local<C>>,
+        classifier: C,
+        local: Arc<Local>,
         admission: Admission,
         start: Option<Instant>,
     ) -> Self {
         Self {
             kind: Kind::Called { future },
-            tracker: Some(Tracker {
+            tracker: Tracker::Full {
+                classifier,
                 local,
                 admission,
                 start,
-            }),
+            },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lite(future: F, classifier: C, id: u64, word: u64) -> Self {
+        Self {
+            kind: Kind::Called { future },
+            tracker: Tracker::Lite {
+                classifier,
+                id,
+                word,
+            },
         }
     }
 
     pub(crate) fn rejected(error: BreakerOpen) -> Self {
         Self {
             kind: Kind::Rejected { error },
-            tracker: None,
+            tracker: Tracker::Done,
         }
     }
 }
@@ -90,19 +113,47 @@ where
             KindProj::Rejected { error } => Poll::Ready(Err(Box::new(*error))),
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(t) = this.tracker.take() {
-                    let outcome = t.local.classifier.classify(&result);
-                    let shared = &t.local.shared;
-                    match t.admission {
-                        Admission::Closed(word) => shared.on_closed_result(word, outcome, t.start),
-                        Admission::Probe(permit) => {
-                            shared.on_probe_result(permit, outcome, t.start)
+                match std::mem::replace(this.tracker, Tracker::Done) {
+                    Tracker::Done => {}
+                    Tracker::Lite {
+                        classifier,
+                        id,
+                        word,
+                    } => {
+                        let outcome = classifier.classify(&result);
+                        if outcome.is_failure() {
+                            count_late(id, word, outcome);
+                        }
+                    }
+                    Tracker::Full {
+                        classifier,
+                        local,
+                        admission,
+                        start,
+                    } => {
+                        let outcome = classifier.classify(&result);
+                        let shared = &local.shared;
+                        match admission {
+                            Admission::Closed(word) => {
+                                shared.on_closed_result(word, outcome, start);
+                            }
+                            Admission::Probe(permit) => {
+                                shared.on_probe_result(permit, outcome, start);
+                            }
                         }
                     }
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
         }
+    }
+}
+
+/// The rare path of a lite call: it failed, so find the breaker and count it.
+#[cold]
+fn count_late(id: u64, word: u64, outcome: Outcome) {
+    if let Some(shared) = crate::registry::find(id) {
+        shared.on_closed_result(word, outcome, None);
     }
 }
 

@@ -13,6 +13,10 @@ use crate::events::{BreakerEvent, Listener};
 use crate::service::CircuitBreaker;
 use crate::state::Shared;
 
+/// The default classifier, shared by reference: the classifier is copied
+/// into every call's future, and a reference is 8 bytes.
+static DEFAULT_CLASSIFIER: HttpClassifier = HttpClassifier::new();
+
 /// Wraps a service in a [`CircuitBreaker`].
 ///
 /// Each call to [`Layer::layer`] builds a new, independent breaker (one per
@@ -24,9 +28,10 @@ use crate::state::Shared;
 /// Results are classified with `C`, [`HttpClassifier`] by default: 5xx and
 /// transport errors are failures, other 4xx are ignored. Any
 /// [`Classify`](mesh_core::classify::Classify), a closure included, can be used
-/// with [`with_classifier`](Self::with_classifier).
+/// with [`with_classifier`](Self::with_classifier). The classifier is cloned
+/// into each call's future: keep it small (a closure, a `&'static`, an `Arc`).
 #[derive(Clone)]
-pub struct CircuitBreakerLayer<C = HttpClassifier> {
+pub struct CircuitBreakerLayer<C = &'static HttpClassifier> {
     config: BreakerConfig,
     classifier: C,
     listener: Option<Listener>,
@@ -39,7 +44,7 @@ impl CircuitBreakerLayer {
         config.validate()?;
         Ok(Self {
             config,
-            classifier: HttpClassifier::new(),
+            classifier: &DEFAULT_CLASSIFIER,
             listener: None,
             name: None,
         })
@@ -51,7 +56,7 @@ impl Default for CircuitBreakerLayer {
     fn default() -> Self {
         Self {
             config: BreakerConfig::default(),
-            classifier: HttpClassifier::new(),
+            classifier: &DEFAULT_CLASSIFIER,
             listener: None,
             name: None,
         }
@@ -97,13 +102,13 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 
     fn layer(&self, inner: S) -> Self::Service {
         let availability = Availability::current().unwrap_or_default();
-        let shared = Shared::new(
+        let shared = Shared::new_arc(
             &self.config,
             availability,
             self.listener.clone(),
             self.name.clone(),
         );
-        CircuitBreaker::from_shared(inner, Arc::new(shared), self.classifier.clone())
+        CircuitBreaker::from_shared(inner, shared, self.classifier.clone())
     }
 }
 

@@ -116,6 +116,7 @@ mod handle;
 mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod registry;
 mod service;
 mod state;
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use mesh_core::classify::Classify;
+use mesh_core::classify::{Classify, HttpClassifier};
 use mesh_core::{Availability, BoxError};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
@@ -25,12 +25,12 @@ enum Ready {
     Rejected(BreakerOpen),
 }
 
-/// The per-clone part: futures keep it alive, so their reference count is
-/// only touched by the thread driving this clone, never shared across cores.
+/// The per-clone part: futures that need the breaker keep it alive, so their
+/// reference count is only touched by the thread driving this clone, never
+/// shared across cores.
 #[derive(Debug)]
-pub(crate) struct Local<C> {
+pub(crate) struct Local {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) classifier: C,
 }
 
 /// A circuit breaker around `S`. Build it with
@@ -39,9 +39,10 @@ pub(crate) struct Local<C> {
 /// Clones share one breaker. Cloning allocates (each clone has its own small
 /// handle for its futures, so clones on different cores never contend on a
 /// reference count); clone once per task, not once per call.
-pub struct CircuitBreaker<S, C> {
+pub struct CircuitBreaker<S, C = &'static HttpClassifier> {
     inner: S,
-    local: Arc<Local<C>>,
+    local: Arc<Local>,
+    classifier: C,
     ready: Option<Ready>,
     wait: Option<Wait>,
 }
@@ -57,7 +58,8 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
         Self {
             inner,
-            local: Arc::new(Local { shared, classifier }),
+            local: Arc::new(Local { shared }),
+            classifier,
             ready: None,
             wait: None,
         }
@@ -99,8 +101,8 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             inner: self.inner.clone(),
             local: Arc::new(Local {
                 shared: Arc::clone(&self.local.shared),
-                classifier: self.local.classifier.clone(),
             }),
+            classifier: self.classifier.clone(),
             ready: None,
             wait: None,
         }
@@ -111,7 +113,7 @@ impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    C: Classify<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -175,6 +177,16 @@ where
             Some(Ready::Probe(permit)) => Admission::Probe(permit),
             None => {
                 let word = shared.word();
+                if shared.success_is_noop(word) {
+                    // The steady state: no reference to the breaker needed.
+                    shared.on_admitted();
+                    return ResponseFuture::lite(
+                        self.inner.call(request),
+                        self.classifier.clone(),
+                        shared.id(),
+                        word,
+                    );
+                }
                 if state_of(word).admits_all() {
                     Admission::Closed(word)
                 } else {
@@ -187,9 +199,11 @@ where
                 }
             }
         };
+        shared.on_admitted();
         let start = shared.needs_start().then(Instant::now);
         ResponseFuture::new(
             self.inner.call(request),
+            self.classifier.clone(),
             Arc::clone(&self.local),
             admission,
             start,
@@ -226,7 +240,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
             .field("state", &self.local.shared.state())
-            .field("classifier", &self.local.classifier)
+            .field("classifier", &self.classifier)
             .field("ready", &self.ready)
             .finish_non_exhaustive()
     }

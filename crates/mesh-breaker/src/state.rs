@@ -158,16 +158,31 @@ pub(crate) struct Shared {
     cold: Mutex<Cold>,
     listener: Option<Listener>,
     name: Option<Arc<str>>,
+    id: u64,
     #[cfg(feature = "metrics")]
     metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
-    pub(crate) fn new(
+    /// A new breaker, registered so that calls can find it by id.
+    pub(crate) fn new_arc(
         config: &BreakerConfig,
         availability: Availability,
         listener: Option<Listener>,
         name: Option<Arc<str>>,
+    ) -> Arc<Self> {
+        let id = crate::registry::next_id();
+        let shared = Arc::new(Self::new(config, availability, listener, name, id));
+        crate::registry::register(id, &shared);
+        shared
+    }
+
+    fn new(
+        config: &BreakerConfig,
+        availability: Availability,
+        listener: Option<Listener>,
+        name: Option<Arc<str>>,
+        id: u64,
     ) -> Self {
         let window = config.window.as_ref();
         let policy = Policy {
@@ -212,6 +227,7 @@ impl Shared {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Metrics::new(name.as_deref()),
             name,
+            id,
         }
     }
 
@@ -236,6 +252,37 @@ impl Shared {
 
     pub(crate) fn notify(&self) -> &Arc<Notify> {
         &self.notify
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Counts a call let through (feature `metrics`).
+    #[inline]
+    pub(crate) fn on_admitted(&self) {
+        #[cfg(feature = "metrics")]
+        self.metrics.admitted.increment(1);
+    }
+
+    /// Whether a success admitted under `word` would change nothing: then the
+    /// call needs no reference to the breaker unless it fails (see
+    /// `registry`). Calls that overlap may see the counters in either order
+    /// anyway; for calls in sequence this is exact.
+    #[inline]
+    pub(crate) fn success_is_noop(&self, word: u64) -> bool {
+        if self.needs_start {
+            return false;
+        }
+        match state_of(word) {
+            CircuitState::ForcedClosed => return true,
+            CircuitState::Closed | CircuitState::Disabled => {}
+            _ => return false,
+        }
+        if self.policy.consecutive.is_some() && self.consecutive.0.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        self.window.as_ref().is_none_or(Window::is_saturated)
     }
 
     /// Whether a call must note its start time (only with a slow-call policy).
@@ -697,6 +744,12 @@ impl Shared {
         if let Some(l) = &self.listener {
             (l.0)(&event());
         }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        crate::registry::unregister(self.id);
     }
 }
 

@@ -63,7 +63,7 @@ impl Mock {
     }
 }
 
-type Breaker = CircuitBreaker<Inner, mesh_core::classify::HttpClassifier>;
+type Breaker = CircuitBreaker<Inner>;
 
 fn breaker(config: BreakerConfig) -> (Breaker, Mock) {
     let mock = Mock::new();
@@ -562,4 +562,25 @@ fn invalid_config_is_an_error_not_a_panic() {
     let layer = CircuitBreakerLayer::default();
     assert_eq!(layer.config(), &BreakerConfig::default());
     assert!(format!("{layer:?}").contains("CircuitBreakerLayer"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_failure_after_the_breaker_is_gone_is_harmless() {
+    let (mut svc, mock) = breaker(BreakerConfig {
+        consecutive_failures: Some(1),
+        ..no_backoff()
+    });
+    mock.set(500);
+    let late = svc.ready().await.unwrap().call(());
+    let handle = svc.handle();
+    drop(svc);
+    assert_eq!(late.await.unwrap().status(), 500);
+    // The handle kept the breaker alive: the failure counted.
+    assert_eq!(handle.state(), CircuitState::Open);
+
+    let (mut svc, mock) = breaker(BreakerConfig::default());
+    mock.set(500);
+    let late = svc.ready().await.unwrap().call(());
+    drop(svc);
+    assert_eq!(late.await.unwrap().status(), 500);
 }

@@ -72,6 +72,16 @@ impl Window {
         }
     }
 
+    /// True when one more success would change nothing: a count window full
+    /// of plain successes.
+    #[inline]
+    pub(crate) fn is_saturated(&self) -> bool {
+        match self {
+            Window::Count(w) => w.is_saturated(),
+            Window::Time(_) => false,
+        }
+    }
+
     pub(crate) fn is_time(&self) -> bool {
         matches!(self, Window::Time(_))
     }
@@ -108,13 +118,15 @@ impl CountWindow {
     }
 
     #[inline]
-    fn record(&self, failure: bool, slow: bool) -> Option<Snapshot> {
-        if !failure
-            && !slow
-            && self.failures.load(Relaxed) == 0
+    fn is_saturated(&self) -> bool {
+        self.failures.load(Relaxed) == 0
             && self.slow.load(Relaxed) == 0
             && u64::from(self.calls.load(Relaxed)) >= self.size
-        {
+    }
+
+    #[inline]
+    fn record(&self, failure: bool, slow: bool) -> Option<Snapshot> {
+        if !failure && !slow && self.is_saturated() {
             // Full of plain successes: every slot is alike, so writing one more
             // success anywhere changes nothing. No shared write on the hot path.
             return None;
