@@ -66,14 +66,12 @@ impl Params {
 
 /// One endpoint's accounting. Lives as long as the endpoint stays in the set
 /// or a request to it is in flight.
+///
+/// `repr(C)` keeps what a pick reads in the first cache line of the `Arc`
+/// allocation (after its two counts), so a candidate costs one line plus the
+/// availability byte even when 10,000 endpoints do not fit in cache.
+#[repr(C)]
 pub(crate) struct EndpointState {
-    pub(crate) endpoint: Endpoint,
-    pub(crate) id: u64,
-    pub(crate) availability: Availability,
-    /// How many snapshot slots hold this state: every other strong reference
-    /// is a [`LoadGuard`](crate::LoadGuard)'s, i.e. a request in flight (the
-    /// trick tower's `PendingRequests` uses; a count that cannot be lost).
-    pub(crate) snapshot_refs: AtomicU32,
     /// Peak-EWMA latency estimate in nanoseconds, as `f64` bits.
     rtt_bits: AtomicU64,
     /// When `rtt_bits` was last updated (ns since the epoch).
@@ -82,6 +80,13 @@ pub(crate) struct EndpointState {
     pub(crate) admitted_at: AtomicU64,
     /// Until when the server asked for no traffic (ns since the epoch), 0 if never.
     pushback_until: AtomicU64,
+    pub(crate) availability: Availability,
+    /// How many snapshot slots hold this state: every other strong reference
+    /// is a [`LoadGuard`](crate::LoadGuard)'s, i.e. a request in flight (the
+    /// trick tower's `PendingRequests` uses; a count that cannot be lost).
+    pub(crate) snapshot_refs: AtomicU32,
+    pub(crate) id: u64,
+    pub(crate) endpoint: Endpoint,
     pub(crate) params: Params,
     #[cfg(feature = "metrics")]
     pub(crate) picks: metrics::Counter,
