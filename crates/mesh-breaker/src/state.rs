@@ -258,11 +258,17 @@ impl Shared {
         self.id
     }
 
-    /// Counts a call let through (feature `metrics`).
+    /// Counts a call let through: in a time window (which counts calls when
+    /// they start) and in the `admitted` metric.
     #[inline]
     pub(crate) fn on_admitted(&self) {
         #[cfg(feature = "metrics")]
         self.metrics.admitted.increment(1);
+        if let Some(w) = &self.window
+            && w.is_time()
+        {
+            w.admit(self.nanos(Instant::now()));
+        }
     }
 
     /// Whether a success admitted under `word` would change nothing: then the
@@ -480,7 +486,7 @@ impl Shared {
             }
         }
         if let Some(window) = &self.window {
-            let now_nanos = if window.is_time() {
+            let now_nanos = if window.is_time() && (failure || slow) {
                 self.nanos(*now.get_or_insert_with(Instant::now))
             } else {
                 0

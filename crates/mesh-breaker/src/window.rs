@@ -6,10 +6,12 @@
 //!   N/4 bytes. When the window is full of plain successes, another success
 //!   changes nothing and is not written at all: the common case is read-only.
 //! - [`TimeWindow`]: a ring of time buckets, each with the bucket's epoch and
-//!   its call, failure and slow counters. A call bumps the counters of the
-//!   bucket `now` falls in (recycling it first if it belongs to an older lap);
-//!   reading sums the buckets still inside the window: O(buckets) memory, no
-//!   matter how many calls arrive.
+//!   its call, failure and slow counters. A call is counted in the bucket of
+//!   the moment it is let through, and its failure (or slowness) in the bucket
+//!   of the moment it ends (recycling a bucket first if it belongs to an older
+//!   lap); reading sums the buckets still inside the window: O(buckets)
+//!   memory, no matter how many calls arrive, and a success costs nothing
+//!   when it ends.
 //!
 //! The counters are statistics, not a ledger: under concurrency a call that
 //! lands in the instant a time bucket is recycled may be lost. That never
@@ -78,12 +80,21 @@ impl Window {
     pub(crate) fn is_saturated(&self) -> bool {
         match self {
             Window::Count(w) => w.is_saturated(),
-            Window::Time(_) => false,
+            // Calls are counted on admission: a success adds nothing later.
+            Window::Time(_) => true,
         }
     }
 
     pub(crate) fn is_time(&self) -> bool {
         matches!(self, Window::Time(_))
+    }
+
+    /// Counts a call let through now (time windows count on admission).
+    #[inline]
+    pub(crate) fn admit(&self, now_nanos: u64) {
+        if let Window::Time(w) = self {
+            w.admit(now_nanos);
+        }
     }
 }
 
@@ -212,15 +223,15 @@ impl TimeWindow {
         }
     }
 
+    /// The bucket `index` falls in, recycled first if it holds an older lap;
+    /// `None` if it already holds a newer one (a very late result).
     #[inline]
-    fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
-        let index = now_nanos / self.width;
+    fn bucket(&self, index: u64) -> Option<&Bucket> {
         let tag = index + 1;
         let bucket = &self.buckets[(index % self.buckets.len() as u64) as usize];
         let epoch = bucket.epoch.load(Relaxed);
         if epoch != tag {
             if epoch > tag {
-                // A call that finished in a bucket already recycled: too old.
                 return None;
             }
             if bucket
@@ -233,14 +244,34 @@ impl TimeWindow {
                 bucket.slow.store(0, Relaxed);
             }
         }
-        bucket.calls.fetch_add(1, Relaxed);
+        Some(bucket)
+    }
+
+    /// Counts a call when it is let through: its result then only needs
+    /// recording if it is a failure or slow, so a success touches nothing.
+    #[inline]
+    pub(crate) fn admit(&self, now_nanos: u64) {
+        if let Some(b) = self.bucket(now_nanos / self.width) {
+            b.calls.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records a finished call's failure or slowness (its call was counted by
+    /// [`admit`](Self::admit)).
+    #[inline]
+    fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
+        if !failure && !slow {
+            return None;
+        }
+        let index = now_nanos / self.width;
+        let bucket = self.bucket(index)?;
         if failure {
             bucket.failures.fetch_add(1, Relaxed);
         }
         if slow {
             bucket.slow.fetch_add(1, Relaxed);
         }
-        (failure || slow).then(|| self.snapshot(index))
+        Some(self.snapshot(index))
     }
 
     fn snapshot(&self, index: u64) -> Snapshot {
@@ -329,21 +360,24 @@ mod tests {
     fn time_window_forgets_old_buckets() {
         let sec = 1_000_000_000;
         let w = TimeWindow::new(3, Duration::from_secs(1));
-        w.record(0, true, false);
-        w.record(sec / 2, false, false);
-        w.record(sec, false, true);
+        let call = |at: u64, failure: bool, slow: bool| {
+            w.admit(at);
+            w.record(at, failure, slow)
+        };
+        call(0, true, false);
+        call(sec / 2, false, false);
+        call(sec, false, true);
         let s = w.snapshot(2);
         assert_eq!((s.calls, s.failures, s.slow), (3, 1, 1));
         // At t = 3 s the bucket of t = 0 has left the window.
-        let s = w.record(3 * sec, false, false);
-        assert!(s.is_none());
+        assert!(call(3 * sec, false, false).is_none());
         let s = w.snapshot(3);
         assert_eq!((s.calls, s.failures, s.slow), (2, 0, 1));
         // Much later, everything is gone; memory never grew.
         assert_eq!(w.snapshot(100).calls, 0);
         assert_eq!(w.buckets.len(), 3);
-        // A late call for a recycled bucket is dropped.
-        w.record(100 * sec, false, false);
+        // A late result for a recycled bucket is dropped.
+        call(100 * sec, false, false);
         assert!(w.record(97 * sec, true, false).is_none());
         w.reset();
         assert_eq!(w.snapshot(100), Snapshot::default());
