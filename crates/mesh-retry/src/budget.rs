@@ -62,6 +62,13 @@ use crate::config::BudgetConfig;
 /// How many time slots the budget's window is split into.
 pub const SLOTS: usize = 10;
 
+/// A thread reads the clock on one deposit in this many (see [`RetryBudget::deposit`]).
+pub const CLOCK_EVERY: u32 = 32;
+
+thread_local! {
+    static DEPOSITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// Fixed-point units of one retry: ratios are kept to 1/10 000.
 const UNIT: i64 = 10_000;
 const EPOCH_BITS: u32 = 24;
@@ -130,10 +137,27 @@ impl RetryBudget {
     }
 
     /// Records one request (one logical call, not one attempt).
+    ///
+    /// To keep the clock off the request path, a thread reads the clock on
+    /// one deposit in [`CLOCK_EVERY`] and otherwise deposits into the newest
+    /// epoch any operation has seen. A deposit can only land in an epoch that
+    /// is *older* than its own, so it expires early, never late: the
+    /// approximation only ever lowers the budget. Withdrawals always read the
+    /// clock.
     #[inline]
     pub fn deposit(&self) {
-        let epoch = self.epoch();
-        self.deposit_at(epoch);
+        let read_clock = DEPOSITS.with(|n| {
+            let v = n.get();
+            n.set(v.wrapping_add(1));
+            v % CLOCK_EVERY == 0
+        });
+        if read_clock {
+            let epoch = self.epoch();
+            self.deposit_at(epoch);
+        } else {
+            let epoch = self.inner.swept.load(Ordering::Acquire);
+            self.deposit_unswept(epoch);
+        }
     }
 
     /// Takes one retry from the budget; `false` when the budget is exhausted
@@ -156,9 +180,9 @@ impl RetryBudget {
     #[inline]
     fn epoch(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.inner.start);
-        let e = u64::try_from(elapsed.as_nanos() / u128::from(self.inner.slot_nanos))
-            .unwrap_or(u64::MAX - SLOTS as u64);
-        e + SLOTS as u64
+        // u64 nanoseconds last 584 years; u128 division is slow.
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        (nanos / self.inner.slot_nanos).min(u64::MAX - SLOTS as u64) + SLOTS as u64
     }
 
     /// The epoch slot `i` holds while `epoch` is current, if it is live.
@@ -238,6 +262,11 @@ impl RetryBudget {
 
     pub(crate) fn deposit_at(&self, epoch: u64) {
         self.sweep(epoch);
+        self.deposit_unswept(epoch);
+    }
+
+    #[inline]
+    fn deposit_unswept(&self, epoch: u64) {
         let d = self.inner.deposit;
         if d == 0 {
             return;
@@ -413,6 +442,25 @@ mod tests {
         // The deposits expired; the withdrawal (at 9 s) has not.
         assert_eq!(b.remaining(), 0);
         assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn amortized_deposits_expire_early_never_late() {
+        let b = budget(0, 1.0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // The first of these reads the clock; the rest land in the same epoch.
+        DEPOSITS.with(|n| n.set(0));
+        for _ in 0..(2 * CLOCK_EVERY) {
+            b.deposit();
+        }
+        assert_eq!(b.remaining(), u64::from(2 * CLOCK_EVERY));
+        assert_eq!(b.balance_units(), b.slot_sum_units(b.epoch()));
+        // A deposit that skips the clock lands in the epoch the budget last
+        // saw (30 s ago now), so the next clock read expires it at once.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        DEPOSITS.with(|n| n.set(1));
+        b.deposit();
+        assert_eq!(b.remaining(), 0);
     }
 
     #[test]

@@ -31,11 +31,11 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         // The per-attempt timeout while an attempt runs, the backoff delay
-        // between attempts.
-        #[pin]
-        timer: Option<Sleep>,
-        #[pin]
-        deadline: Option<Sleep>,
+        // between attempts. Boxed: created only when configured or on a
+        // retry, and a `Sleep` inline would triple the future's size, which
+        // costs the no-retry path in moves.
+        timer: Option<Pin<Box<Sleep>>>,
+        deadline: Option<Pin<Box<Sleep>>>,
         service: S,
         // The copy for the next attempt; `None` when no retry is possible.
         request: Option<Request<B>>,
@@ -81,8 +81,10 @@ where
         policy: RetryPolicy<C>,
     ) -> Self {
         let config = policy.config();
-        let timer = config.attempt_timeout.map(tokio::time::sleep);
-        let deadline = policy.deadline().map(sleep_until);
+        let timer = config
+            .attempt_timeout
+            .map(|t| Box::pin(tokio::time::sleep(t)));
+        let deadline = policy.deadline().map(|d| Box::pin(sleep_until(d)));
         Self {
             state: State::Called { future },
             timer,
@@ -111,15 +113,14 @@ where
                     let result = match future.poll(cx) {
                         Poll::Ready(r) => r.map_err(Into::into),
                         Poll::Pending => {
-                            if deadline_passed(this.deadline.as_mut(), cx) {
+                            if deadline_passed(this.deadline, cx) {
                                 return Poll::Ready(Err(deadline_exceeded(this.policy)));
                             }
                             let timed_out = this.policy.config().attempt_timeout.is_some()
                                 && this
                                     .timer
                                     .as_mut()
-                                    .as_pin_mut()
-                                    .is_some_and(|t| t.poll(cx).is_ready());
+                                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
                             if !timed_out {
                                 return Poll::Pending;
                             }
@@ -133,14 +134,13 @@ where
                     let Some(req) = this.request.as_mut() else {
                         return Poll::Ready(result);
                     };
-                    let remaining = this.policy.remaining(Instant::now());
-                    match this.policy.decide(req, &result, remaining) {
+                    match this.policy.decide(req, &result) {
                         Decision::Retry(delay) => {
                             drop(result);
                             let at = Instant::now() + delay;
-                            match this.timer.as_mut().as_pin_mut() {
-                                Some(t) => t.reset(at),
-                                None => this.timer.set(Some(sleep_until(at))),
+                            match this.timer.as_mut() {
+                                Some(t) => t.as_mut().reset(at),
+                                None => *this.timer = Some(Box::pin(sleep_until(at))),
                             }
                             this.state.set(State::Waiting);
                         }
@@ -151,8 +151,8 @@ where
                 }
                 StateProj::Waiting => {
                     // `decide` only waits when the wait ends before the deadline.
-                    if let Some(t) = this.timer.as_mut().as_pin_mut() {
-                        ready!(t.poll(cx));
+                    if let Some(t) = this.timer.as_mut() {
+                        ready!(t.as_mut().poll(cx));
                     }
                     this.state.set(State::Retrying);
                 }
@@ -160,7 +160,7 @@ where
                     if let Poll::Ready(r) = this.service.poll_ready(cx) {
                         r.map_err(Into::into)?;
                     } else {
-                        if deadline_passed(this.deadline.as_mut(), cx) {
+                        if deadline_passed(this.deadline, cx) {
                             return Poll::Ready(Err(deadline_exceeded(this.policy)));
                         }
                         return Poll::Pending;
@@ -172,8 +172,8 @@ where
                     *this.request = this.policy.copy(&req);
                     if let Some(timeout) = this.policy.config().attempt_timeout {
                         let at = Instant::now() + timeout;
-                        if let Some(t) = this.timer.as_mut().as_pin_mut() {
-                            t.reset(at);
+                        if let Some(t) = this.timer.as_mut() {
+                            t.as_mut().reset(at);
                         }
                     }
                     let future = this.service.call(req);
@@ -184,8 +184,10 @@ where
     }
 }
 
-fn deadline_passed(deadline: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
-    deadline.as_pin_mut().is_some_and(|d| d.poll(cx).is_ready())
+fn deadline_passed(deadline: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    deadline
+        .as_mut()
+        .is_some_and(|d| d.as_mut().poll(cx).is_ready())
 }
 
 fn deadline_exceeded<C>(policy: &RetryPolicy<C>) -> BoxError {

@@ -1,42 +1,4 @@
 //! [`RetryPolicy`]: what is retried, when, and how long to wait.
-//!
-//! The policy is a `tower::retry::Policy`, so it works inside plain
-//! `tower::retry::Retry`:
-//!
-//! ```
-//! use std::time::Duration;
-//! use bytes::Bytes;
-//! use http_body_util::Full;
-//! use mesh_retry::{RetryConfig, RetryPolicy};
-//! use tower::{Service, ServiceExt};
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
-//! let mut config = RetryConfig::default();
-//! config.backoff.base = Duration::from_millis(10);
-//! let policy = RetryPolicy::new(config).unwrap();
-//!
-//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-//! let counter = calls.clone();
-//! let inner = tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
-//!     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-//!     let status = if n == 0 { 503 } else { 200 };
-//!     async move {
-//!         Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
-//!     }
-//! });
-//! let mut svc = tower::retry::Retry::new(policy, inner);
-//! let req = http::Request::get("http://users/1").body(Full::new(Bytes::new())).unwrap();
-//! let res = svc.ready().await.unwrap().call(req).await.unwrap();
-//! assert_eq!(res.status(), 200);
-//! assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-//! # }
-//! ```
-//!
-//! Inside `tower::retry::Retry` the policy cannot cut an attempt short at the
-//! deadline (it only refuses retries that would pass it), and the first
-//! attempt carries no [`TriedEndpoints`] unless the caller added one;
-//! [`RetryLayer`](crate::RetryLayer) does both.
 
 use std::fmt;
 use std::sync::Arc;
@@ -111,7 +73,45 @@ struct Shared<C> {
 }
 
 /// Safe, budgeted retries for HTTP and gRPC requests, as a
-/// `tower::retry::Policy`. See the [module docs](self).
+/// `tower::retry::Policy`.
+///
+/// The policy is a `tower::retry::Policy`, so it works inside plain
+/// `tower::retry::Retry`:
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use mesh_retry::{RetryConfig, RetryPolicy};
+/// use tower::{Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let mut config = RetryConfig::default();
+/// config.backoff.base = Duration::from_millis(10);
+/// let policy = RetryPolicy::new(config).unwrap();
+///
+/// let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// let counter = calls.clone();
+/// let inner = tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
+///     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+///     let status = if n == 0 { 503 } else { 200 };
+///     async move {
+///         Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
+///     }
+/// });
+/// let mut svc = tower::retry::Retry::new(policy, inner);
+/// let req = http::Request::get("http://users/1").body(Full::new(Bytes::new())).unwrap();
+/// let res = svc.ready().await.unwrap().call(req).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+/// # }
+/// ```
+///
+/// Inside `tower::retry::Retry` the policy cannot cut an attempt short at the
+/// deadline (it only refuses retries that would pass it), and the first
+/// attempt carries no [`TriedEndpoints`] unless the caller added one;
+/// [`RetryLayer`](crate::RetryLayer) does both.
 ///
 /// Clones share the configuration, the classifier and the budget; each clone
 /// tower makes for a request carries that request's attempt count, start time
@@ -121,7 +121,8 @@ pub struct RetryPolicy<C = HttpClassifier> {
     /// Retries decided so far for this request.
     retries: u32,
     start: Option<Instant>,
-    session: Option<BackoffSession>,
+    // Boxed: drawn only on a retry, and kept out of the future's size.
+    session: Option<Box<BackoffSession>>,
     give_up: Option<GiveUp>,
 }
 
@@ -287,25 +288,18 @@ impl<C> RetryPolicy<C> {
         clone_request(req)
     }
 
-    /// The time left before the deadline, if there is one.
-    pub(crate) fn remaining(&self, now: Instant) -> Option<Duration> {
-        let deadline = self.shared.config.deadline?;
-        let start = self.start?;
-        Some(deadline.saturating_sub(now.saturating_duration_since(start)))
-    }
-
     /// The absolute deadline, if there is one.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         Some(self.start? + self.shared.config.deadline?)
     }
 
     /// Decides what follows an attempt whose result is `result`; on a retry,
-    /// stamps the attempt header on `req` (the copy to be sent).
+    /// stamps the attempt header on `req` (the copy to be sent). The clock is
+    /// read only for a retryable failure with a deadline.
     pub(crate) fn decide<B, Res, E>(
         &mut self,
         req: &mut Request<B>,
         result: &Result<Response<Res>, E>,
-        remaining: Option<Duration>,
     ) -> Decision
     where
         B: TryCloneBody,
@@ -332,13 +326,14 @@ impl<C> RetryPolicy<C> {
         let backoff = &self.shared.config.backoff;
         let mut delay = self
             .session
-            .get_or_insert_with(|| backoff.session())
+            .get_or_insert_with(|| Box::new(backoff.session()))
             .next_delay();
         if let Some(Pushback::After(p)) = outcome.pushback() {
             delay = delay.max(p.min(self.shared.config.max_pushback));
         }
-        if let Some(left) = remaining
-            && delay.saturating_add(self.shared.config.min_attempt_time) > left
+        if let Some(deadline) = self.deadline()
+            && delay.saturating_add(self.shared.config.min_attempt_time)
+                > deadline.saturating_duration_since(Instant::now())
         {
             return give_up(self, GiveUp::Deadline);
         }
@@ -442,8 +437,7 @@ where
         req: &mut Request<B>,
         result: &mut Result<Response<Res>, E>,
     ) -> Option<Self::Future> {
-        let remaining = self.remaining(Instant::now());
-        match self.decide(req, result, remaining) {
+        match self.decide(req, result) {
             Decision::Retry(delay) => Some(tokio::time::sleep(delay)),
             Decision::Stop(_) => None,
         }
@@ -551,7 +545,7 @@ mod tests {
         let mut r = req(Method::GET);
         let mut delays = Vec::new();
         loop {
-            match p.decide(&mut r, &status(503), None) {
+            match p.decide(&mut r, &status(503)) {
                 Decision::Retry(d) => delays.push(d),
                 Decision::Stop(why) => {
                     assert_eq!(why, Some(GiveUp::MaxRetries));
@@ -561,8 +555,8 @@ mod tests {
         }
         assert_eq!(delays, [100, 200, 400].map(Duration::from_millis).to_vec());
         assert_eq!(r.headers()["x-mesh-attempt"], "4");
-        assert_eq!(p.decide(&mut r, &status(200), None), Decision::Stop(None));
-        assert_eq!(p.decide(&mut r, &status(404), None), Decision::Stop(None));
+        assert_eq!(p.decide(&mut r, &status(200)), Decision::Stop(None));
+        assert_eq!(p.decide(&mut r, &status(404)), Decision::Stop(None));
     }
 
     #[test]
@@ -581,23 +575,32 @@ mod tests {
                 .unwrap())
         };
         assert_eq!(
-            p.decide(&mut r, &res("2"), None),
+            p.decide(&mut r, &res("2")),
             Decision::Retry(Duration::from_secs(2))
         );
         assert_eq!(
-            p.decide(&mut r, &res("60"), None),
+            p.decide(&mut r, &res("60")),
             Decision::Retry(Duration::from_secs(5))
         );
         // A pushback shorter than the backoff does not shorten it.
         assert_eq!(
-            p.decide(&mut r, &res("0"), None),
+            p.decide(&mut r, &res("0")),
             Decision::Retry(Duration::from_millis(400))
         );
     }
 
-    #[test]
-    fn pushback_past_the_deadline_or_do_not_retry_stops() {
-        let mut p = RetryPolicy::with_classifier(config(), GrpcClassifier::default()).unwrap();
+    #[tokio::test(start_paused = true)]
+    async fn pushback_past_the_deadline_or_do_not_retry_stops() {
+        let mut p = RetryPolicy::with_classifier(
+            RetryConfig {
+                deadline: Some(Duration::from_secs(3)),
+                ..config()
+            },
+            GrpcClassifier::default(),
+        )
+        .unwrap();
+        p.begin();
+        tokio::time::advance(Duration::from_secs(1)).await;
         let mut r = req(Method::GET);
         let grpc = |pushback: &str| -> Result<Response<()>, BoxError> {
             Ok(Response::builder()
@@ -606,13 +609,13 @@ mod tests {
                 .body(())
                 .unwrap())
         };
-        assert_eq!(p.decide(&mut r, &grpc("-1"), None), Decision::Stop(None));
+        assert_eq!(p.decide(&mut r, &grpc("-1")), Decision::Stop(None));
         assert_eq!(
-            p.decide(&mut r, &grpc("3000"), Some(Duration::from_secs(2))),
+            p.decide(&mut r, &grpc("3000")),
             Decision::Stop(Some(GiveUp::Deadline))
         );
         assert_eq!(
-            p.decide(&mut r, &grpc("300"), Some(Duration::from_secs(2))),
+            p.decide(&mut r, &grpc("300")),
             Decision::Retry(Duration::from_millis(300))
         );
     }
@@ -632,12 +635,9 @@ mod tests {
         a.begin();
         b.begin();
         let mut r = req(Method::GET);
-        assert!(matches!(
-            a.decide(&mut r, &status(502), None),
-            Decision::Retry(_)
-        ));
+        assert!(matches!(a.decide(&mut r, &status(502)), Decision::Retry(_)));
         assert_eq!(
-            b.decide(&mut r, &status(502), None),
+            b.decide(&mut r, &status(502)),
             Decision::Stop(Some(GiveUp::Budget))
         );
         assert_eq!(b.gave_up(), Some(GiveUp::Budget));
@@ -668,7 +668,7 @@ mod tests {
         let draw = |mut p: RetryPolicy| {
             let mut r = req(Method::GET);
             (0..3)
-                .map(|_| match p.decide(&mut r, &status(503), None) {
+                .map(|_| match p.decide(&mut r, &status(503)) {
                     Decision::Retry(d) => d,
                     Decision::Stop(_) => Duration::ZERO,
                 })
