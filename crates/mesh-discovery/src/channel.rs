@@ -34,7 +34,8 @@ pub struct ChannelSource {
 impl ChannelSource {
     /// A new, empty source named `name` (for logs) and its reading side.
     pub fn new(name: &str) -> (Self, Discovery) {
-        let (publisher, discovery) = Publisher::new(format!("channel:{name}"), EndpointSet::empty());
+        let (publisher, discovery) =
+            Publisher::new(format!("channel:{name}"), EndpointSet::empty());
         (Self { publisher }, discovery)
     }
 
@@ -62,10 +63,8 @@ impl ChannelSource {
     /// Reports that the program's own discovery failed: the set is kept and
     /// the failure shows in [`Discovery::health`].
     pub fn fail(&self, message: impl Into<String>) {
-        self.publisher.record_failure(DiscoveryError::new(
-            crate::error::ErrorKind::Other,
-            message,
-        ));
+        self.publisher
+            .record_failure(DiscoveryError::new(crate::error::ErrorKind::Other, message));
     }
 
     /// Another reading handle.

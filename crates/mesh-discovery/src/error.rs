@@ -1,7 +1,7 @@
 //! Errors: what went wrong talking to a source, and input that was rejected.
 //!
 //! Both are small opaque types that travel through tower as
-//! [`BoxError`](mesh_core::BoxError) and are found again with `downcast_ref`.
+//! `mesh_core::BoxError` and are found again with `downcast_ref`.
 //! Config errors use [`mesh_core::config::InvalidConfig`], naming each bad field
 //! (or environment variable) and what is allowed.
 
@@ -84,10 +84,7 @@ impl DiscoveryError {
         // Consul's error bodies are one short line ("No cluster leader"); keep
         // at most 200 bytes of it, never more.
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-        let mut e = Self::new(
-            ErrorKind::Status,
-            format!("HTTP {status}: {}", text.trim()),
-        );
+        let mut e = Self::new(ErrorKind::Status, format!("HTTP {status}: {}", text.trim()));
         e.status = Some(status);
         e
     }
@@ -237,6 +234,9 @@ mod tests {
         let d = e.downcast_ref::<DiscoveryError>().unwrap();
         assert_eq!(d.kind(), ErrorKind::Status);
         assert_eq!(d.http_status(), Some(500));
-        assert_eq!(d.to_string(), "discovery status: HTTP 500: No cluster leader");
+        assert_eq!(
+            d.to_string(),
+            "discovery status: HTTP 500: No cluster leader"
+        );
     }
 }

@@ -9,7 +9,7 @@ use mesh_discovery::consul::{
     ServiceRegistration, WatchConfig,
 };
 use mesh_discovery::{Discovery, EmptyPolicy, EndpointSet, ErrorKind};
-use mesh_testkit::consul::{Fault, FakeConsul, Health, Instance};
+use mesh_testkit::consul::{FakeConsul, Fault, Health, Instance};
 use tokio::time::{Instant, timeout};
 
 fn client(consul: &FakeConsul) -> ConsulClient {
@@ -31,13 +31,24 @@ fn config(service: &str) -> WatchConfig {
 async fn until(d: &Discovery, what: &str, f: impl FnMut(&EndpointSet) -> bool) -> EndpointSet {
     match timeout(Duration::from_secs(10), d.wait_for(f)).await {
         Ok(Some(s)) => s,
-        _ => panic!("timed out waiting for {what}: {:?} {:?}", d.current(), d.health()),
+        _ => panic!(
+            "timed out waiting for {what}: {:?} {:?}",
+            d.current(),
+            d.health()
+        ),
     }
 }
 
-async fn until_health(d: &Discovery, what: &str, mut f: impl FnMut(&mesh_discovery::SourceHealth) -> bool) {
+async fn until_health(
+    d: &Discovery,
+    what: &str,
+    mut f: impl FnMut(&mesh_discovery::SourceHealth) -> bool,
+) {
     let mut rx = d.subscribe_health();
-    if timeout(Duration::from_secs(10), rx.wait_for(|h| f(h))).await.is_err() {
+    if timeout(Duration::from_secs(10), rx.wait_for(|h| f(h)))
+        .await
+        .is_err()
+    {
         panic!("timed out waiting for {what}: {:?}", d.health());
     }
 }
@@ -90,10 +101,17 @@ async fn registration_heartbeats_keep_a_ttl_check_alive_and_re_register() {
     let client = client(&consul);
     let reg = ServiceRegistration::new("api", 1234)
         .id("api-1")
-        .check(CheckDefinition::ttl("api-1-ttl", Duration::from_millis(600)));
+        .check(CheckDefinition::ttl(
+            "api-1-ttl",
+            Duration::from_millis(600),
+        ));
     let registration = Registration::register(client, reg).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(consul.healthy_ids("api"), ["api-1"], "heartbeats beat the TTL");
+    assert_eq!(
+        consul.healthy_ids("api"),
+        ["api-1"],
+        "heartbeats beat the TTL"
+    );
 
     // The agent forgets us (restart): the next heartbeat registers again.
     consul.remove_instance("api-1");
@@ -129,7 +147,10 @@ async fn health_flips_and_the_empty_policy() {
         consul.set_health(&format!("users-{i}"), Health::Warning);
     }
     until(&published, "empty", EndpointSet::is_empty).await;
-    until_health(&kept, "an ignored empty set", |h| h.empty_sets_ignored() > 0).await;
+    until_health(&kept, "an ignored empty set", |h| {
+        h.empty_sets_ignored() > 0
+    })
+    .await;
     assert_eq!(kept.current().len(), 3, "KeepLast keeps the last known set");
     consul.set_health("users-1", Health::Passing);
     until(&kept, "1", |s| s.len() == 1).await;
@@ -143,9 +164,10 @@ async fn ttl_expiry_removes_the_instance() {
     // Registered with the plain client: nobody heartbeats.
     client
         .register(
-            &ServiceRegistration::new("ttl", 80)
-                .id("ttl-1")
-                .check(CheckDefinition::ttl("ttl-1-check", Duration::from_millis(500)).initial_status("passing")),
+            &ServiceRegistration::new("ttl", 80).id("ttl-1").check(
+                CheckDefinition::ttl("ttl-1-check", Duration::from_millis(500))
+                    .initial_status("passing"),
+            ),
         )
         .await
         .unwrap();
@@ -165,7 +187,11 @@ async fn fault_kept_then_recovered(fault: Fault) {
     consul.set_fault(fault);
     until_health(&users, "failures", |h| h.consecutive_failures() >= 2).await;
     let during = users.current();
-    assert_eq!(during.version(), before.version(), "{fault:?}: endpoints kept");
+    assert_eq!(
+        during.version(),
+        before.version(),
+        "{fault:?}: endpoints kept"
+    );
     assert!(during.same_endpoints(&before));
 
     consul.remove_instance("users-3");
@@ -234,8 +260,15 @@ async fn fault_index_zero_and_spurious_wakeups_are_rate_limited() {
         // Without the bucket this would be thousands; with it: the burst plus
         // one per 100 ms.
         assert!((3..=3 + 11).contains(&n), "{fault:?}: {n} requests in 1 s");
-        assert!(users.current().same_endpoints(&before), "{fault:?}: endpoints kept");
-        assert_eq!(users.current().version(), before.version(), "{fault:?}: no republish");
+        assert!(
+            users.current().same_endpoints(&before),
+            "{fault:?}: endpoints kept"
+        );
+        assert_eq!(
+            users.current().version(),
+            before.version(),
+            "{fault:?}: no republish"
+        );
 
         consul.clear_fault();
         consul.remove_instance("users-1");
@@ -244,7 +277,11 @@ async fn fault_index_zero_and_spurious_wakeups_are_rate_limited() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         consul.reset_counts();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(consul.health_request_count() <= 2, "{fault:?}: {}", consul.health_request_count());
+        assert!(
+            consul.health_request_count() <= 2,
+            "{fault:?}: {}",
+            consul.health_request_count()
+        );
     }
 }
 
@@ -268,7 +305,11 @@ async fn fault_index_reset_resets_and_keeps_following() {
     consul.remove_instance("users-2");
     let start = Instant::now();
     until(&users, "the change after the reset", |s| s.len() == 2).await;
-    assert!(start.elapsed() < Duration::from_millis(1000), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(users.health().is_healthy());
 }
 
@@ -288,15 +329,21 @@ async fn an_idle_watch_blocks_instead_of_polling() {
     let n = consul.health_request_count();
     assert!(n <= 2, "{n} requests while idle");
     assert_eq!(consul.blocked_health_requests(), 1);
-    assert_eq!(users.current().version(), 1, "wake-ups without change publish nothing");
+    assert_eq!(
+        users.current().version(),
+        1,
+        "wake-ups without change publish nothing"
+    );
 }
 
 #[tokio::test]
 async fn ten_thousand_instances() {
     let consul = FakeConsul::start().await.unwrap();
     consul.add_instances((0..10_000u32).map(|i| {
-        Instance::new("big", &format!("big-{i}"), "", 8080)
-            .node(&format!("node-{}", i / 10), &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+        Instance::new("big", &format!("big-{i}"), "", 8080).node(
+            &format!("node-{}", i / 10),
+            &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+        )
     }));
     let mut c = config("big");
     c.wait = Duration::from_secs(5);
@@ -338,7 +385,10 @@ async fn tags_and_tokens() {
         .unwrap_err();
     assert_eq!(err.http_status(), Some(403));
     assert!(!err.to_string().contains("s3cr3t"));
-    with_token.register(&ServiceRegistration::new("x", 1)).await.unwrap();
+    with_token
+        .register(&ServiceRegistration::new("x", 1))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -356,7 +406,12 @@ async fn bad_input_gives_typed_errors() {
     ] {
         let err = client.register(&reg).await.unwrap_err();
         let source = std::error::Error::source(&err).unwrap();
-        assert!(source.downcast_ref::<mesh_discovery::InvalidName>().is_some(), "{err}");
+        assert!(
+            source
+                .downcast_ref::<mesh_discovery::InvalidName>()
+                .is_some(),
+            "{err}"
+        );
     }
     assert_eq!(consul.request_count(), 0, "nothing bad was sent");
     assert!(client.deregister("a/b").await.is_err());
@@ -376,7 +431,10 @@ async fn real_agent_register_discover_deregister() {
     let reg = ServiceRegistration::new(&name, 8080)
         .id(format!("{name}-1"))
         .address("127.0.0.1")
-        .check(CheckDefinition::ttl(format!("{name}-1-ttl"), Duration::from_secs(10)));
+        .check(CheckDefinition::ttl(
+            format!("{name}-1-ttl"),
+            Duration::from_secs(10),
+        ));
     let registration = Registration::register(client, reg).await.unwrap();
     let set = timeout(Duration::from_secs(30), d.wait_for(|s| s.len() == 1))
         .await

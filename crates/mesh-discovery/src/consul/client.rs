@@ -163,7 +163,10 @@ impl ConsulClient {
                     Address::Host { host, port } => {
                         std::net::ToSocketAddrs::to_socket_addrs(&(&**host, *port))
                             .map_err(|e| {
-                                InvalidConfig::field("address", format!("could not be resolved: {e}"))
+                                InvalidConfig::field(
+                                    "address",
+                                    format!("could not be resolved: {e}"),
+                                )
                             })?
                             .collect()
                     }
@@ -230,7 +233,10 @@ impl ConsulClient {
         rb
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<(http::HeaderMap, Bytes), DiscoveryError> {
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<(http::HeaderMap, Bytes), DiscoveryError> {
         let resp = rb.send().await.map_err(DiscoveryError::from_reqwest)?;
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -248,11 +254,12 @@ impl ConsulClient {
 
     /// `PUT /v1/agent/service/register`.
     pub async fn register(&self, registration: &ServiceRegistration) -> Result<(), DiscoveryError> {
-        registration
-            .validate()
-            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid registration").with_source(e))?;
-        let body = serde_json::to_vec(registration)
-            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "could not encode").with_source(e))?;
+        registration.validate().map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid registration").with_source(e)
+        })?;
+        let body = serde_json::to_vec(registration).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "could not encode").with_source(e)
+        })?;
         let url = self.url(&["v1", "agent", "service", "register"]);
         let rb = self
             .request(Method::PUT, url, self.inner.request_timeout)
@@ -264,10 +271,14 @@ impl ConsulClient {
     /// `PUT /v1/agent/service/deregister/:service_id`. Deregistering an
     /// unknown ID succeeds (it is gone either way).
     pub async fn deregister(&self, service_id: &str) -> Result<(), DiscoveryError> {
-        check_name("service ID", service_id)
-            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e))?;
+        check_name("service ID", service_id).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
+        })?;
         let url = self.url(&["v1", "agent", "service", "deregister", service_id]);
-        match self.send(self.request(Method::PUT, url, self.inner.request_timeout)).await {
+        match self
+            .send(self.request(Method::PUT, url, self.inner.request_timeout))
+            .await
+        {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             other => other.map(drop),
         }
@@ -282,8 +293,9 @@ impl ConsulClient {
         status: CheckStatus,
         output: &str,
     ) -> Result<(), DiscoveryError> {
-        check_name("check ID", check_id)
-            .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid check ID").with_source(e))?;
+        check_name("check ID", check_id).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid check ID").with_source(e)
+        })?;
         let url = self.url(&["v1", "agent", "check", "update", check_id]);
         let body = serde_json::json!({ "Status": status.as_str(), "Output": output });
         let rb = self
@@ -303,7 +315,8 @@ impl ConsulClient {
         index: u64,
         wait: Option<Duration>,
     ) -> Result<HealthAnswer, DiscoveryError> {
-        self.health_service_with_margin(query, index, wait, BLOCKING_MARGIN).await
+        self.health_service_with_margin(query, index, wait, BLOCKING_MARGIN)
+            .await
     }
 
     pub(crate) async fn health_service_with_margin(
@@ -356,9 +369,7 @@ impl ConsulClient {
                 _ => timeout = self.inner.request_timeout,
             }
         }
-        let (headers, body) = self
-            .send(self.request(Method::GET, url, timeout))
-            .await?;
+        let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
         let index = headers
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
@@ -397,7 +408,10 @@ fn tls(
     builder = builder.tls_backend_rustls();
     let read = |field: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
-            InvalidConfig::field(field, format!("file {} could not be read: {e}", path.display()))
+            InvalidConfig::field(
+                field,
+                format!("file {} could not be read: {e}", path.display()),
+            )
         })
     };
     if let Some(ca) = &config.ca_cert {
@@ -411,7 +425,10 @@ fn tls(
         pem.push(b'\n');
         pem.extend(read("client_key", key)?);
         let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            InvalidConfig::field("client_cert", format!("is not a PEM certificate and key: {e}"))
+            InvalidConfig::field(
+                "client_cert",
+                format!("is not a PEM certificate and key: {e}"),
+            )
         })?;
         builder = builder.identity(id);
     }
@@ -440,7 +457,10 @@ mod tests {
         c.namespace = Some("team-a".into());
         let client = ConsulClient::new(&c).unwrap();
         let u = client.url(&["v1", "health", "service", "web"]);
-        assert_eq!(u.as_str(), "http://127.0.0.1:8500/v1/health/service/web?ns=team-a");
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:8500/v1/health/service/web?ns=team-a"
+        );
         let client = ConsulClient::new(&ConsulConfig::new("localhost")).unwrap();
         assert_eq!(client.base_url(), "http://localhost:8500/");
         assert_eq!(
@@ -461,7 +481,17 @@ mod tests {
     #[test]
     fn queries_are_validated() {
         assert!(HealthQuery::new("web").tag("v1").validate().is_ok());
-        assert_eq!(HealthQuery::new("w/eb").validate().unwrap_err().what(), "service name");
-        assert_eq!(HealthQuery::new("web").tag("").validate().unwrap_err().what(), "tag");
+        assert_eq!(
+            HealthQuery::new("w/eb").validate().unwrap_err().what(),
+            "service name"
+        );
+        assert_eq!(
+            HealthQuery::new("web")
+                .tag("")
+                .validate()
+                .unwrap_err()
+                .what(),
+            "tag"
+        );
     }
 }

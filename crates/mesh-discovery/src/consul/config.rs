@@ -204,13 +204,17 @@ impl ConsulConfig {
         } else if raw.contains("://") {
             return Err(InvalidConfig::field(
                 "address",
-                format!("must use http:// or https:// (unix sockets are not supported), got {raw:?}"),
+                format!(
+                    "must use http:// or https:// (unix sockets are not supported), got {raw:?}"
+                ),
             ));
         } else {
             (self.https, raw)
         };
         let rest = rest.trim_end_matches('/');
-        let with_port = if rest.rsplit_once(':').is_some_and(|(h, _)| !h.ends_with(':'))
+        let with_port = if rest
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| !h.ends_with(':'))
             && !(rest.starts_with('[') && rest.ends_with(']'))
         {
             rest.to_owned()
@@ -238,11 +242,15 @@ impl ConsulConfig {
                 "client_cert and client_key must be given together",
             );
         }
-        let range = |errors: &mut InvalidConfig, name: &str, v: Duration, lo: Duration, hi: Duration| {
-            if v < lo || v > hi {
-                errors.push(name, format!("must be between {lo:?} and {hi:?}, got {v:?}"));
-            }
-        };
+        let range =
+            |errors: &mut InvalidConfig, name: &str, v: Duration, lo: Duration, hi: Duration| {
+                if v < lo || v > hi {
+                    errors.push(
+                        name,
+                        format!("must be between {lo:?} and {hi:?}, got {v:?}"),
+                    );
+                }
+            };
         range(
             &mut errors,
             "connect_timeout",
@@ -257,16 +265,19 @@ impl ConsulConfig {
             Duration::from_millis(100),
             Duration::from_secs(300),
         );
-        if let Some(t) = &self.token {
-            if t.0.chars().any(|c| c.is_control() || c == ' ') {
-                errors.push("token", "must not contain spaces or control characters");
-            }
+        if let Some(t) = &self.token
+            && t.0.chars().any(|c| c.is_control() || c == ' ')
+        {
+            errors.push("token", "must not contain spaces or control characters");
         }
-        for (name, v) in [("namespace", &self.namespace), ("partition", &self.partition)] {
-            if let Some(v) = v {
-                if crate::error::check_name("name", v).is_err() {
-                    errors.push(name, "may contain only letters, digits, '-', '_' and '.'");
-                }
+        for (name, v) in [
+            ("namespace", &self.namespace),
+            ("partition", &self.partition),
+        ] {
+            if let Some(v) = v
+                && crate::error::check_name("name", v).is_err()
+            {
+                errors.push(name, "may contain only letters, digits, '-', '_' and '.'");
             }
         }
         errors.into_result()
@@ -290,7 +301,10 @@ mod tests {
     fn reads_consul_environment_conventions() {
         let c = env(&[]).unwrap();
         let p = c.parse_address().unwrap();
-        assert_eq!((p.https, p.address.to_string()), (false, "127.0.0.1:8500".into()));
+        assert_eq!(
+            (p.https, p.address.to_string()),
+            (false, "127.0.0.1:8500".into())
+        );
 
         let c = env(&[
             ("CONSUL_HTTP_ADDR", "https://consul.service:8501"),
@@ -306,8 +320,15 @@ mod tests {
         assert_eq!(c.namespace.as_deref(), Some("team-a"));
         assert!(!format!("{c:?}").contains("s3cr3t"), "token never in Debug");
 
-        let c = env(&[("CONSUL_HTTP_ADDR", "10.1.2.3"), ("CONSUL_HTTP_SSL", "true")]).unwrap();
-        assert_eq!(c.parse_address().unwrap().address.to_string(), "10.1.2.3:8501");
+        let c = env(&[
+            ("CONSUL_HTTP_ADDR", "10.1.2.3"),
+            ("CONSUL_HTTP_SSL", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.parse_address().unwrap().address.to_string(),
+            "10.1.2.3:8501"
+        );
         let c = env(&[("CONSUL_HTTP_ADDR", "http://[::1]")]).unwrap();
         assert_eq!(c.parse_address().unwrap().address.to_string(), "[::1]:8500");
     }
@@ -338,7 +359,13 @@ mod tests {
 
     #[test]
     fn validate_names_bad_fields() {
-        for bad in ["http://", "host:99999", "bad host:80", "ftp://x:1", "127.0.0.1:0"] {
+        for bad in [
+            "http://",
+            "host:99999",
+            "bad host:80",
+            "ftp://x:1",
+            "127.0.0.1:0",
+        ] {
             assert!(ConsulConfig::new(bad).validate().is_err(), "{bad}");
         }
         let mut c = ConsulConfig::new("127.0.0.1:8500");

@@ -28,7 +28,7 @@ mod model;
 mod registration;
 mod watch;
 
-pub use client::{CheckStatus, ConsulClient, Consistency, HealthAnswer, HealthQuery};
+pub use client::{CheckStatus, Consistency, ConsulClient, HealthAnswer, HealthQuery};
 pub use config::{ConsulConfig, ConsulToken};
 pub use model::{
     CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,

@@ -189,8 +189,11 @@ pub(crate) fn parse_health_report(
     body: &[u8],
 ) -> Result<(Vec<Endpoint>, ParseReport), DiscoveryError> {
     let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| {
-        DiscoveryError::new(crate::error::ErrorKind::Decode, "health response is not valid JSON")
-            .with_source(e)
+        DiscoveryError::new(
+            crate::error::ErrorKind::Decode,
+            "health response is not valid JSON",
+        )
+        .with_source(e)
     })?;
     let mut report = ParseReport::default();
     let mut out = Vec::with_capacity(entries.len());
@@ -302,14 +305,15 @@ impl ServiceRegistration {
         for t in &self.tags {
             crate::error::check_text("tag", t)?;
         }
-        if let Some(a) = &self.address {
-            if !a.is_empty() && Address::host(a, self.port).is_err() {
-                return Err(crate::error::InvalidName {
-                    what: "service address",
-                    value: a.clone(),
-                    reason: "must be an IP address or a DNS host name",
-                });
-            }
+        if let Some(a) = &self.address
+            && !a.is_empty()
+            && Address::host(a, self.port).is_err()
+        {
+            return Err(crate::error::InvalidName {
+                what: "service address",
+                value: a.clone(),
+                reason: "must be an IP address or a DNS host name",
+            });
         }
         if self.port == 0 {
             return Err(crate::error::InvalidName {
@@ -357,14 +361,23 @@ pub struct CheckDefinition {
     #[serde(flatten)]
     pub kind: CheckKind,
     /// How often Consul runs HTTP/TCP/gRPC checks.
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interval: Option<Duration>,
     /// The timeout of one check run.
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Consul removes the instance after the check has been critical this long
     /// (at least one minute).
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deregister_critical_service_after: Option<Duration>,
     /// The initial status (`passing`, `warning`, `critical`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -405,7 +418,11 @@ impl CheckDefinition {
     }
 
     /// A gRPC health check of `host:port[/service]` every `interval`.
-    pub fn grpc(check_id: impl Into<String>, target: impl Into<String>, interval: Duration) -> Self {
+    pub fn grpc(
+        check_id: impl Into<String>,
+        target: impl Into<String>,
+        interval: Duration,
+    ) -> Self {
         let mut c = Self::new(check_id, CheckKind::Grpc(target.into()));
         c.interval = Some(interval);
         c
@@ -473,10 +490,18 @@ mod tests {
         let eps = parse_health(body).unwrap();
         assert_eq!(eps.len(), 2);
         assert_eq!(eps[0].key().as_str(), "n1/web-1");
-        assert_eq!(eps[0].address().to_string(), "10.0.0.1:8080", "node address fallback");
+        assert_eq!(
+            eps[0].address().to_string(),
+            "10.0.0.1:8080",
+            "node address fallback"
+        );
         assert_eq!(eps[0].weight(), 3);
         assert!(eps[0].tags().is_empty() && eps[0].metadata().is_empty());
-        assert_eq!(eps[1].key().as_str(), "n2/web-1", "same ID on another node is another endpoint");
+        assert_eq!(
+            eps[1].key().as_str(),
+            "n2/web-1",
+            "same ID on another node is another endpoint"
+        );
         assert_eq!(eps[1].address().to_string(), "web.internal:9090");
         assert_eq!(eps[1].weight(), 1, "warning weight");
         assert_eq!(eps[1].tags(), ["v2"]);
@@ -504,8 +529,18 @@ mod tests {
             .tags(["v1"])
             .meta("zone", "a")
             .weights(2, 1)
-            .check(CheckDefinition::ttl("web-1-ttl", Duration::from_secs(10)).deregister_after(Duration::from_secs(60)))
-            .check(CheckDefinition::http("web-1-http", "http://10.0.0.1:8080/health", Duration::from_millis(1500)).timeout(Duration::from_secs(1)));
+            .check(
+                CheckDefinition::ttl("web-1-ttl", Duration::from_secs(10))
+                    .deregister_after(Duration::from_secs(60)),
+            )
+            .check(
+                CheckDefinition::http(
+                    "web-1-http",
+                    "http://10.0.0.1:8080/health",
+                    Duration::from_millis(1500),
+                )
+                .timeout(Duration::from_secs(1)),
+            );
         r.validate().unwrap();
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["ID"], "web-1");
@@ -519,14 +554,34 @@ mod tests {
 
     #[test]
     fn bad_registrations_are_typed_errors() {
-        assert_eq!(ServiceRegistration::new("we b", 1).validate().unwrap_err().what(), "service name");
-        assert_eq!(ServiceRegistration::new("web", 0).validate().unwrap_err().what(), "service port");
         assert_eq!(
-            ServiceRegistration::new("web", 1).address("not valid!").validate().unwrap_err().what(),
+            ServiceRegistration::new("we b", 1)
+                .validate()
+                .unwrap_err()
+                .what(),
+            "service name"
+        );
+        assert_eq!(
+            ServiceRegistration::new("web", 0)
+                .validate()
+                .unwrap_err()
+                .what(),
+            "service port"
+        );
+        assert_eq!(
+            ServiceRegistration::new("web", 1)
+                .address("not valid!")
+                .validate()
+                .unwrap_err()
+                .what(),
             "service address"
         );
         assert_eq!(
-            ServiceRegistration::new("web", 1).id("a/b").validate().unwrap_err().what(),
+            ServiceRegistration::new("web", 1)
+                .id("a/b")
+                .validate()
+                .unwrap_err()
+                .what(),
             "service ID"
         );
     }

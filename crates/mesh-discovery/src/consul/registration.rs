@@ -80,7 +80,9 @@ impl Registration {
         let r = self.client.deregister(self.service_id()).await;
         match &r {
             Ok(()) => tracing::info!(id = %self.service_id(), "deregistered from consul"),
-            Err(e) => tracing::warn!(id = %self.service_id(), error = %e, "consul deregistration failed"),
+            Err(e) => {
+                tracing::warn!(id = %self.service_id(), error = %e, "consul deregistration failed")
+            }
         }
         r
     }

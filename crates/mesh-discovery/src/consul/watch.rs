@@ -103,10 +103,18 @@ impl WatchConfig {
         }
         let mut range = |name: &str, v: Duration, lo: Duration, hi: Duration| {
             if v < lo || v > hi {
-                errors.push(name, format!("must be between {lo:?} and {hi:?}, got {v:?}"));
+                errors.push(
+                    name,
+                    format!("must be between {lo:?} and {hi:?}, got {v:?}"),
+                );
             }
         };
-        range("wait", self.wait, Duration::from_secs(1), Duration::from_secs(600));
+        range(
+            "wait",
+            self.wait,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        );
         range(
             "min_interval",
             self.min_interval,
@@ -120,7 +128,10 @@ impl WatchConfig {
             Duration::from_secs(60),
         );
         if !(1..=100).contains(&self.burst) {
-            errors.push("burst", format!("must be between 1 and 100, got {}", self.burst));
+            errors.push(
+                "burst",
+                format!("must be between 1 and 100, got {}", self.burst),
+            );
         }
         errors.merge_nested("backoff", self.backoff.validate());
         errors.into_result()
@@ -266,6 +277,9 @@ mod tests {
             b.acquire().await;
         }
         let el = start.elapsed();
-        assert!(el >= Duration::from_millis(999) && el <= Duration::from_millis(1010), "{el:?}");
+        assert!(
+            el >= Duration::from_millis(999) && el <= Duration::from_millis(1010),
+            "{el:?}"
+        );
     }
 }

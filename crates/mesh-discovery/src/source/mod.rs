@@ -530,7 +530,10 @@ mod tests {
         assert!(p.publish(vec![ep("a", 1)]).1);
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        assert!(!p.publish(vec![ep("a", 1)]).1, "same content publishes nothing");
+        assert!(
+            !p.publish(vec![ep("a", 1)]).1,
+            "same content publishes nothing"
+        );
         assert!(!rx.has_changed().unwrap());
         assert_eq!(d.current().version(), 1);
         assert!(p.publish(vec![]).1);

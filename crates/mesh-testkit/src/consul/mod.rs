@@ -353,7 +353,8 @@ impl FakeConsul {
     /// The status of a check on the agent's node.
     pub fn check_status(&self, check_id: &str) -> Option<Health> {
         let mut s = self.shared.lock();
-        s.find_check_mut(check_id).map(|(inst, i)| inst.checks[i].status)
+        s.find_check_mut(check_id)
+            .map(|(inst, i)| inst.checks[i].status)
     }
 
     /// IDs of every instance of `service`, healthy or not, sorted.

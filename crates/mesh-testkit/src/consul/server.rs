@@ -97,7 +97,11 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
         shared.health_requests.fetch_add(1, Ordering::SeqCst);
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
     if let Some(resp) = connection_fault(&shared).await? {
         return Ok(resp);
     }
@@ -126,17 +130,18 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = parts.method;
 
-    if method == Method::GET {
-        if let ["v1", "health", "service", name] = segs[..] {
-            let name = percent_decode(name);
-            return health(&shared, &name, &query, authorized).await;
-        }
+    if let (&Method::GET, ["v1", "health", "service", name]) = (&method, &segs[..]) {
+        let name = percent_decode(name);
+        return health(&shared, &name, &query, authorized).await;
     }
     if method != Method::PUT {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
     }
     if !authorized {
-        return Ok(reply(StatusCode::FORBIDDEN, "Permission denied: ACL not found"));
+        return Ok(reply(
+            StatusCode::FORBIDDEN,
+            "Permission denied: ACL not found",
+        ));
     }
     match segs[..] {
         ["v1", "agent", "service", "register"] => Ok(register(&shared, &body)),
@@ -149,7 +154,13 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
             });
             Ok(reply(StatusCode::OK, ""))
         }
-        ["v1", "agent", "check", verb @ ("pass" | "warn" | "fail"), id] => {
+        [
+            "v1",
+            "agent",
+            "check",
+            verb @ ("pass" | "warn" | "fail"),
+            id,
+        ] => {
             let status = match verb {
                 "pass" => Health::Passing,
                 "warn" => Health::Warning,
@@ -165,12 +176,25 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
         ["v1", "agent", "check", "update", id] => {
             let v: serde_json::Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, format!("Request decode failed: {e}"))),
+                Err(e) => {
+                    return Ok(reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("Request decode failed: {e}"),
+                    ));
+                }
             };
-            let Some(status) = v.get("Status").and_then(|s| s.as_str()).and_then(Health::parse) else {
+            let Some(status) = v
+                .get("Status")
+                .and_then(|s| s.as_str())
+                .and_then(Health::parse)
+            else {
                 return Ok(reply(StatusCode::BAD_REQUEST, "Invalid check status"));
             };
-            let output = v.get("Output").and_then(|s| s.as_str()).unwrap_or("").to_owned();
+            let output = v
+                .get("Output")
+                .and_then(|s| s.as_str())
+                .unwrap_or("")
+                .to_owned();
             Ok(update_check(&shared, &percent_decode(id), status, output))
         }
         _ => Ok(reply(StatusCode::NOT_FOUND, "404 page not found")),
@@ -250,10 +274,11 @@ async fn health(
     shared.in_flight_health.fetch_add(1, Ordering::SeqCst);
     let _gauge = Gauge(&shared.in_flight_health);
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
-    if let Some(dc) = get("dc") {
-        if dc != DATACENTER {
-            return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
-        }
+    if get("dc").is_some_and(|dc| dc != DATACENTER) {
+        return Ok(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No path to datacenter",
+        ));
     }
     let passing = get("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<String> = query
@@ -314,7 +339,10 @@ async fn health(
         *resp.body_mut() = Full::new(Bytes::from_static(b"<html>502 Bad Gateway</html>"));
     }
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     match fault {
         Fault::MissingIndex => {}
         Fault::IndexZero => {
@@ -324,7 +352,10 @@ async fn health(
             h.insert("x-consul-index", http::HeaderValue::from(current));
         }
     }
-    h.insert("x-consul-knownleader", http::HeaderValue::from_static("true"));
+    h.insert(
+        "x-consul-knownleader",
+        http::HeaderValue::from_static("true"),
+    );
     h.insert("x-consul-lastcontact", http::HeaderValue::from_static("0"));
     Ok(resp)
 }
@@ -349,15 +380,13 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;

@@ -123,19 +123,28 @@ pub(crate) fn parse_registration(
     body: &[u8],
     existing: Option<&InstanceState>,
 ) -> Result<InstanceState, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?;
     let name = v
         .get("Name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or("Missing service name")?;
-    let id = v.get("ID").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or(name);
+    let id = v
+        .get("ID")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(name);
     let port = v.get("Port").and_then(Value::as_u64).unwrap_or(0);
     let port = u16::try_from(port).map_err(|_| "Invalid Port".to_owned())?;
     let strings = |k: &str| -> Vec<String> {
         v.get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let meta: BTreeMap<String, String> = v
@@ -148,12 +157,22 @@ pub(crate) fn parse_registration(
         })
         .unwrap_or_default();
     let weights = v.get("Weights").map_or((1, 1), |w| {
-        let get = |k| w.get(k).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
+        let get = |k| {
+            w.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1)
+        };
         (get("Passing"), get("Warning"))
     });
-    let mut spec = Instance::new(name, id, v.get("Address").and_then(Value::as_str).unwrap_or(""), port)
-        .tags(strings("Tags"))
-        .weights(weights.0, weights.1);
+    let mut spec = Instance::new(
+        name,
+        id,
+        v.get("Address").and_then(Value::as_str).unwrap_or(""),
+        port,
+    )
+    .tags(strings("Tags"))
+    .weights(weights.0, weights.1);
     spec.meta = meta;
 
     let mut defs: Vec<(String, &Value)> = Vec::new();
@@ -177,11 +196,26 @@ pub(crate) fn parse_registration(
             Some(t) => Some(parse_go_duration(t).ok_or_else(|| format!("Invalid TTL {t:?}"))?),
             None => None,
         };
-        let kinds = ["HTTP", "TCP", "GRPC", "TTL", "Script", "Args", "AliasService", "H2PING", "UDP"];
+        let kinds = [
+            "HTTP",
+            "TCP",
+            "GRPC",
+            "TTL",
+            "Script",
+            "Args",
+            "AliasService",
+            "H2PING",
+            "UDP",
+        ];
         if !kinds.iter().any(|k| c.get(*k).is_some()) {
             return Err("Invalid check: must have one of HTTP, TCP, GRPC or TTL".into());
         }
-        if ttl.is_none() && c.get("Interval").and_then(Value::as_str).and_then(parse_go_duration).is_none() {
+        if ttl.is_none()
+            && c.get("Interval")
+                .and_then(Value::as_str)
+                .and_then(parse_go_duration)
+                .is_none()
+        {
             return Err(format!("Invalid check {check_id:?}: Interval is required"));
         }
         let deregister_after = c
@@ -258,7 +292,10 @@ mod tests {
     fn parses_go_durations() {
         assert_eq!(parse_go_duration("10s"), Some(Duration::from_secs(10)));
         assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_go_duration("1500ms"),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_go_duration("10"), None);
         assert_eq!(parse_go_duration("x"), None);
