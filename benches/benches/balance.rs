@@ -100,13 +100,21 @@ fn latency_blind(c: &mut Criterion) {
             Strategy::LeastOutstanding,
             false,
         ),
-        ("balance_round_robin_pick_record", Strategy::RoundRobin, false),
+        (
+            "balance_round_robin_pick_record",
+            Strategy::RoundRobin,
+            false,
+        ),
         (
             "balance_smooth_wrr_pick_record",
             Strategy::WeightedRoundRobin,
             true,
         ),
-        ("balance_weighted_random_pick_record", Strategy::Random, true),
+        (
+            "balance_weighted_random_pick_record",
+            Strategy::Random,
+            true,
+        ),
     ] {
         let mut g = c.benchmark_group(group);
         for n in [16, 10_000] {
