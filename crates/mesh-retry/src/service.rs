@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use crate::body::TryCloneBody;
 use crate::future::ResponseFuture;
-use crate::policy::RetryPolicy;
+use crate::policy::{RetryPolicy, clone_request};
 
 /// Retries failed attempts of a request, safely and within budget. Built by
 /// [`RetryLayer`](crate::RetryLayer).
@@ -70,9 +70,9 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let mut policy = self.policy.clone();
         policy.begin();
-        let copy = if policy.is_retryable_request(&req) && policy.config().max_retries > 0 {
+        let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
             policy.track(&mut req);
-            policy.copy(&req)
+            clone_request(&req)
         } else {
             None
         };
