@@ -188,7 +188,7 @@ pub fn parse_health(body: &[u8]) -> Result<Vec<Endpoint>, DiscoveryError> {
 pub(crate) fn parse_health_report(
     body: &[u8],
 ) -> Result<(Vec<Endpoint>, ParseReport), DiscoveryError> {
-    let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| {
+    let entries: Vec<raw::Entry<'_>> = serde_json::from_slice(body).map_err(|e| {
         DiscoveryError::new(
             crate::error::ErrorKind::Decode,
             "health response is not valid JSON",
@@ -197,8 +197,8 @@ pub(crate) fn parse_health_report(
     })?;
     let mut report = ParseReport::default();
     let mut out = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        match entry.to_endpoint() {
+    for entry in entries {
+        match entry.into_endpoint() {
             Ok(ep) => out.push(ep),
             Err(e) => {
                 report.skipped += 1;
@@ -207,6 +207,95 @@ pub(crate) fn parse_health_report(
         }
     }
     Ok((out, report))
+}
+
+/// The hot parse path: borrows from the body where JSON allows, and reads only
+/// the fields an [`Endpoint`] needs (serde skips the rest without allocating).
+mod raw {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::{Address, DiscoveryError, Endpoint, EndpointKey, Weights, null_as_default};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    pub(super) struct Entry<'a> {
+        #[serde(borrow)]
+        node: Node<'a>,
+        #[serde(borrow)]
+        service: Service<'a>,
+        #[serde(default, borrow, deserialize_with = "null_as_default")]
+        checks: Vec<Check<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Node<'a> {
+        #[serde(borrow)]
+        node: Cow<'a, str>,
+        #[serde(default, borrow)]
+        address: Cow<'a, str>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Service<'a> {
+        #[serde(rename = "ID", borrow)]
+        id: Cow<'a, str>,
+        #[serde(default, deserialize_with = "null_as_default")]
+        tags: Vec<String>,
+        #[serde(default, borrow)]
+        address: Cow<'a, str>,
+        #[serde(default, deserialize_with = "null_as_default")]
+        meta: BTreeMap<String, String>,
+        #[serde(default)]
+        port: u16,
+        #[serde(default, deserialize_with = "null_as_default")]
+        weights: Weights,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Check<'a> {
+        #[serde(default, borrow)]
+        status: Cow<'a, str>,
+    }
+
+    impl Entry<'_> {
+        pub(super) fn into_endpoint(self) -> Result<Endpoint, DiscoveryError> {
+            let host = if self.service.address.is_empty() {
+                &self.node.address
+            } else {
+                &self.service.address
+            };
+            let bad = |what: &str| {
+                DiscoveryError::invalid_response(format!(
+                    "instance {}/{} has {what}",
+                    self.node.node, self.service.id
+                ))
+            };
+            if self.service.port == 0 {
+                return Err(bad("port 0"));
+            }
+            let address = Address::host(host, self.service.port)
+                .map_err(|e| bad("a bad address").with_source(e))?;
+            let warning = self.checks.iter().any(|c| c.status == "warning");
+            let weight = if warning {
+                self.service.weights.warning
+            } else {
+                self.service.weights.passing
+            };
+            Ok(Endpoint::new(
+                EndpointKey::from_parts(&self.node.node, &self.service.id),
+                address,
+            )
+            .with_weight(weight)
+            .with_tags(self.service.tags)
+            .with_metadata(self.service.meta))
+        }
+    }
 }
 
 // ===== registration =====

@@ -108,7 +108,9 @@ impl Health {
     }
 }
 
-/// A misbehaviour the fake applies to every request until cleared.
+/// A misbehaviour the fake applies until cleared. `NoLeader`, `Hang` and
+/// `DropConnection` hit every request (a query held when the fault is set
+/// gets it too); the others change health answers only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Fault {
@@ -129,7 +131,8 @@ pub enum Fault {
     /// A correct answer with `X-Consul-Index: 0`.
     IndexZero,
     /// Blocking queries return at once with an unchanged index and body, as
-    /// after a write that changed nothing.
+    /// after a write that changed nothing (a client that does not rate-limit
+    /// spins).
     SpuriousWakeups,
 }
 
