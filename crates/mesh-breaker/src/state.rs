@@ -605,7 +605,10 @@ impl Shared {
             let until = self
                 .nanos(Instant::now())
                 .saturating_add(delay.as_nanos() as u64);
-            self.open_until.fetch_max(until, Ordering::AcqRel);
+            if self.open_until.fetch_max(until, Ordering::AcqRel) < until {
+                // Move the published deadline too.
+                self.publish();
+            }
         }
     }
 

@@ -584,3 +584,25 @@ async fn a_late_failure_after_the_breaker_is_gone_is_harmless() {
     drop(svc);
     assert_eq!(late.await.unwrap().status(), 500);
 }
+
+#[tokio::test(start_paused = true)]
+async fn late_pushback_while_open_extends_the_published_deadline() {
+    let (mut svc, mock) = breaker(BreakerConfig {
+        consecutive_failures: Some(1),
+        ..no_backoff()
+    });
+    mock.set(503);
+    mock.delay(secs(1));
+    *mock.retry_after.lock().unwrap() = Some("300");
+    let late = tokio::spawn(svc.ready().await.unwrap().call(()));
+    tokio::task::yield_now().await;
+    mock.delay(Duration::ZERO);
+    *mock.retry_after.lock().unwrap() = None;
+    trip(&mut svc, &mock, 1).await;
+    assert_eq!(svc.handle().remaining_open_time(), Some(secs(60)));
+    advance(secs(1)).await;
+    late.await.unwrap().unwrap();
+    assert_eq!(svc.handle().remaining_open_time(), Some(secs(300)));
+    let until = svc.availability().unavailable_until().unwrap();
+    assert_eq!(until - tokio::time::Instant::now(), secs(300));
+}

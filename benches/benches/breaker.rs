@@ -1,0 +1,246 @@
+//! Circuit breaker per-call overhead in the closed state (issue 3), against a
+//! bare service and the peer breakers, in one run and one harness.
+//!
+//! The harness, identical for every contender: `poll_ready` then `call` on an
+//! always-ready `tower::service_fn` whose future is `std::future::ready`,
+//! polled once with a no-op waker. failsafe and recloser are not tower
+//! services; thin adapters forward `poll_ready` and wrap the inner future with
+//! the peer's own future wrapper (what a user would write).
+//!
+//! `contention/*` runs the same loop on one and on two OS threads, each with
+//! its own clone of one shared breaker: two-thread throughput over
+//! one-thread throughput is the scaling figure (2.0 is perfect).
+//!
+//! Run with
+//! `cargo bench -p mesh-bench --bench breaker -- --warm-up-time 1 --measurement-time 3`.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Barrier;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Response;
+use mesh_breaker::{BreakerConfig, CircuitBreakerLayer, WindowConfig};
+use tower::{Layer, Service};
+
+type Bare = tower::util::ServiceFn<fn(()) -> Ready<Result<Response<()>, Infallible>>>;
+
+fn bare() -> Bare {
+    tower::service_fn(|()| ready(Ok(Response::new(()))))
+}
+
+/// One ready + call + poll, the unit every contender is measured on. A
+/// contender that is momentarily `Pending` (tower-resilience's future waits
+/// on an async mutex when another thread holds it) is polled again at once.
+#[inline(always)]
+fn drive<S: Service<(), Response = Response<()>>>(svc: &mut S, cx: &mut Context<'_>) {
+    loop {
+        match svc.poll_ready(cx) {
+            Poll::Ready(Ok(())) => break,
+            Poll::Ready(Err(_)) => panic!("breaker refused a call"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+    let mut future = pin!(svc.call(black_box(())));
+    loop {
+        match future.as_mut().poll(cx) {
+            Poll::Ready(Ok(response)) => {
+                black_box(response);
+                return;
+            }
+            Poll::Ready(Err(_)) => panic!("call failed"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+}
+
+// ===== peer adapters =====
+
+/// failsafe's futures breaker as a tower service.
+#[derive(Clone)]
+struct Failsafe<S, B> {
+    inner: S,
+    breaker: B,
+}
+
+impl<S, B> Service<()> for Failsafe<S, B>
+where
+    S: Service<()>,
+    B: failsafe::futures::CircuitBreaker,
+{
+    type Response = S::Response;
+    type Error = failsafe::Error<S::Error>;
+    type Future = failsafe::futures::ResponseFuture<
+        S::Future,
+        B::FailurePolicy,
+        B::Instrument,
+        failsafe::Any,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
+    }
+
+    fn call(&mut self, req: ()) -> Self::Future {
+        self.breaker.call(self.inner.call(req))
+    }
+}
+
+/// recloser's async breaker as a tower service.
+#[derive(Clone)]
+struct Recloser<S> {
+    inner: S,
+    breaker: recloser::AsyncRecloser,
+}
+
+impl<S: Service<()>> Service<()> for Recloser<S> {
+    type Response = S::Response;
+    type Error = recloser::Error<S::Error>;
+    type Future = recloser::RecloserFuture<S::Future, recloser::AnyError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
+    }
+
+    fn call(&mut self, req: ()) -> Self::Future {
+        self.breaker.call(self.inner.call(req))
+    }
+}
+
+// ===== contenders =====
+
+fn mesh(config: BreakerConfig) -> impl Service<(), Response = Response<()>> + Clone + Send {
+    CircuitBreakerLayer::new(config).unwrap().layer(bare())
+}
+
+fn mesh_consecutive() -> impl Service<(), Response = Response<()>> + Clone + Send {
+    mesh(BreakerConfig::default())
+}
+
+fn mesh_count_window() -> impl Service<(), Response = Response<()>> + Clone + Send {
+    mesh(BreakerConfig {
+        consecutive_failures: None,
+        window: Some(WindowConfig::count(100, 10, 0.5)),
+        ..BreakerConfig::default()
+    })
+}
+
+fn mesh_time_window() -> impl Service<(), Response = Response<()>> + Clone + Send {
+    mesh(BreakerConfig {
+        consecutive_failures: None,
+        window: Some(WindowConfig::time(10, Duration::from_secs(1), 10, 0.5)),
+        ..BreakerConfig::default()
+    })
+}
+
+fn tower_resilience() -> impl Service<(), Response = Response<()>> + Clone + Send {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .unwrap()
+        .layer(bare())
+}
+
+fn failsafe() -> impl Service<(), Response = Response<()>> + Clone + Send {
+    Failsafe {
+        inner: bare(),
+        breaker: failsafe::Config::new().build(),
+    }
+}
+
+fn recloser() -> impl Service<(), Response = Response<()>> + Clone + Send {
+    Recloser {
+        inner: bare(),
+        breaker: recloser::AsyncRecloser::from(recloser::Recloser::default()),
+    }
+}
+
+// ===== benches =====
+
+fn closed(c: &mut Criterion) {
+    let mut g = c.benchmark_group("breaker_closed");
+    let mut cx = Context::from_waker(Waker::noop());
+    fn run<S: Service<(), Response = Response<()>>>(
+        g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        cx: &mut Context<'_>,
+        name: &str,
+        mut svc: S,
+    ) {
+        g.bench_function(name, |b| b.iter(|| drive(&mut svc, cx)));
+    }
+    run(&mut g, &mut cx, "bare", bare());
+    run(&mut g, &mut cx, "mesh_consecutive", mesh_consecutive());
+    run(&mut g, &mut cx, "mesh_count_window", mesh_count_window());
+    run(&mut g, &mut cx, "mesh_time_window", mesh_time_window());
+    run(&mut g, &mut cx, "tower_resilience", tower_resilience());
+    run(&mut g, &mut cx, "failsafe", failsafe());
+    run(&mut g, &mut cx, "recloser", recloser());
+    // Reference: one clock read, which a time window pays per call.
+    g.bench_function("reference_clock_read", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()));
+    });
+    g.finish();
+}
+
+/// Runs `iters` calls on each of `threads` threads (each with its own clone
+/// of `svc`, all sharing one breaker) and returns the wall time.
+fn on_threads<S>(svc: &S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<(), Response = Response<()>> + Clone + Send,
+{
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut cx = Context::from_waker(Waker::noop());
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        drive(&mut svc, &mut cx);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        barrier.wait();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+fn contention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("breaker_contention");
+    fn run<S>(
+        g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        svc: S,
+    ) where
+        S: Service<(), Response = Response<()>> + Clone + Send,
+    {
+        for threads in [1, 2] {
+            g.bench_function(format!("{name}/{threads}_threads"), |b| {
+                b.iter_custom(|iters| on_threads(&svc, threads, iters));
+            });
+        }
+    }
+    run(&mut g, "bare", bare());
+    run(&mut g, "mesh_consecutive", mesh_consecutive());
+    run(&mut g, "mesh_count_window", mesh_count_window());
+    run(&mut g, "mesh_time_window", mesh_time_window());
+    run(&mut g, "tower_resilience", tower_resilience());
+    run(&mut g, "failsafe", failsafe());
+    run(&mut g, "recloser", recloser());
+    g.finish();
+}
+
+criterion_group!(benches, closed, contention);
+criterion_main!(benches);
