@@ -39,7 +39,8 @@ impl LoadGuard {
         }
     }
 
-    /// The chosen endpoint.
+    /// The chosen endpoint, as it was when it joined the set (a later update
+    /// may have changed its weight; the balancer uses the current one).
     pub fn endpoint(&self) -> &Endpoint {
         &self.state.endpoint
     }
