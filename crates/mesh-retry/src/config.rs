@@ -111,8 +111,9 @@ pub struct RetryConfig {
     pub attempt_header: String,
     /// Whether the first attempt carries a
     /// [`TriedEndpoints`](mesh_core::TriedEndpoints) record, so a discovery
-    /// router can send a retry elsewhere. Costs one small allocation per
-    /// retryable request; default `true`.
+    /// router can send a retry elsewhere. Costs three small allocations per
+    /// retryable request (the record and the extension map it lives in);
+    /// default `true`.
     pub track_tried_endpoints: bool,
     /// The largest request body buffered for replay by
     /// [`ReplayBody`](crate::ReplayBody); a larger body is sent once and not

@@ -124,6 +124,8 @@ pub struct RetryPolicy<C = HttpClassifier> {
     // Boxed: drawn only on a retry, and kept out of the future's size.
     session: Option<Box<BackoffSession>>,
     give_up: Option<GiveUp>,
+    /// The record the first attempt carries, for the retries.
+    tried: Option<TriedEndpoints>,
 }
 
 impl<C> Clone for RetryPolicy<C> {
@@ -134,6 +136,7 @@ impl<C> Clone for RetryPolicy<C> {
             start: self.start,
             session: self.session.clone(),
             give_up: self.give_up,
+            tried: self.tried.clone(),
         }
     }
 }
@@ -204,6 +207,7 @@ impl<C> RetryPolicy<C> {
             start: None,
             session: None,
             give_up: None,
+            tried: None,
         }
     }
 
@@ -268,13 +272,18 @@ impl<C> RetryPolicy<C> {
         }
     }
 
-    /// Puts a `TriedEndpoints` record on the first attempt (when tracking).
+    /// Puts a `TriedEndpoints` record on `req` (when tracking and it has
+    /// none yet), and keeps a handle to put on the retries: the copy for the
+    /// next attempt is taken *before* this, so the no-retry path does not pay
+    /// for cloning an extension map.
     #[inline]
-    pub(crate) fn track<B>(&self, req: &mut Request<B>) {
+    pub(crate) fn track<B>(&mut self, req: &mut Request<B>) {
         if self.shared.config.track_tried_endpoints
             && req.extensions().get::<TriedEndpoints>().is_none()
         {
-            req.extensions_mut().insert(TriedEndpoints::new());
+            let tried = TriedEndpoints::new();
+            req.extensions_mut().insert(tried.clone());
+            self.tried = Some(tried);
         }
     }
 
@@ -345,6 +354,10 @@ impl<C> RetryPolicy<C> {
         if let Some(name) = &self.shared.attempt_header {
             req.headers_mut()
                 .insert(name.clone(), HeaderValue::from(next));
+        }
+        if let Some(tried) = self.tried.take() {
+            // Later copies are cloned from this one and keep it.
+            req.extensions_mut().insert(tried);
         }
         metrics::retry();
         tracing::debug!(
@@ -450,7 +463,13 @@ where
             self.begin();
         }
         let mut copy = self.copy(req)?;
-        self.track(&mut copy);
+        // The first attempt (the caller's request) is out of reach here: the
+        // retries share one record.
+        if self.shared.config.track_tried_endpoints
+            && copy.extensions().get::<TriedEndpoints>().is_none()
+        {
+            copy.extensions_mut().insert(TriedEndpoints::new());
+        }
         Some(copy)
     }
 }

@@ -71,8 +71,11 @@ where
         let mut policy = self.policy.clone();
         policy.begin();
         let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
-            policy.track(&mut req);
-            clone_request(&req)
+            let copy = clone_request(&req);
+            if copy.is_some() {
+                policy.track(&mut req);
+            }
+            copy
         } else {
             None
         };
