@@ -77,6 +77,8 @@
 //!   services, and `MtlsClientConfig::https_connector` for hyper-util's client
 //!   and tonic's `Endpoint::connect_with_connector`.
 //! - `reqwest`: `MtlsClientConfig::reqwest_builder`.
+//! - `tonic`: `MtlsAcceptor::incoming`, a stream of mTLS connections for
+//!   tonic's `Server::serve_with_incoming`.
 //! - `metrics`: counters `mesh_auth_tls_rejected_total{side,kind}`,
 //!   `mesh_auth_api_key_rejected_total{reason}` and
 //!   `mesh_auth_authorization_total{decision}`.

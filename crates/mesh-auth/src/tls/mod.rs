@@ -20,6 +20,10 @@
 //! - Client: [`ClientTlsConfig`] -> [`MtlsClientConfig`], with
 //!   `https_connector()` for hyper-util and tonic (feature `hyper`) and
 //!   `reqwest_builder()` (feature `reqwest`).
+//! - tonic: `MtlsAcceptor::incoming` (feature `tonic`) feeds
+//!   `Server::serve_with_incoming`, with the identity in each request's
+//!   extensions; tonic clients take `https_connector()` through
+//!   `Endpoint::connect_with_connector`.
 //!
 //! Every rejection (unknown CA, expired or not-yet-valid certificate, wrong
 //! identity, missing client certificate, malformed PEM) is a typed
@@ -62,6 +66,8 @@ mod client;
 #[cfg(any(feature = "hyper", feature = "reqwest"))]
 mod connect;
 mod extension;
+#[cfg(feature = "tonic")]
+mod incoming;
 mod pem;
 mod reload;
 #[cfg(feature = "hyper")]
@@ -72,6 +78,8 @@ mod sessions;
 pub use acceptor::{MtlsAcceptor, MtlsStream};
 pub use client::{ClientTlsConfig, MtlsClientConfig};
 pub use extension::{AddIdentity, AddIdentityLayer};
+#[cfg(feature = "tonic")]
+pub use incoming::MtlsIncoming;
 pub use pem::PemSource;
 #[cfg(feature = "hyper")]
 pub use serve::serve;
