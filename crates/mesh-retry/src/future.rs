@@ -132,6 +132,8 @@ where
                         }
                     };
                     let Some(req) = this.request.as_mut() else {
+                        // No copy: not retryable, or the last allowed attempt.
+                        this.policy.note_last_attempt(&result);
                         return Poll::Ready(result);
                     };
                     match this.policy.decide(req, &result) {

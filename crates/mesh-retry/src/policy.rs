@@ -385,6 +385,23 @@ impl<C> RetryPolicy<C> {
     pub(crate) fn retries(&self) -> u32 {
         self.retries
     }
+
+    /// After the last allowed attempt (no copy was kept for another): reports
+    /// the give-up if that attempt failed retryably.
+    pub(crate) fn note_last_attempt<Res, E>(&mut self, result: &Result<Response<Res>, E>)
+    where
+        C: Classify<Response<Res>, E>,
+    {
+        if self.retries > 0 && self.shared.classifier.classify(result).is_retryable() {
+            tracing::debug!(
+                attempt = self.retries + 1,
+                reason = GiveUp::MaxRetries.as_str(),
+                "not retrying"
+            );
+            metrics::give_up(GiveUp::MaxRetries);
+            self.give_up = Some(GiveUp::MaxRetries);
+        }
+    }
 }
 
 /// Renders why an attempt is retried: the status, or the error.
