@@ -91,7 +91,8 @@
 //!   `mesh_retry_retries_total`, `mesh_retry_budget_exhausted_total`,
 //!   `mesh_retry_give_ups_total{reason}`.
 //!
-//! Hedging (a second, parallel attempt after a delay) is not implemented yet.
+//! [`HedgeLayer`] adds hedging: a second attempt of a slow idempotent request
+//! after a fixed delay, first success wins, paid from the same budget.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -100,6 +101,7 @@ pub mod budget;
 mod config;
 mod error;
 mod future;
+pub mod hedge;
 mod layer;
 mod metrics;
 mod policy;
@@ -111,6 +113,7 @@ pub use budget::RetryBudget;
 pub use config::{BudgetConfig, DEFAULT_ATTEMPT_HEADER, DEFAULT_MAX_REPLAY_BODY, RetryConfig};
 pub use error::{BudgetExhausted, DeadlineExceeded};
 pub use future::ResponseFuture;
+pub use hedge::{Hedge, HedgeFuture, HedgeLayer};
 pub use layer::RetryLayer;
 pub use policy::{GiveUp, RetryPolicy};
 pub use replay::{ReplayBodyLayer, WithReplayBody};

@@ -226,6 +226,10 @@ impl<C> RetryPolicy<C> {
         &self.shared.classifier
     }
 
+    pub(crate) fn attempt_header(&self) -> Option<&HeaderName> {
+        self.shared.attempt_header.as_ref()
+    }
+
     /// Why this request's policy last gave up on a retryable failure.
     pub fn gave_up(&self) -> Option<GiveUp> {
         self.give_up
