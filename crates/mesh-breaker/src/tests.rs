@@ -606,3 +606,38 @@ async fn late_pushback_while_open_extends_the_published_deadline() {
     let until = svc.availability().unavailable_until().unwrap();
     assert_eq!(until - tokio::time::Instant::now(), secs(300));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_classifies_any_service() {
+    use mesh_core::Outcome;
+    use mesh_core::classify::classify_fn;
+    // A non-HTTP service: 0 means "not found" (says nothing about the
+    // server), an error means the server is in trouble.
+    let inner = tower::service_fn(|n: u32| async move {
+        if n == u32::MAX {
+            Err(std::io::Error::other("overloaded"))
+        } else {
+            Ok(n)
+        }
+    });
+    let classifier = classify_fn(|r: &Result<u32, std::io::Error>| match r {
+        Ok(0) => Outcome::Ignored,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::retryable(),
+    });
+    let mut svc = CircuitBreakerLayer::new(BreakerConfig {
+        consecutive_failures: Some(2),
+        ..BreakerConfig::default()
+    })
+    .unwrap()
+    .with_classifier(classifier)
+    .layer(inner);
+    assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
+    svc.ready().await.unwrap().call(u32::MAX).await.unwrap_err();
+    svc.ready().await.unwrap().call(0).await.unwrap();
+    assert_eq!(svc.handle().state(), CircuitState::Closed);
+    svc.ready().await.unwrap().call(u32::MAX).await.unwrap_err();
+    assert_eq!(svc.handle().state(), CircuitState::Open);
+    let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(e.downcast_ref::<BreakerOpen>().is_some());
+}
