@@ -100,8 +100,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Graceful shutdown: drain (watchers drop us), stop accepting, finish
     // in-flight requests, then deregister.
     registration.set_status(CheckStatus::Critical, "draining");
-    let drained =
-        tokio::time::timeout(Duration::from_secs(15), hello.wait_for(|s| s.is_empty())).await;
+    let drained = tokio::time::timeout(
+        Duration::from_secs(15),
+        hello.wait_for(mesh_discovery::EndpointSet::is_empty),
+    )
+    .await;
     println!("drained: {}", drained.is_ok());
     let _ = stop_tx.send(());
     server.await??;
