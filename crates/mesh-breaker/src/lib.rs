@@ -54,7 +54,9 @@
 //! A call in the closed state takes no lock, allocates nothing, builds no
 //! event unless a listener is registered, and with the consecutive or
 //! count-window policies does not even write shared memory when it succeeds:
-//! clones on different cores scale. Open-time backoff uses mesh-core's
+//! clones on different cores scale. Such a call does not even hold a
+//! reference count on the breaker: it carries the breaker's id, and only if
+//! it fails does it look the breaker up. Open-time backoff uses mesh-core's
 //! [`Backoff`](mesh_core::backoff::Backoff) (exponential, full jitter, capped at
 //! `max_open_time`), and server pushback (`Retry-After`) longer than the open
 //! time extends it.

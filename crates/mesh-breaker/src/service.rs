@@ -121,6 +121,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if matches!(self.ready, Some(Ready::Rejected(_))) {
+            // A refusal decided by an earlier poll may be stale: decide again.
+            self.ready = None;
+        }
         loop {
             match &self.ready {
                 Some(Ready::Rejected(_)) => return Poll::Ready(Ok(())),

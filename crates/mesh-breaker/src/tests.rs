@@ -641,3 +641,17 @@ async fn a_closure_classifies_any_service() {
     let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert!(e.downcast_ref::<BreakerOpen>().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_decided_again_at_the_next_poll() {
+    let (mut svc, mock) = breaker(no_backoff());
+    trip(&mut svc, &mock, 5).await;
+    // Ready now means "the call will be refused"...
+    svc.ready().await.unwrap();
+    advance(secs(60)).await;
+    // ...but polled again after the open period, it admits a probe.
+    mock.set(200);
+    let r = svc.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.hits(), 6);
+}
