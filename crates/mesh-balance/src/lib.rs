@@ -100,6 +100,7 @@
 mod balancer;
 pub mod config;
 mod guard;
+mod pick;
 mod snapshot;
 mod state;
 
