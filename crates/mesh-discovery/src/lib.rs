@@ -86,6 +86,7 @@ pub mod channel;
 pub mod consul;
 pub mod discover;
 pub mod error;
+pub mod router;
 pub mod source;
 pub mod static_source;
 

@@ -1,0 +1,128 @@
+//! The discovery router's per-call overhead (issue 7): p2c over 16 and 10,000
+//! endpoints against a bare service, tower's `Balance` called directly, and
+//! `Buffer<Balance<PeakEwma>>` (what a tower user needs for a `Clone`
+//! balanced service), in one run. Every variant runs the same harness: build a
+//! request, `ready().await`, `call(..).await`, on a current-thread runtime.
+//!
+//! Run with `cargo bench -p mesh-bench --bench router`.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mesh_balance::BalanceConfig;
+use mesh_core::Endpoint;
+use mesh_discovery::StaticSource;
+use mesh_discovery::router::DiscoveryLayer;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PeakEwma};
+use tower::{Layer, Service, ServiceExt};
+
+type Req = http::Request<()>;
+type Resp = http::Response<()>;
+
+/// The always-ready inner service every variant ends in.
+#[derive(Clone, Copy)]
+struct Inner;
+
+impl Service<Req> for Inner {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Ready<Result<Resp, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Req) -> Self::Future {
+        ready(Ok(http::Response::new(())))
+    }
+}
+
+fn request() -> Req {
+    let mut r = http::Request::new(());
+    *r.uri_mut() = http::Uri::from_static("http://users/");
+    r
+}
+
+/// Times `iters` sequential ready + call rounds of `svc`.
+fn run<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+            black_box(resp);
+        }
+        start.elapsed()
+    })
+}
+
+fn endpoints(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| {
+            let addr = format!("10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256);
+            Endpoint::from_address(addr.parse().unwrap())
+        })
+        .collect()
+}
+
+fn router(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("router");
+
+    g.bench_function("bare", |b| {
+        let mut svc = Inner;
+        b.iter_custom(|iters| run(&rt, &mut svc, iters));
+    });
+
+    for n in [16, 1_000, 10_000] {
+        let discovery = StaticSource::new(endpoints(n)).discovery();
+        let layer = rt.block_on(async {
+            DiscoveryLayer::builder(discovery)
+                .balance(BalanceConfig::default())
+                .build()
+                .unwrap()
+        });
+        let mut svc = rt.block_on(async { layer.layer(Inner) });
+        g.bench_function(format!("mesh_p2c_peak_ewma_{n}"), |b| {
+            b.iter_custom(|iters| run(&rt, &mut svc, iters));
+        });
+    }
+
+    let peak_ewma = |n: usize| {
+        ServiceList::new((0..n).map(|_| {
+            PeakEwma::new(
+                Inner,
+                Duration::from_millis(30),
+                Duration::from_secs(10).as_nanos() as f64,
+                CompleteOnResponse::default(),
+            )
+        }))
+    };
+    g.bench_function("tower_balance_peak_ewma_16_direct", |b| {
+        let mut svc = Balance::new(peak_ewma(16));
+        b.iter_custom(|iters| run(&rt, &mut svc, iters));
+    });
+    g.bench_function("tower_buffer_balance_peak_ewma_16", |b| {
+        let mut svc = rt.block_on(async { Buffer::new(Balance::new(peak_ewma(16)), 1024) });
+        b.iter_custom(|iters| run(&rt, &mut svc, iters));
+    });
+    g.finish();
+}
+
+criterion_group!(benches, router);
+criterion_main!(benches);

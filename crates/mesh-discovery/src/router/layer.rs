@@ -1,0 +1,231 @@
+//! [`DiscoveryLayer`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_balance::{BalanceConfig, Balancer};
+use mesh_core::classify::HttpClassifier;
+use mesh_core::config::InvalidConfig;
+use tower_layer::{Identity, Layer};
+
+use super::rewrite::{HostHeader, Rewrite};
+use super::service::DiscoveryService;
+use crate::Discovery;
+
+/// The default bound on how long a request waits for a ready endpoint.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The router's settings, as they appear in config files (serde with the
+/// `serde` feature; durations in humantime form).
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct RouterConfig {
+    /// How an endpoint is chosen, ejection cap, slow start.
+    pub balance: BalanceConfig,
+    /// How long a request waits for a ready endpoint before failing with
+    /// [`NoReadyEndpoint`](super::NoReadyEndpoint). 1ms..=5min, default 1s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub ready_timeout: Duration,
+    /// What happens to the `Host` header. Default [`HostHeader::Keep`].
+    pub host_header: HostHeader,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            balance: BalanceConfig::default(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            host_header: HostHeader::Keep,
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Checks every field and names each bad one.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut errors = InvalidConfig::default();
+        errors.merge_nested("balance", self.balance.validate());
+        if self.ready_timeout < Duration::from_millis(1)
+            || self.ready_timeout > Duration::from_secs(300)
+        {
+            errors.push(
+                "ready_timeout",
+                format!("must be within 1ms..=5min, got {:?}", self.ready_timeout),
+            );
+        }
+        errors.into_result()
+    }
+}
+
+/// Makes a client talk to a *service* instead of an address.
+///
+/// Wraps an inner client `S` (hyper-util's legacy client, `reqwest::Client`,
+/// a tonic-compatible HTTP/2 client, or any `Service<http::Request<B>>`) and
+/// routes each request to a live endpoint of the service that `discovery`
+/// watches. Each endpoint gets its own stack, `endpoint_layer` applied over a
+/// [`Rewrite`] of the shared inner client. See the [module docs](super).
+///
+/// All services this layer builds share one balancer (one set of load and
+/// health accounting for the service); build one layer per logical service.
+#[derive(Clone)]
+pub struct DiscoveryLayer<L = Identity, C = HttpClassifier> {
+    discovery: Discovery,
+    balancer: Balancer,
+    endpoint_layer: L,
+    classifier: Arc<C>,
+    ready_timeout: Duration,
+    host: HostHeader,
+}
+
+impl<L, C> fmt::Debug for DiscoveryLayer<L, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiscoveryLayer")
+            .field("service", &self.discovery.name())
+            .field("balance", self.balancer.config())
+            .field("ready_timeout", &self.ready_timeout)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscoveryLayer {
+    /// Routes over `discovery`'s endpoints with the default settings: p2c
+    /// peak-EWMA, no per-endpoint layer, HTTP classification, a 1 s bound on
+    /// waiting for an endpoint.
+    pub fn new(discovery: Discovery) -> Self {
+        let balancer = Balancer::named(discovery.name().to_owned(), BalanceConfig::default())
+            .expect("the default balance config is valid");
+        Self {
+            discovery,
+            balancer,
+            endpoint_layer: Identity::new(),
+            classifier: Arc::new(HttpClassifier::default()),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            host: HostHeader::Keep,
+        }
+    }
+
+    /// A builder, to choose the strategy, the per-endpoint layer and more.
+    pub fn builder(discovery: Discovery) -> DiscoveryLayerBuilder {
+        DiscoveryLayerBuilder {
+            discovery,
+            config: RouterConfig::default(),
+            endpoint_layer: Identity::new(),
+            classifier: HttpClassifier::default(),
+        }
+    }
+}
+
+impl<L, C> DiscoveryLayer<L, C> {
+    /// The discovery handle this layer routes over.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// The balancer shared by the services this layer builds.
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+}
+
+impl<S, L, C> Layer<S> for DiscoveryLayer<L, C>
+where
+    S: Clone,
+    L: Layer<Rewrite<S>> + Clone,
+    L::Service: Clone,
+{
+    type Service = DiscoveryService<S, L, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DiscoveryService::new(
+            Arc::from(self.discovery.name()),
+            inner,
+            self.endpoint_layer.clone(),
+            Arc::clone(&self.classifier),
+            self.balancer.clone(),
+            self.discovery.subscribe(),
+            self.ready_timeout,
+            self.host,
+        )
+    }
+}
+
+/// Builds a [`DiscoveryLayer`]; [`build`](Self::build) validates.
+#[derive(Debug, Clone)]
+pub struct DiscoveryLayerBuilder<L = Identity, C = HttpClassifier> {
+    discovery: Discovery,
+    config: RouterConfig,
+    endpoint_layer: L,
+    classifier: C,
+}
+
+impl<L, C> DiscoveryLayerBuilder<L, C> {
+    /// All router settings at once (from a config file, say).
+    #[must_use]
+    pub fn config(mut self, config: RouterConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The balancing strategy and its settings.
+    #[must_use]
+    pub fn balance(mut self, balance: BalanceConfig) -> Self {
+        self.config.balance = balance;
+        self
+    }
+
+    /// The bound on waiting for a ready endpoint (default 1 s).
+    #[must_use]
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ready_timeout = timeout;
+        self
+    }
+
+    /// What happens to the `Host` header (default [`HostHeader::Keep`]).
+    #[must_use]
+    pub fn host_header(mut self, host: HostHeader) -> Self {
+        self.config.host_header = host;
+        self
+    }
+
+    /// The layer applied to each endpoint's [`Rewrite`] service: a breaker in
+    /// readiness mode and a per-attempt timeout, typically. It is applied
+    /// inside the endpoint's [`Availability`](mesh_core::Availability) scope,
+    /// so a breaker built by it publishes its state to the balancer.
+    pub fn endpoint_layer<L2>(self, layer: L2) -> DiscoveryLayerBuilder<L2, C> {
+        DiscoveryLayerBuilder {
+            discovery: self.discovery,
+            config: self.config,
+            endpoint_layer: layer,
+            classifier: self.classifier,
+        }
+    }
+
+    /// How results are classified for the balancer's load and health
+    /// accounting (default [`HttpClassifier`]; use
+    /// [`GrpcClassifier`](mesh_core::classify::GrpcClassifier) for gRPC).
+    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<L, C2> {
+        DiscoveryLayerBuilder {
+            discovery: self.discovery,
+            config: self.config,
+            endpoint_layer: self.endpoint_layer,
+            classifier,
+        }
+    }
+
+    /// Validates the settings and builds the layer.
+    pub fn build(self) -> Result<DiscoveryLayer<L, C>, InvalidConfig> {
+        self.config.validate()?;
+        let balancer = Balancer::named(self.discovery.name().to_owned(), self.config.balance)?;
+        Ok(DiscoveryLayer {
+            discovery: self.discovery,
+            balancer,
+            endpoint_layer: self.endpoint_layer,
+            classifier: Arc::new(self.classifier),
+            ready_timeout: self.config.ready_timeout,
+            host: self.config.host_header,
+        })
+    }
+}

@@ -1,0 +1,390 @@
+//! The router service: one logical service in, one endpoint's stack out.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mesh_balance::{Balancer, LoadGuard};
+use mesh_core::classify::Classify;
+use mesh_core::{Availability, BoxError, Endpoint, TriedEndpoints};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::error::NoReadyEndpoint;
+use super::future::{Dispatch, ResponseFuture};
+use super::rewrite::{EndpointTarget, HostHeader, Rewrite, RewriteTarget};
+use crate::EndpointSet;
+
+/// How often a request waiting for an endpoint looks again: breakers
+/// re-admitting an endpoint do not notify the router.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Routes each request to a live endpoint of one logical service.
+///
+/// Built by [`DiscoveryLayer`](super::DiscoveryLayer). Cloning is cheap: clones
+/// share the endpoint table, the balancer and every endpoint's stack.
+/// `poll_ready` is always ready; readiness is a property of each endpoint, and
+/// the router only sends to one that is ready (see the [module docs](super)).
+pub struct DiscoveryService<S, L, C>
+where
+    L: Layer<Rewrite<S>>,
+{
+    shared: Arc<Shared<S, L, C>>,
+    updates: watch::Receiver<EndpointSet>,
+}
+
+impl<S, L, C> Clone for DiscoveryService<S, L, C>
+where
+    L: Layer<Rewrite<S>>,
+{
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            updates: self.updates.clone(),
+        }
+    }
+}
+
+impl<S, L, C> fmt::Debug for DiscoveryService<S, L, C>
+where
+    L: Layer<Rewrite<S>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiscoveryService")
+            .field("service", &self.shared.name)
+            .field("endpoints", &self.shared.table.load().stacks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared<S, L, C>
+where
+    L: Layer<Rewrite<S>>,
+{
+    pub(crate) name: Arc<str>,
+    inner: S,
+    layer: L,
+    pub(crate) classifier: Arc<C>,
+    pub(crate) balancer: Balancer,
+    table: ArcSwap<Table<L::Service>>,
+    /// The version of the last endpoint set applied; serialises rebuilds.
+    applied: Mutex<Option<u64>>,
+    pub(crate) ready_timeout: Duration,
+    host: HostHeader,
+}
+
+/// Every endpoint's stack, by endpoint-key id.
+struct Table<T> {
+    stacks: HashMap<u64, EndpointStack<T>, BuildHasherDefault<IdHasher>>,
+}
+
+struct EndpointStack<T> {
+    endpoint: Endpoint,
+    availability: Availability,
+    service: T,
+}
+
+/// Endpoint-key ids are already well-mixed 64-bit hashes: use them as is.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
+// ===== impl DiscoveryService =====
+
+impl<S, L, C> DiscoveryService<S, L, C>
+where
+    L: Layer<Rewrite<S>>,
+    L::Service: Clone,
+    S: Clone,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: Arc<str>,
+        inner: S,
+        layer: L,
+        classifier: Arc<C>,
+        balancer: Balancer,
+        mut updates: watch::Receiver<EndpointSet>,
+        ready_timeout: Duration,
+        host: HostHeader,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            name,
+            inner,
+            layer,
+            classifier,
+            balancer,
+            table: ArcSwap::from_pointee(Table {
+                stacks: HashMap::default(),
+            }),
+            applied: Mutex::new(None),
+            ready_timeout,
+            host,
+        });
+        let initial = updates.borrow_and_update().clone();
+        shared.apply(&initial);
+        Self { shared, updates }
+    }
+
+    /// The balancer choosing among this service's endpoints (for stats).
+    pub fn balancer(&self) -> &Balancer {
+        &self.shared.balancer
+    }
+
+    /// The endpoints the router sends to now.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.shared
+            .table
+            .load()
+            .stacks
+            .values()
+            .map(|s| s.endpoint.clone())
+            .collect()
+    }
+
+    /// Applies the source's latest set if it changed since this clone last
+    /// looked: one atomic load when nothing changed.
+    #[inline]
+    fn refresh(&mut self) {
+        if self.updates.has_changed().unwrap_or(false) {
+            let set = self.updates.borrow_and_update().clone();
+            self.shared.apply(&set);
+        }
+    }
+}
+
+impl<S, L, C> Shared<S, L, C>
+where
+    L: Layer<Rewrite<S>>,
+    L::Service: Clone,
+    S: Clone,
+{
+    /// Makes `set` the routed set: the balancer learns it, endpoints that stay
+    /// keep their stack, new or changed ones get a new stack built inside
+    /// their availability scope (so their breaker publishes to the balancer),
+    /// removed ones are dropped. Serialised; a set older than the applied one
+    /// is ignored.
+    pub(crate) fn apply(&self, set: &EndpointSet) {
+        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        if applied.is_some_and(|v| v >= set.version()) {
+            return;
+        }
+        let mut targets = Vec::with_capacity(set.len());
+        for ep in set {
+            match EndpointTarget::new(ep.clone()) {
+                Ok(t) => targets.push(Arc::new(t)),
+                Err(error) => tracing::error!(
+                    service = %self.name, endpoint = %ep.key(), address = %ep.address(), %error,
+                    "router: endpoint address cannot be routed to; skipping it"
+                ),
+            }
+        }
+        self.balancer
+            .update(targets.iter().map(|t| t.endpoint().clone()));
+
+        let old = self.table.load_full();
+        let mut stacks = HashMap::with_capacity_and_hasher(targets.len(), Default::default());
+        for target in targets {
+            let ep = target.endpoint();
+            let Some(availability) = self.balancer.availability(ep.key()) else {
+                continue;
+            };
+            let id = ep.key().id();
+            let kept = old
+                .stacks
+                .get(&id)
+                .filter(|s| s.availability.ptr_eq(&availability) && same_route(&s.endpoint, ep));
+            let stack = match kept {
+                Some(s) => EndpointStack {
+                    endpoint: ep.clone(),
+                    availability,
+                    service: s.service.clone(),
+                },
+                None => {
+                    tracing::info!(
+                        service = %self.name, endpoint = %ep.key(), address = %ep.address(),
+                        "router: endpoint added"
+                    );
+                    let rewrite = Rewrite::new(Arc::clone(&target), self.host, self.inner.clone());
+                    let service = availability.scope(|| self.layer.layer(rewrite));
+                    EndpointStack {
+                        endpoint: ep.clone(),
+                        availability,
+                        service,
+                    }
+                }
+            };
+            stacks.insert(id, stack);
+        }
+        for (id, old_stack) in &old.stacks {
+            let replaced = stacks
+                .get(id)
+                .is_some_and(|s| s.availability.ptr_eq(&old_stack.availability));
+            if !replaced {
+                tracing::info!(
+                    service = %self.name, endpoint = %old_stack.endpoint.key(),
+                    "router: endpoint removed; requests in flight complete, no new ones are sent"
+                );
+            }
+        }
+        self.table.store(Arc::new(Table { stacks }));
+        *applied = Some(set.version());
+    }
+
+    /// Chooses an endpoint for one attempt and returns its load guard and a
+    /// clone of its stack.
+    #[inline]
+    pub(crate) fn pick(&self, tried: Option<&TriedEndpoints>) -> Option<(LoadGuard, L::Service)> {
+        let guard = self.balancer.pick(tried)?;
+        // An endpoint the balancer just learned may not have its stack yet
+        // (a rebuild is in progress): the caller waits and looks again.
+        let service = self
+            .table
+            .load()
+            .stacks
+            .get(&guard.key().id())?
+            .service
+            .clone();
+        if let Some(tried) = tried {
+            tried.record(guard.key());
+        }
+        Some((guard, service))
+    }
+
+    pub(crate) fn no_ready_endpoint(&self, waited: Duration) -> NoReadyEndpoint {
+        let stats = self.balancer.stats();
+        NoReadyEndpoint {
+            service: Arc::clone(&self.name),
+            known: stats.endpoints,
+            unavailable: stats.ejected,
+            waited,
+        }
+    }
+}
+
+/// Whether a new version of an endpoint can keep the old stack: everything
+/// the stack may depend on is unchanged (a weight change is the balancer's
+/// business only).
+fn same_route(a: &Endpoint, b: &Endpoint) -> bool {
+    a.ptr_eq(b)
+        || (a.key() == b.key()
+            && a.address() == b.address()
+            && a.tags() == b.tags()
+            && a.metadata() == b.metadata())
+}
+
+impl<S, L, C, R> Service<R> for DiscoveryService<S, L, C>
+where
+    S: Clone + Send + Sync + 'static,
+    L: Layer<Rewrite<S>> + Send + Sync + 'static,
+    L::Service: Service<R> + Clone + Send + Sync + 'static,
+    <L::Service as Service<R>>::Error: Into<BoxError>,
+    <L::Service as Service<R>>::Future: Send + 'static,
+    <L::Service as Service<R>>::Response: Send + 'static,
+    C: Classify<<L::Service as Service<R>>::Response, <L::Service as Service<R>>::Error>
+        + Send
+        + Sync
+        + 'static,
+    R: RewriteTarget + Send + 'static,
+{
+    type Response = <L::Service as Service<R>>::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<L::Service, R, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, request: R) -> Self::Future {
+        self.refresh();
+        match self.shared.pick(request.tried_endpoints()) {
+            Some((guard, service)) => ResponseFuture::dispatch(Dispatch::new(
+                service,
+                request,
+                guard,
+                Arc::clone(&self.shared.classifier),
+                self.shared.ready_timeout,
+            )),
+            None => ResponseFuture::waiting(Box::pin(wait_then_dispatch(
+                Arc::clone(&self.shared),
+                self.updates.clone(),
+                request,
+            ))),
+        }
+    }
+}
+
+/// The slow path: no endpoint could be chosen. Waits for the source to
+/// publish one or for a breaker to re-admit one, at most `ready_timeout`.
+async fn wait_then_dispatch<S, L, C, R>(
+    shared: Arc<Shared<S, L, C>>,
+    mut updates: watch::Receiver<EndpointSet>,
+    request: R,
+) -> Result<<L::Service as Service<R>>::Response, BoxError>
+where
+    S: Clone,
+    L: Layer<Rewrite<S>>,
+    L::Service: Service<R> + Clone,
+    <L::Service as Service<R>>::Error: Into<BoxError>,
+    C: Classify<<L::Service as Service<R>>::Response, <L::Service as Service<R>>::Error>,
+    R: RewriteTarget,
+{
+    let start = Instant::now();
+    let deadline = start + shared.ready_timeout;
+    loop {
+        // `changed()` below marks the value seen, so look at the latest set
+        // itself (applying it again is a cheap no-op).
+        let set = updates.borrow_and_update().clone();
+        shared.apply(&set);
+        if let Some((guard, service)) = shared.pick(request.tried_endpoints()) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            return Dispatch::new(
+                service,
+                request,
+                guard,
+                Arc::clone(&shared.classifier),
+                remaining.max(Duration::from_millis(1)),
+            )
+            .await;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let error = shared.no_ready_endpoint(now - start);
+            tracing::warn!(service = %shared.name, %error, "router: no ready endpoint");
+            return Err(error.into());
+        }
+        let tick = deadline.min(now + WAIT_POLL_INTERVAL);
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    // The source is gone: keep the last set, look again later.
+                    tokio::time::sleep_until(tick).await;
+                }
+            }
+            () = tokio::time::sleep_until(tick) => {}
+        }
+    }
+}

@@ -1,0 +1,290 @@
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mesh_balance::{BalanceConfig, Strategy};
+use mesh_core::{Availability, AvailabilityState, BoxError, Endpoint, TriedEndpoints};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+use super::*;
+use crate::{ChannelSource, StaticSource};
+
+type Echo = tower::util::ServiceFn<
+    fn(http::Request<()>) -> std::future::Ready<Result<http::Response<String>, Infallible>>,
+>;
+
+/// An inner client that answers with the authority it was sent to.
+fn echo() -> Echo {
+    service_fn(|req: http::Request<()>| {
+        std::future::ready(Ok(http::Response::new(
+            req.uri()
+                .authority()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        )))
+    })
+}
+
+fn ep(addr: &str) -> Endpoint {
+    Endpoint::from_address(addr.parse().unwrap())
+}
+
+fn round_robin() -> BalanceConfig {
+    BalanceConfig {
+        strategy: Strategy::RoundRobin,
+        ..BalanceConfig::default()
+    }
+}
+
+async fn send<S>(svc: &mut S) -> Result<String, BoxError>
+where
+    S: Service<http::Request<()>, Response = http::Response<String>, Error = BoxError>,
+{
+    let req = http::Request::get("http://users/x").body(()).unwrap();
+    Ok(svc.ready().await?.call(req).await?.into_body())
+}
+
+#[tokio::test]
+async fn spreads_requests_over_every_endpoint() {
+    let discovery =
+        StaticSource::new([ep("10.0.0.1:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")]).discovery();
+    let layer = DiscoveryLayer::builder(discovery)
+        .balance(round_robin())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..30 {
+        *seen.entry(send(&mut svc).await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 10), "{seen:?}");
+}
+
+#[tokio::test]
+async fn removal_is_applied_before_the_next_request() {
+    let (source, discovery) = ChannelSource::new("users");
+    source.set([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
+    let layer = DiscoveryLayer::builder(discovery)
+        .balance(round_robin())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let mut clone = svc.clone();
+    for _ in 0..4 {
+        send(&mut svc).await.unwrap();
+    }
+    source.remove(ep("10.0.0.2:80").key());
+    for _ in 0..20 {
+        assert_eq!(send(&mut clone).await.unwrap(), "10.0.0.1:80");
+        assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.1:80");
+    }
+    assert_eq!(svc.endpoints().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_endpoint_fails_fast_with_a_typed_error() {
+    let (_source, discovery) = ChannelSource::new("users");
+    let layer = DiscoveryLayer::builder(discovery)
+        .ready_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let start = tokio::time::Instant::now();
+    let err = send(&mut svc).await.unwrap_err();
+    let waited = start.elapsed();
+    let err = err
+        .downcast_ref::<NoReadyEndpoint>()
+        .expect("NoReadyEndpoint");
+    assert_eq!((err.known(), err.unavailable()), (0, 0));
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(400),
+        "{waited:?}"
+    );
+    assert!(err.to_string().contains("users"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_an_endpoint_to_appear() {
+    let (source, discovery) = ChannelSource::new("users");
+    let layer = DiscoveryLayer::new(discovery);
+    let mut svc = layer.layer(echo());
+    let pending = tokio::spawn(async move { send(&mut svc).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished());
+    source.insert(ep("10.0.0.9:80"));
+    assert_eq!(pending.await.unwrap().unwrap(), "10.0.0.9:80");
+}
+
+#[tokio::test]
+async fn retries_avoid_the_endpoints_already_tried() {
+    let discovery = StaticSource::new([ep("10.0.0.1:80"), ep("10.0.0.2:80")]).discovery();
+    let mut svc = DiscoveryLayer::new(discovery).layer(echo());
+    for _ in 0..20 {
+        let tried = TriedEndpoints::new();
+        let mut req = http::Request::get("http://users/").body(()).unwrap();
+        req.extensions_mut().insert(tried.clone());
+        let first = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .unwrap()
+            .into_body();
+        assert_eq!(tried.len(), 1, "the router records the endpoint it chose");
+        let mut req = http::Request::get("http://users/").body(()).unwrap();
+        req.extensions_mut().insert(tried.clone());
+        let second = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .unwrap()
+            .into_body();
+        assert_ne!(first, second);
+    }
+}
+
+/// A per-endpoint layer that remembers the availability scope it was built in
+/// and how many stacks it built.
+#[derive(Clone, Default)]
+struct Probe {
+    built: Arc<AtomicUsize>,
+    signals: Arc<Mutex<Vec<Availability>>>,
+}
+
+impl<S> Layer<S> for Probe {
+    type Service = S;
+    fn layer(&self, inner: S) -> S {
+        self.built.fetch_add(1, Ordering::SeqCst);
+        self.signals
+            .lock()
+            .unwrap()
+            .push(Availability::current().expect("built inside the endpoint's availability scope"));
+        inner
+    }
+}
+
+#[tokio::test]
+async fn stacks_publish_availability_and_unavailable_endpoints_are_skipped() {
+    let probe = Probe::default();
+    let discovery = StaticSource::new([
+        ep("10.0.0.1:80"),
+        ep("10.0.0.2:80"),
+        ep("10.0.0.3:80"),
+        ep("10.0.0.4:80"),
+    ])
+    .discovery();
+    let layer = DiscoveryLayer::builder(discovery)
+        .balance(round_robin())
+        .endpoint_layer(probe.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    assert_eq!(probe.built.load(Ordering::SeqCst), 4);
+    // What a breaker would do: publish "skip me" for 10.0.0.2.
+    let key = ep("10.0.0.2:80").key().clone();
+    let signal = layer.balancer().availability(&key).unwrap();
+    assert!(
+        probe
+            .signals
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.ptr_eq(&signal))
+    );
+    signal.set(AvailabilityState::Unavailable);
+    for _ in 0..40 {
+        assert_ne!(send(&mut svc).await.unwrap(), "10.0.0.2:80");
+    }
+    signal.set(AvailabilityState::Available);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        seen.insert(send(&mut svc).await.unwrap());
+    }
+    assert!(seen.contains("10.0.0.2:80"));
+}
+
+#[tokio::test]
+async fn stacks_are_rebuilt_only_when_the_route_changes() {
+    let probe = Probe::default();
+    let (source, discovery) = ChannelSource::new("users");
+    source.set([ep("10.0.0.1:80")]);
+    let layer = DiscoveryLayer::builder(discovery)
+        .endpoint_layer(probe.clone())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    send(&mut svc).await.unwrap();
+    assert_eq!(probe.built.load(Ordering::SeqCst), 1);
+    // A weight change keeps the stack (and its breaker state).
+    source.set([ep("10.0.0.1:80").with_weight(5)]);
+    send(&mut svc).await.unwrap();
+    assert_eq!(probe.built.load(Ordering::SeqCst), 1);
+    // New metadata rebuilds it.
+    source.set([ep("10.0.0.1:80")
+        .with_weight(5)
+        .with_metadata([("version", "2")])]);
+    send(&mut svc).await.unwrap();
+    assert_eq!(probe.built.load(Ordering::SeqCst), 2);
+}
+
+/// A stack that never becomes ready (an open breaker in readiness mode).
+#[derive(Clone)]
+struct NeverReady;
+
+impl Service<http::Request<()>> for NeverReady {
+    type Response = http::Response<String>;
+    type Error = BoxError;
+    type Future = std::future::Pending<Result<Self::Response, BoxError>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Pending
+    }
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        std::future::pending()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stack_that_stays_not_ready_fails_within_the_bound() {
+    let discovery = StaticSource::new([ep("10.0.0.1:80")]).discovery();
+    let layer = DiscoveryLayer::builder(discovery)
+        .endpoint_layer(tower::layer::layer_fn(|_inner| NeverReady))
+        .ready_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let err = send(&mut svc).await.unwrap_err();
+    let err = err
+        .downcast_ref::<EndpointNotReady>()
+        .expect("EndpointNotReady");
+    assert_eq!(err.endpoint(), "10.0.0.1:80");
+    assert_eq!(err.waited(), Duration::from_millis(250));
+    // The abandoned attempt left no load behind.
+    assert_eq!(layer.balancer().stats().in_flight, 0);
+}
+
+#[test]
+fn config_validation_names_the_fields() {
+    let bad = RouterConfig {
+        ready_timeout: Duration::ZERO,
+        balance: BalanceConfig {
+            max_ejection_percent: 200,
+            ..BalanceConfig::default()
+        },
+        ..RouterConfig::default()
+    };
+    let err = bad.validate().unwrap_err();
+    let paths: Vec<_> = err.errors().iter().map(|e| e.path().to_owned()).collect();
+    assert!(paths.contains(&"ready_timeout".to_owned()), "{paths:?}");
+    assert!(
+        paths.contains(&"balance.max_ejection_percent".to_owned()),
+        "{paths:?}"
+    );
+    RouterConfig::default().validate().unwrap();
+}
