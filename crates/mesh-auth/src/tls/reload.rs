@@ -173,5 +173,6 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         r.check(); // nothing changed: no rebuild
         assert_eq!(builds.load(Ordering::SeqCst), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
