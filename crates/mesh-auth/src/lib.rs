@@ -73,7 +73,7 @@
 //!   ([`tls::ServerTlsConfig`], [`tls::ClientTlsConfig`],
 //!   [`apikey::ApiKeyAuthConfig`], [`authz::AuthorizationPolicy`],
 //!   [`SecretSource`]), durations in humantime form.
-//! - `hyper`: [`tls::serve`], the mTLS accept loop for axum and hyper
+//! - `hyper`: `tls::serve`, the mTLS accept loop for axum and hyper
 //!   services, and `MtlsClientConfig::https_connector` for hyper-util's client
 //!   and tonic's `Endpoint::connect_with_connector`.
 //! - `reqwest`: `MtlsClientConfig::reqwest_builder`.

@@ -16,7 +16,7 @@ use crate::identity::CallerIdentity;
 /// the stream with the caller's verified [`CallerIdentity`].
 ///
 /// Use it in any accept loop (hyper, axum, tonic), or let
-/// [`serve`](super::serve) run the loop for you (feature `hyper`).
+/// `tls::serve` run the loop for you (feature `hyper`).
 #[derive(Clone)]
 pub struct MtlsAcceptor {
     tls: tokio_rustls::TlsAcceptor,

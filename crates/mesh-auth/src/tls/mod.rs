@@ -15,7 +15,7 @@
 //!
 //! - Server: [`ServerTlsConfig`] -> [`MtlsServerConfig`] -> [`MtlsAcceptor`]
 //!   yields [`MtlsStream`]s with the caller's identity; [`AddIdentityLayer`]
-//!   puts it into each request; [`serve`] (feature `hyper`) runs the whole
+//!   puts it into each request; `serve` (feature `hyper`) runs the whole
 //!   accept loop for an axum or hyper service.
 //! - Client: [`ClientTlsConfig`] -> [`MtlsClientConfig`], with
 //!   `https_connector()` for hyper-util and tonic (feature `hyper`) and
