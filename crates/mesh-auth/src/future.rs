@@ -32,15 +32,32 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
+    /// An immediate rejection. gRPC callers (`content-type: application/grpc*`)
+    /// get what their client libraries understand: HTTP 200, trailers-only,
+    /// with `grpc_status` (16 UNAUTHENTICATED or 7 PERMISSION_DENIED).
     pub(crate) fn reject(
+        request: &http::HeaderMap,
         status: http::StatusCode,
+        grpc_status: &'static str,
         headers: &[(http::HeaderName, &'static str)],
     ) -> Self
     where
         B: Default,
     {
         let mut response = http::Response::new(B::default());
-        *response.status_mut() = status;
+        let grpc = request
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            let h = response.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", http::HeaderValue::from_static(grpc_status));
+        } else {
+            *response.status_mut() = status;
+        }
         for (name, value) in headers {
             response
                 .headers_mut()

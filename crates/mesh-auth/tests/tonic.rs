@@ -59,3 +59,26 @@ async fn tonic_server_sees_the_callers_identity() {
     assert_eq!(res.headers()["grpc-status"], "0");
     assert_eq!(res.headers()["x-caller"], ORDERS);
 }
+
+#[tokio::test]
+async fn grpc_callers_get_grpc_statuses_not_http_ones() {
+    use mesh_auth::authz::{AuthorizationPolicy, AuthorizeLayer, Rule};
+    use tower::{Layer, ServiceExt};
+
+    let policy = AuthorizationPolicy::deny_by_default(vec![Rule::allow(USERS)])
+        .compile()
+        .unwrap();
+    let svc =
+        AuthorizeLayer::new(policy).layer(tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        }));
+    let grpc = http::Request::post("/test.Users/Get")
+        .header("content-type", "application/grpc+proto")
+        .body(())
+        .unwrap();
+    let res = svc.clone().oneshot(grpc).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "7"); // PERMISSION_DENIED
+    let plain = http::Request::get("/users").body(()).unwrap();
+    assert_eq!(svc.oneshot(plain).await.unwrap().status(), 403);
+}

@@ -17,6 +17,8 @@ use crate::future::ResponseFuture;
 /// the key's [`CallerIdentity`](crate::CallerIdentity) into the extensions of
 /// the others.
 ///
+/// gRPC calls get `grpc-status` 16 (`UNAUTHENTICATED`) instead.
+///
 /// The 401 has an empty body and says nothing about *why* (missing, unknown,
 /// revoked): that would only help someone guessing. The key set can be
 /// replaced at run time with [`replace_keys`](Self::replace_keys), for every
@@ -151,7 +153,12 @@ where
                     ApiKeyHeader::Bearer => "Bearer",
                     ApiKeyHeader::Header(_) => "ApiKey",
                 };
-                ResponseFuture::reject(StatusCode::UNAUTHORIZED, &[(WWW_AUTHENTICATE, challenge)])
+                ResponseFuture::reject(
+                    req.headers(),
+                    StatusCode::UNAUTHORIZED,
+                    "16",
+                    &[(WWW_AUTHENTICATE, challenge)],
+                )
             }
         }
     }

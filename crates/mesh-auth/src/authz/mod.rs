@@ -7,7 +7,8 @@
 //! mTLS or an API key put into the request, and checks it against an
 //! [`AuthorizationPolicy`]: allow rules by identity, optionally narrowed to
 //! methods and path prefixes, and a default that is `deny` unless said
-//! otherwise. A denied call gets `403`; every decision is logged with the
+//! otherwise. A denied call gets `403` (gRPC calls: `grpc-status` 7,
+//! `PERMISSION_DENIED`); every decision is logged with the
 //! identity and method, never with secrets or the query string.
 //!
 //! # Example

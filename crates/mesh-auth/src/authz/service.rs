@@ -63,7 +63,7 @@ where
             }
             Decision::Deny => {
                 tracing::info!(identity = who, method = %req.method(), "request denied");
-                ResponseFuture::reject(StatusCode::FORBIDDEN, &[])
+                ResponseFuture::reject(req.headers(), StatusCode::FORBIDDEN, "7", &[])
             }
         }
     }
