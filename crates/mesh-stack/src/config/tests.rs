@@ -1,0 +1,227 @@
+use std::time::Duration;
+
+use super::*;
+use mesh_balance::Strategy;
+
+fn paths(err: &InvalidConfig) -> Vec<&str> {
+    err.errors().iter().map(|e| e.path()).collect()
+}
+
+fn sample() -> MeshConfig {
+    let mut orders = ServiceConfig::with_consul(ConsulSourceConfig {
+        tags: vec!["v2".into()],
+        ..ConsulSourceConfig::default()
+    });
+    orders.attempt_timeout = Duration::from_millis(500);
+    orders.retry.max_retries = 2;
+    orders.retry.deadline = Some(Duration::from_secs(2));
+    orders.balance.strategy = Strategy::LeastOutstanding;
+    orders.breaker.consecutive_failures = Some(3);
+    MeshConfig::new()
+        .service(
+            "users",
+            ServiceConfig::with_static([
+                Endpoint::from_address("127.0.0.1:8081".parse().unwrap()),
+                Endpoint::from_address("127.0.0.1:8082".parse().unwrap()).with_weight(3),
+            ]),
+        )
+        .service("orders", orders)
+}
+
+#[test]
+fn defaults_are_sane_and_valid_once_endpoints_are_named() {
+    let s = ServiceConfig::new();
+    assert_eq!(s.attempt_timeout, DEFAULT_ATTEMPT_TIMEOUT);
+    assert_eq!(s.ready_timeout, DEFAULT_READY_TIMEOUT);
+    assert_eq!(s.retry.max_retries, 3);
+    assert_eq!(
+        s.endpoint_breaker_config().open_behavior,
+        OpenBehavior::NotReady
+    );
+    sample().validate().unwrap();
+    MeshConfig::new().validate().unwrap();
+}
+
+#[test]
+fn a_service_without_endpoints_is_named() {
+    let c = MeshConfig::new().service("users", ServiceConfig::new());
+    let err = c.validate().unwrap_err();
+    assert_eq!(paths(&err), ["services.users.discovery.endpoints"]);
+}
+
+#[test]
+fn every_bad_field_is_reported_by_its_full_path() {
+    let mut c = sample();
+    let users = c.services.get_mut("users").unwrap();
+    users.retry.max_retries = 1000;
+    users.retry.backoff.multiplier = 0.5;
+    users.breaker.half_open_max_calls = 0;
+    users.balance.max_ejection_percent = 200;
+    users.attempt_timeout = Duration::ZERO;
+    users.ready_timeout = Duration::from_secs(3600);
+    let orders = c.services.get_mut("orders").unwrap();
+    orders.discovery = DiscoveryConfig::Consul(ConsulSourceConfig {
+        service: Some(" ".into()),
+        tags: vec![String::new()],
+        wait: Duration::ZERO,
+        ..ConsulSourceConfig::default()
+    });
+    let err = c.validate().unwrap_err();
+    let p = paths(&err);
+    for expected in [
+        "services.users.retry.max_retries",
+        "services.users.retry.backoff.multiplier",
+        "services.users.breaker.half_open_max_calls",
+        "services.users.balance.max_ejection_percent",
+        "services.users.attempt_timeout",
+        "services.users.ready_timeout",
+        "services.orders.discovery.service",
+        "services.orders.discovery.tags[0]",
+        "services.orders.discovery.wait",
+    ] {
+        assert!(p.contains(&expected), "{expected} missing from {p:?}");
+    }
+    assert!(err.to_string().contains("must be at most 100"), "{err}");
+}
+
+#[test]
+fn bad_service_names_and_consul_agent_are_reported() {
+    let mut c = sample();
+    let users = c.services.remove("users").unwrap();
+    c.services.insert("bad name!".into(), users);
+    c.consul = Some(ConsulConfig::new(""));
+    let err = c.validate().unwrap_err();
+    let p = paths(&err);
+    assert!(p.contains(&"services.bad name!"), "{p:?}");
+    assert!(p.iter().any(|p| p.starts_with("consul.")), "{p:?}");
+}
+
+#[test]
+fn a_port_zero_endpoint_is_reported() {
+    let c = MeshConfig::new().service(
+        "users",
+        ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:0".parse().unwrap())]),
+    );
+    let err = c.validate().unwrap_err();
+    assert_eq!(
+        paths(&err),
+        ["services.users.discovery.endpoints[0].address"]
+    );
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn toml_round_trips_and_reads_the_documented_form() {
+    let c = sample();
+    let text = c.to_toml_string().unwrap();
+    assert_eq!(MeshConfig::from_toml_str(&text).unwrap(), c);
+
+    let doc = r#"
+        [services.users.discovery]
+        kind = "static"
+        endpoints = [{ address = "127.0.0.1:8081" }, { address = "127.0.0.1:8082" }]
+
+        [services.orders]
+        discovery = { kind = "consul", tags = ["v2"] }
+        attempt_timeout = "500ms"
+        retry = { max_retries = 2, deadline = "2s" }
+        breaker = { consecutive_failures = 3, recovery_timeout = "5s" }
+        balance = { strategy = "least_outstanding" }
+    "#;
+    let c = MeshConfig::from_toml_str(doc).unwrap();
+    let orders = &c.services["orders"];
+    assert_eq!(orders.attempt_timeout, Duration::from_millis(500));
+    assert_eq!(orders.retry.deadline, Some(Duration::from_secs(2)));
+    assert_eq!(orders.breaker.recovery_timeout, Duration::from_secs(5));
+    assert_eq!(orders.balance.strategy, Strategy::LeastOutstanding);
+    assert_eq!(
+        orders.ready_timeout, DEFAULT_READY_TIMEOUT,
+        "defaults fill the rest"
+    );
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn toml_errors_are_typed_and_never_panic() {
+    for bad in [
+        "services = 3",
+        "[services.users]\nunknown_field = 1",
+        "[services.users]\nattempt_timeout = \"soon\"",
+        "[services.users.discovery]\nkind = \"carrier-pigeon\"",
+        "[[[",
+    ] {
+        let err = MeshConfig::from_toml_str(bad).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse { format: "toml", .. }),
+            "{bad}: {err}"
+        );
+    }
+    let err = MeshConfig::from_toml_str("[services.users.retry]\nmax_retries = 1000").unwrap_err();
+    let ConfigError::Invalid(invalid) = err else {
+        panic!("expected Invalid, got {err}")
+    };
+    assert_eq!(
+        paths(&invalid),
+        [
+            "services.users.discovery.endpoints",
+            "services.users.retry.max_retries"
+        ]
+    );
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn yaml_round_trips() {
+    let c = sample();
+    let text = c.to_yaml_string().unwrap();
+    assert_eq!(MeshConfig::from_yaml_str(&text).unwrap(), c);
+    let doc = "services:\n  users:\n    discovery:\n      kind: static\n      endpoints:\n        - address: 127.0.0.1:9000\n    attempt_timeout: 250ms\n";
+    let c = MeshConfig::from_yaml_str(doc).unwrap();
+    assert_eq!(
+        c.services["users"].attempt_timeout,
+        Duration::from_millis(250)
+    );
+    assert!(matches!(
+        MeshConfig::from_yaml_str("services: [1, 2"),
+        Err(ConfigError::Parse { format: "yaml", .. })
+    ));
+}
+
+#[cfg(feature = "json")]
+#[test]
+fn json_round_trips() {
+    let c = sample();
+    let text = c.to_json_string().unwrap();
+    assert_eq!(MeshConfig::from_json_str(&text).unwrap(), c);
+    assert!(matches!(
+        MeshConfig::from_json_str(
+            "{\"services\": {\"users\": {\"retry\": {\"max_retries\": -1}}}}"
+        ),
+        Err(ConfigError::Parse { format: "json", .. })
+    ));
+}
+
+#[cfg(all(feature = "toml", feature = "json"))]
+#[test]
+fn from_path_picks_the_format_by_extension() {
+    let dir = std::env::temp_dir().join(format!("mesh-stack-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = sample();
+    let toml_path = dir.join("mesh.toml");
+    std::fs::write(&toml_path, c.to_toml_string().unwrap()).unwrap();
+    assert_eq!(MeshConfig::from_path(&toml_path).unwrap(), c);
+    let json_path = dir.join("mesh.json");
+    std::fs::write(&json_path, c.to_json_string().unwrap()).unwrap();
+    assert_eq!(MeshConfig::from_path(&json_path).unwrap(), c);
+    let ini = dir.join("mesh.ini");
+    std::fs::write(&ini, "").unwrap();
+    assert!(matches!(
+        MeshConfig::from_path(&ini),
+        Err(ConfigError::UnsupportedFormat(e)) if e == "ini"
+    ));
+    assert!(matches!(
+        MeshConfig::from_path(dir.join("missing.toml")),
+        Err(ConfigError::Io { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

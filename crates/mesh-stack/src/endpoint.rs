@@ -1,0 +1,63 @@
+//! [`EndpointLayer`]: what every endpoint of a service gets.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use tower::timeout::Timeout;
+use tower_layer::Layer;
+
+/// The per-endpoint stack of a mesh service: a circuit breaker in readiness
+/// mode (an open endpoint is routed around), over a per-attempt timeout.
+///
+/// The discovery router applies it to each endpoint when the endpoint
+/// appears, inside the endpoint's availability scope, so each endpoint has
+/// its own breaker and the balancer sees its state. A timed-out attempt is a
+/// failure for the breaker.
+pub struct EndpointLayer<C> {
+    breaker: CircuitBreakerLayer<Arc<C>>,
+    attempt_timeout: Duration,
+}
+
+impl<C> EndpointLayer<C> {
+    /// A breaker built by `breaker` over a timeout of `attempt_timeout`.
+    pub fn new(breaker: CircuitBreakerLayer<Arc<C>>, attempt_timeout: Duration) -> Self {
+        Self {
+            breaker,
+            attempt_timeout,
+        }
+    }
+
+    /// The per-attempt timeout.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+}
+
+impl<C> Clone for EndpointLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            breaker: self.breaker.clone(),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for EndpointLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointLayer")
+            .field("breaker", &self.breaker)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish()
+    }
+}
+
+impl<S, C> Layer<S> for EndpointLayer<C> {
+    type Service = CircuitBreaker<Timeout<S>, Arc<C>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.breaker
+            .layer(Timeout::new(inner, self.attempt_timeout))
+    }
+}

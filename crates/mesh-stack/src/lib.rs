@@ -1,0 +1,100 @@
+//! The ready-made mesh client stack.
+//!
+//! # Why
+//!
+//! Each mesh crate does one thing: `mesh-retry` retries, `mesh-breaker`
+//! ejects failing endpoints, `mesh-balance` chooses, `mesh-discovery` finds
+//! endpoints and routes to them. A program calling a service wants all of
+//! them, in the right order, configured from one file, without learning five
+//! crates first. This crate is that: a [`MeshConfig`] (serde, TOML/YAML/JSON,
+//! humantime durations, a `validate()` that names every bad field by its
+//! full path), a [`Mesh`] that turns it into one `Clone` client [`Service`]
+//! per logical service over the HTTP client you already use, and a
+//! [`ServiceBuilderExt`] for those who compose tower layers by hand.
+//!
+//! # The request path
+//!
+//! Outermost first:
+//!
+//! ```text
+//! retry (budget, backoff + jitter, Retry-After, deadline)
+//!   -> discovery router (p2c peak-EWMA over live endpoints)
+//!      -> per endpoint: breaker (readiness mode) -> attempt timeout -> rewrite
+//!         -> inner client (hyper-util, reqwest, tonic's HTTP/2)
+//! ```
+//!
+//! A retry goes to another endpoint than the one that just failed; an open
+//! breaker takes its endpoint out of the balancer's choices until it probes
+//! again; a service with no live endpoint fails fast with `NoReadyEndpoint`.
+//!
+//! # Example
+//!
+//! ```
+//! use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
+//! use mesh_stack::core::Endpoint;
+//! use tower::{Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mesh_stack::core::BoxError> {
+//! let config = MeshConfig::new().service(
+//!     "users",
+//!     ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:8081".parse()?)]),
+//! );
+//! let mesh = Mesh::new(config)?;
+//!
+//! // Any Service<http::Request<B>> is an inner client: hyper-util's legacy
+//! // client, reqwest (`reqwest_client`), tonic's HTTP/2 (`grpc_client`).
+//! let inner = tower::service_fn(|req: http::Request<String>| async move {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(req.uri().to_string()))
+//! });
+//! let mut users = mesh.http_client("users", inner)?;
+//! let response = users
+//!     .ready()
+//!     .await?
+//!     .call(http::Request::get("http://users/profile/7").body(String::new())?)
+//!     .await?;
+//! assert_eq!(response.body(), "http://127.0.0.1:8081/profile/7");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `serde` (default): `MeshConfig` Serialize/Deserialize.
+//! - `toml`, `yaml`, `json`: parsers for the config formats.
+//! - `reqwest`: [`Mesh::reqwest_client`].
+//!
+//! [`Service`]: tower_service::Service
+
+pub mod builder;
+pub mod config;
+pub mod endpoint;
+pub mod mesh;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
+
+pub use builder::ServiceBuilderExt;
+pub use config::{ConfigError, ConsulSourceConfig, DiscoveryConfig, MeshConfig, ServiceConfig};
+pub use endpoint::EndpointLayer;
+pub use mesh::{GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService};
+
+// The layers and their configs, so that `mesh-stack` alone is enough.
+pub use mesh_balance::{BalanceConfig, Strategy};
+pub use mesh_breaker::{
+    BreakerConfig, BreakerOpen, CircuitBreakerLayer, CircuitState, OpenBehavior, WindowConfig,
+};
+pub use mesh_discovery::router::{DiscoveryLayer, NoReadyEndpoint, RouterConfig};
+pub use mesh_retry::{
+    BudgetExhausted, DeadlineExceeded, ReplayBodyLayer, RetryConfig, RetryLayer, RetryPolicy,
+};
+
+/// `mesh-balance`: endpoint choice strategies.
+pub use mesh_balance as balance;
+/// `mesh-breaker`: the circuit breaker.
+pub use mesh_breaker as breaker;
+/// `mesh-core`: classifiers, backoff, endpoints, config errors.
+pub use mesh_core as core;
+/// `mesh-discovery`: sources (static, Consul, channel) and the router.
+pub use mesh_discovery as discovery;
+/// `mesh-retry`: retries, budgets, hedging.
+pub use mesh_retry as retry;
