@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use mesh_core::Availability;
-use mesh_core::classify::HttpClassifier;
+use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
 use tower_layer::Layer;
 
@@ -12,10 +12,6 @@ use crate::config::BreakerConfig;
 use crate::events::{BreakerEvent, Listener};
 use crate::service::CircuitBreaker;
 use crate::state::Shared;
-
-/// The default classifier, shared by reference: the classifier is copied
-/// into every call's future, and a reference is 8 bytes.
-static DEFAULT_CLASSIFIER: HttpClassifier = HttpClassifier::new();
 
 /// Wraps a service in a [`CircuitBreaker`].
 ///
@@ -25,13 +21,15 @@ static DEFAULT_CLASSIFIER: HttpClassifier = HttpClassifier::new();
 /// built ([`Availability::current`]), or into its own signal outside such a
 /// scope; read it with [`CircuitBreaker::availability`].
 ///
-/// Results are classified with `C`, [`HttpClassifier`] by default: 5xx and
+/// Results are classified with `C`, the default
+/// [`HttpClassifier`](mesh_core::classify::HttpClassifier) (as the
+/// zero-sized [`DefaultHttpClassifier`]) unless you choose another: 5xx and
 /// transport errors are failures, other 4xx are ignored. Any
 /// [`Classify`](mesh_core::classify::Classify), a closure included, can be used
 /// with [`with_classifier`](Self::with_classifier). The classifier is cloned
 /// into each call's future: keep it small (a closure, a `&'static`, an `Arc`).
 #[derive(Clone)]
-pub struct CircuitBreakerLayer<C = &'static HttpClassifier> {
+pub struct CircuitBreakerLayer<C = DefaultHttpClassifier> {
     config: BreakerConfig,
     classifier: C,
     listener: Option<Listener>,
@@ -44,7 +42,7 @@ impl CircuitBreakerLayer {
         config.validate()?;
         Ok(Self {
             config,
-            classifier: &DEFAULT_CLASSIFIER,
+            classifier: DefaultHttpClassifier,
             listener: None,
             name: None,
         })
@@ -56,7 +54,7 @@ impl Default for CircuitBreakerLayer {
     fn default() -> Self {
         Self {
             config: BreakerConfig::default(),
-            classifier: &DEFAULT_CLASSIFIER,
+            classifier: DefaultHttpClassifier,
             listener: None,
             name: None,
         }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use mesh_core::classify::{Classify, HttpClassifier};
+use mesh_core::classify::{Classify, DefaultHttpClassifier};
 use mesh_core::{Availability, BoxError};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
@@ -39,7 +39,7 @@ pub(crate) struct Local {
 /// Clones share one breaker. Cloning allocates (each clone has its own small
 /// handle for its futures, so clones on different cores never contend on a
 /// reference count); clone once per task, not once per call.
-pub struct CircuitBreaker<S, C = &'static HttpClassifier> {
+pub struct CircuitBreaker<S, C = DefaultHttpClassifier> {
     inner: S,
     local: Arc<Local>,
     classifier: C,

@@ -158,6 +158,39 @@ impl Default for HttpClassifier {
     }
 }
 
+static DEFAULT_HTTP_CLASSIFIER: HttpClassifier = HttpClassifier::new();
+
+/// The default [`HttpClassifier`] as a zero-sized type.
+///
+/// Layers clone their classifier into every call's future; this one costs
+/// nothing to clone and, unlike a `&'static HttpClassifier`, never trips the
+/// compiler's "implementation is not general enough" error when the future is
+/// spawned. Layers use it as their default classifier type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DefaultHttpClassifier;
+
+impl DefaultHttpClassifier {
+    /// The classifier this stands for.
+    pub fn get(self) -> &'static HttpClassifier {
+        &DEFAULT_HTTP_CLASSIFIER
+    }
+}
+
+impl<B, E: 'static> Classify<Response<B>, E> for DefaultHttpClassifier {
+    #[inline]
+    fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
+        DEFAULT_HTTP_CLASSIFIER.classify(result)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl<E: 'static> Classify<reqwest::Response, E> for DefaultHttpClassifier {
+    #[inline]
+    fn classify(&self, result: &Result<reqwest::Response, E>) -> Outcome {
+        DEFAULT_HTTP_CLASSIFIER.classify(result)
+    }
+}
+
 impl HttpClassifier {
     /// The statuses that are failures by default: 500..=599 and 429.
     pub const DEFAULT_FAILURES: StatusSet = StatusSet::range(500, 599).with(429);

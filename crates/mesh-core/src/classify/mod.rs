@@ -42,7 +42,7 @@ mod http;
 
 pub use self::error::{as_dyn_error, is_transient_error};
 pub use self::grpc::{GrpcClassifier, GrpcCode, GrpcCodeSet};
-pub use self::http::{HttpClassifier, StatusSet};
+pub use self::http::{DefaultHttpClassifier, HttpClassifier, StatusSet};
 
 use std::fmt;
 use std::sync::Arc;

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -92,7 +91,7 @@ pin_project! {
         service: T,
         request: Option<R>,
         guard: Option<LoadGuard>,
-        classifier: Arc<C>,
+        classifier: C,
         ready_timeout: Duration,
         // Created only if the stack is not ready at once (a breaker in
         // readiness mode, a concurrency limit): no timer on the fast path.
@@ -115,7 +114,7 @@ impl<T: Service<R>, R, C> Dispatch<T, R, C> {
         service: T,
         request: R,
         guard: LoadGuard,
-        classifier: Arc<C>,
+        classifier: C,
         ready_timeout: Duration,
     ) -> Self {
         Self {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_balance::{BalanceConfig, Balancer};
-use mesh_core::classify::HttpClassifier;
+use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
 use tower_layer::{Identity, Layer};
 
@@ -70,11 +70,11 @@ impl RouterConfig {
 /// All services this layer builds share one balancer (one set of load and
 /// health accounting for the service); build one layer per logical service.
 #[derive(Clone)]
-pub struct DiscoveryLayer<L = Identity, C = HttpClassifier> {
+pub struct DiscoveryLayer<L = Identity, C = DefaultHttpClassifier> {
     discovery: Discovery,
     balancer: Balancer,
     endpoint_layer: L,
-    classifier: Arc<C>,
+    classifier: C,
     ready_timeout: Duration,
     host: HostHeader,
 }
@@ -101,7 +101,7 @@ impl DiscoveryLayer {
             discovery,
             balancer,
             endpoint_layer: Identity::new(),
-            classifier: Arc::new(HttpClassifier::default()),
+            classifier: DefaultHttpClassifier,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             host: HostHeader::Keep,
         }
@@ -113,7 +113,7 @@ impl DiscoveryLayer {
             discovery,
             config: RouterConfig::default(),
             endpoint_layer: Identity::new(),
-            classifier: HttpClassifier::default(),
+            classifier: DefaultHttpClassifier,
         }
     }
 }
@@ -135,6 +135,7 @@ where
     S: Clone,
     L: Layer<Rewrite<S>> + Clone,
     L::Service: Clone,
+    C: Clone,
 {
     type Service = DiscoveryService<S, L, C>;
 
@@ -143,7 +144,7 @@ where
             Arc::from(self.discovery.name()),
             inner,
             self.endpoint_layer.clone(),
-            Arc::clone(&self.classifier),
+            self.classifier.clone(),
             self.balancer.clone(),
             self.discovery.subscribe(),
             self.ready_timeout,
@@ -154,7 +155,7 @@ where
 
 /// Builds a [`DiscoveryLayer`]; [`build`](Self::build) validates.
 #[derive(Debug, Clone)]
-pub struct DiscoveryLayerBuilder<L = Identity, C = HttpClassifier> {
+pub struct DiscoveryLayerBuilder<L = Identity, C = DefaultHttpClassifier> {
     discovery: Discovery,
     config: RouterConfig,
     endpoint_layer: L,
@@ -204,7 +205,9 @@ impl<L, C> DiscoveryLayerBuilder<L, C> {
     }
 
     /// How results are classified for the balancer's load and health
-    /// accounting (default [`HttpClassifier`]; use
+    /// accounting (default
+    /// [`HttpClassifier`](mesh_core::classify::HttpClassifier); the classifier is cloned into
+    /// every request's future, so pass something small or a reference; use
     /// [`GrpcClassifier`](mesh_core::classify::GrpcClassifier) for gRPC).
     pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<L, C2> {
         DiscoveryLayerBuilder {
@@ -223,7 +226,7 @@ impl<L, C> DiscoveryLayerBuilder<L, C> {
             discovery: self.discovery,
             balancer,
             endpoint_layer: self.endpoint_layer,
-            classifier: Arc::new(self.classifier),
+            classifier: self.classifier,
             ready_timeout: self.config.ready_timeout,
             host: self.config.host_header,
         })

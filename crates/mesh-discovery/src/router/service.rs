@@ -70,7 +70,7 @@ where
     pub(crate) name: Arc<str>,
     inner: S,
     layer: L,
-    pub(crate) classifier: Arc<C>,
+    pub(crate) classifier: C,
     pub(crate) balancer: Balancer,
     table: ArcSwap<Table<L::Service>>,
     /// The version of the last endpoint set applied; serialises rebuilds.
@@ -123,7 +123,7 @@ where
         name: Arc<str>,
         inner: S,
         layer: L,
-        classifier: Arc<C>,
+        classifier: C,
         balancer: Balancer,
         mut updates: watch::Receiver<EndpointSet>,
         ready_timeout: Duration,
@@ -303,6 +303,7 @@ where
     <L::Service as Service<R>>::Future: Send + 'static,
     <L::Service as Service<R>>::Response: Send + 'static,
     C: Classify<<L::Service as Service<R>>::Response, <L::Service as Service<R>>::Error>
+        + Clone
         + Send
         + Sync
         + 'static,
@@ -325,7 +326,7 @@ where
                 service,
                 request,
                 guard,
-                Arc::clone(&self.shared.classifier),
+                self.shared.classifier.clone(),
                 self.shared.ready_timeout,
             )),
             None => ResponseFuture::waiting(Box::pin(wait_then_dispatch(
@@ -349,7 +350,7 @@ where
     L: Layer<Rewrite<S>>,
     L::Service: Service<R> + Clone,
     <L::Service as Service<R>>::Error: Into<BoxError>,
-    C: Classify<<L::Service as Service<R>>::Response, <L::Service as Service<R>>::Error>,
+    C: Classify<<L::Service as Service<R>>::Response, <L::Service as Service<R>>::Error> + Clone,
     R: RewriteTarget,
 {
     let start = Instant::now();
@@ -365,7 +366,7 @@ where
                 service,
                 request,
                 guard,
-                Arc::clone(&shared.classifier),
+                shared.classifier.clone(),
                 remaining.max(Duration::from_millis(1)),
             )
             .await;
