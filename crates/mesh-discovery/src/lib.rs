@@ -10,6 +10,8 @@
 //!   deregistration on shutdown) and a live watch of
 //!   `/v1/health/service/:name` through blocking queries;
 //! - [`StaticSource`]: a fixed list from code or config;
+//! - [`dns`] (feature `dns`, on by default): A/AAAA or SRV records,
+//!   re-resolved when their TTL runs out ([`DnsSource`]);
 //! - [`ChannelSource`]: endpoints the program learns its own way.
 //!
 //! # Why blocking queries
@@ -76,6 +78,7 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for the config types, durations in
 //!   humantime form (`"250ms"`, `"5m"`).
+//! - `dns` (default): the DNS source, on hickory-resolver.
 //! - `metrics`: counters and gauges through the `metrics` facade:
 //!   `mesh_discovery_endpoints{source}`, `mesh_discovery_updates_total{source}`,
 //!   `mesh_discovery_errors_total{source}`.
@@ -85,6 +88,9 @@
 pub mod channel;
 pub mod consul;
 pub mod discover;
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub mod dns;
 pub mod error;
 pub mod router;
 pub mod source;
@@ -93,6 +99,8 @@ pub mod static_source;
 pub use channel::ChannelSource;
 pub use consul::{ConsulDiscovery, EmptyPolicy};
 pub use discover::Changes;
+#[cfg(feature = "dns")]
+pub use dns::{DnsConfig, DnsKind, DnsSource};
 pub use error::{DiscoveryError, ErrorKind, InvalidName};
 pub use source::{Discovery, EndpointSet, Publisher, SetChange, SourceHealth};
 pub use static_source::{StaticConfig, StaticSource};
