@@ -4,7 +4,7 @@ use super::*;
 use mesh_balance::Strategy;
 
 fn paths(err: &InvalidConfig) -> Vec<&str> {
-    err.errors().iter().map(|e| e.path()).collect()
+    err.errors().iter().map(mesh_core::config::FieldError::path).collect()
 }
 
 fn sample() -> MeshConfig {
