@@ -11,8 +11,10 @@
 //! [`Changes`] yields `Change<EndpointKey, Endpoint>` and implements
 //! [`Discover`](tower::discover::Discover) (through tower's blanket impl for
 //! `TryStream`s). [`Changes::map`] builds a service per endpoint for p2c;
-//! [`Changes::forward`] feeds any `mpsc::Sender<Change<EndpointKey, T>>`, such
-//! as the one tonic's `Channel::balance_channel` returns.
+//! [`Changes::forward`] feeds any `mpsc::Sender<Change<EndpointKey, T>>` of
+//! tower's `Change`. tonic's `Channel::balance_channel` takes its own
+//! `tonic::transport::channel::Change`: map each change onto it in a small
+//! loop over [`Changes`] (`tests/tonic_balance.rs` shows the whole thing).
 //!
 //! # Example
 //!
@@ -108,14 +110,9 @@ impl Changes {
     /// Spawns a task that sends every change, mapped by `make`, into `tx`,
     /// until the source stops or the receiver is dropped.
     ///
-    /// With tonic (`tonic::transport::Channel::balance_channel`):
-    ///
-    /// ```ignore
-    /// let (channel, tx) = tonic::transport::Channel::balance_channel(16);
-    /// discovery.changes().forward(tx, |ep| {
-    ///     tonic::transport::Endpoint::from_shared(format!("http://{}", ep.address())).unwrap()
-    /// });
-    /// ```
+    /// The sender carries tower's `Change`. tonic's `Channel::balance_channel`
+    /// wants `tonic::transport::channel::Change` instead: iterate [`Changes`]
+    /// and convert each change (see the module docs).
     pub fn forward<T, F>(
         self,
         tx: mpsc::Sender<Change<EndpointKey, T>>,
