@@ -83,7 +83,7 @@ pub use mesh_balance::{BalanceConfig, Strategy};
 pub use mesh_breaker::{
     BreakerConfig, BreakerOpen, CircuitBreakerLayer, CircuitState, OpenBehavior, WindowConfig,
 };
-pub use mesh_discovery::router::{DiscoveryLayer, NoReadyEndpoint, RouterConfig};
+pub use mesh_discovery::router::{DiscoveryLayer, EndpointNotReady, NoReadyEndpoint, RouterConfig};
 pub use mesh_retry::{
     BudgetExhausted, DeadlineExceeded, ReplayBodyLayer, RetryConfig, RetryLayer, RetryPolicy,
 };

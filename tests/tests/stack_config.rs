@@ -1,0 +1,44 @@
+//! `MeshConfig` files as users write them, loaded and turned into stacks.
+
+use mesh_stack::{ConfigError, Mesh, MeshConfig};
+
+#[test]
+fn a_config_file_with_many_mistakes_reports_them_all_at_once() {
+    let text = r#"
+        [services.users]
+        discovery = { kind = "static", endpoints = [] }
+        attempt_timeout = "0s"
+        retry = { max_retries = 500, budget = { retry_ratio = -1.0 } }
+        breaker = { half_open_max_calls = 0 }
+        balance = { max_ejection_percent = 101 }
+
+        [services.orders]
+        discovery = { kind = "consul", wait = "1h" }
+    "#;
+    let ConfigError::Invalid(err) = MeshConfig::from_toml_str(text).unwrap_err() else {
+        panic!("expected a validation error")
+    };
+    let paths: Vec<&str> = err
+        .errors()
+        .iter()
+        .map(mesh_stack::core::config::FieldError::path)
+        .collect();
+    for p in [
+        "services.users.discovery.endpoints",
+        "services.users.attempt_timeout",
+        "services.users.retry.max_retries",
+        "services.users.retry.budget.retry_ratio",
+        "services.users.breaker.half_open_max_calls",
+        "services.users.balance.max_ejection_percent",
+        "services.orders.discovery.wait",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_demo_config_builds_a_mesh() {
+    let config = MeshConfig::from_toml_str(examples::demo::DEMO_CONFIG).unwrap();
+    let mesh = Mesh::new(config).unwrap();
+    assert!(mesh.service_config("users").is_ok());
+}
