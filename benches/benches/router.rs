@@ -103,6 +103,25 @@ fn router(c: &mut Criterion) {
         });
     }
 
+    // The same router with a strategy that reads no clock: how much of the
+    // cost is p2c's latency accounting.
+    {
+        let discovery = StaticSource::new(endpoints(16)).discovery();
+        let layer = rt.block_on(async {
+            DiscoveryLayer::builder(discovery)
+                .balance(BalanceConfig {
+                    strategy: mesh_balance::Strategy::RoundRobin,
+                    ..BalanceConfig::default()
+                })
+                .build()
+                .unwrap()
+        });
+        let mut svc = rt.block_on(async { layer.layer(Inner) });
+        g.bench_function("mesh_round_robin_16", |b| {
+            b.iter_custom(|iters| run(&rt, &mut svc, iters));
+        });
+    }
+
     let peak_ewma = |n: usize| {
         ServiceList::new((0..n).map(|_| {
             PeakEwma::new(
