@@ -42,3 +42,22 @@ async fn the_demo_config_builds_a_mesh() {
     let mesh = Mesh::new(config).unwrap();
     assert!(mesh.service_config("users").is_ok());
 }
+
+#[test]
+fn the_readme_config_reference_parses_and_validates() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("### Config reference")
+        .nth(1)
+        .expect("README has a config reference");
+    let block = section
+        .split("```toml")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let config = MeshConfig::from_toml_str(block).unwrap();
+    let users = &config.services["users"];
+    assert_eq!(users.retry.max_retries, 3);
+    assert_eq!(users.balance.max_ejection_percent, 50);
+    assert!(config.consul.is_some());
+}
