@@ -319,3 +319,126 @@ impl<S: Clone, C: Clone> Layer<S> for MeshLayer<C> {
         self.retry.layer(self.router.layer(inner))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use mesh_core::Endpoint;
+    use mesh_discovery::ChannelSource;
+    use mesh_testkit::consul::{FakeConsul, Instance};
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::config::ConsulSourceConfig;
+
+    /// An inner client answering with the authority it was sent to.
+    fn echo() -> impl tower_service::Service<
+        http::Request<String>,
+        Response = http::Response<String>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        service_fn(|req: http::Request<String>| async move {
+            Ok::<_, Infallible>(http::Response::new(
+                req.uri()
+                    .authority()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ))
+        })
+    }
+
+    async fn call<S>(svc: &S) -> String
+    where
+        S: tower_service::Service<http::Request<String>, Response = http::Response<String>> + Clone,
+        S::Error: fmt::Debug,
+    {
+        let req = http::Request::get("http://users/x")
+            .body(String::new())
+            .unwrap();
+        svc.clone().oneshot(req).await.unwrap().into_body()
+    }
+
+    fn ep(addr: &str) -> Endpoint {
+        Endpoint::from_address(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn an_invalid_config_is_refused_with_its_paths() {
+        let mut service = ServiceConfig::with_static([ep("10.0.0.1:80")]);
+        service.retry.max_retries = 1000;
+        let err = Mesh::new(MeshConfig::new().service("users", service)).unwrap_err();
+        let MeshError::Invalid(invalid) = err else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(
+            invalid.errors()[0].path(),
+            "services.users.retry.max_retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_services_are_named() {
+        let mesh = Mesh::new(
+            MeshConfig::new().service("users", ServiceConfig::with_static([ep("10.0.0.1:80")])),
+        )
+        .unwrap();
+        let err = mesh.http_client("orders", echo()).unwrap_err();
+        assert!(matches!(&err, MeshError::UnknownService { known, .. } if known == &["users"]));
+    }
+
+    #[tokio::test]
+    async fn static_sources_are_started_once_and_shared() {
+        let mesh = Mesh::new(
+            MeshConfig::new().service("users", ServiceConfig::with_static([ep("10.0.0.1:80")])),
+        )
+        .unwrap();
+        let a = mesh.http_client("users", echo()).unwrap();
+        let b = mesh.http_client("users", echo()).unwrap();
+        assert_eq!(call(&a).await, "10.0.0.1:80");
+        assert_eq!(call(&b).await, "10.0.0.1:80");
+        assert_eq!(mesh.discovery("users").unwrap().name(), "users");
+    }
+
+    #[tokio::test]
+    async fn a_source_given_to_the_builder_replaces_the_config() {
+        let (source, discovery) = ChannelSource::new("users");
+        source.set([ep("10.0.0.9:80")]);
+        let mesh = Mesh::builder(
+            MeshConfig::new().service("users", ServiceConfig::with_static([ep("10.0.0.1:80")])),
+        )
+        .discovery("users", discovery)
+        .build()
+        .unwrap();
+        let users = mesh.http_client("users", echo()).unwrap();
+        assert_eq!(call(&users).await, "10.0.0.9:80");
+    }
+
+    #[tokio::test]
+    async fn consul_services_are_watched_through_the_configured_agent() {
+        let fake = FakeConsul::start().await.unwrap();
+        fake.add_instance(Instance::new("users-v2", "u1", "10.0.0.7", 8080));
+        let config = MeshConfig {
+            consul: Some(ConsulConfig::new(fake.url())),
+            ..MeshConfig::new()
+        }
+        .service(
+            "users",
+            ServiceConfig::with_consul(ConsulSourceConfig {
+                service: Some("users-v2".into()),
+                wait: Duration::from_secs(1),
+                ..ConsulSourceConfig::default()
+            }),
+        );
+        let mesh = Mesh::new(config).unwrap();
+        let users = mesh.http_client("users", echo()).unwrap();
+        // The first request waits (at most ready_timeout) for the watch's
+        // first answer.
+        assert_eq!(call(&users).await, "10.0.0.7:8080");
+    }
+}
