@@ -63,6 +63,8 @@
 //! - `serde` (default): `MeshConfig` Serialize/Deserialize.
 //! - `toml`, `yaml`, `json`: parsers for the config formats.
 //! - `reqwest`: [`Mesh::reqwest_client`].
+//! - `metrics`: the layers' counters and gauges through the `metrics` facade
+//!   (labelled by service, endpoint, outcome and state; never request data).
 //!
 //! [`Service`]: tower_service::Service
 

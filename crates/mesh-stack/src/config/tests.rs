@@ -4,7 +4,10 @@ use super::*;
 use mesh_balance::Strategy;
 
 fn paths(err: &InvalidConfig) -> Vec<&str> {
-    err.errors().iter().map(mesh_core::config::FieldError::path).collect()
+    err.errors()
+        .iter()
+        .map(mesh_core::config::FieldError::path)
+        .collect()
 }
 
 fn sample() -> MeshConfig {
