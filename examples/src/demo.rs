@@ -257,20 +257,40 @@ impl Service<http::Request<Empty<Bytes>>> for Counting {
         let future = self.client.call(req);
         // The demo's own bookkeeping boxes; the mesh stack above does not.
         Box::pin(async move {
-            let start = Instant::now();
+            // Records the latency even when the attempt is cut short (the
+            // timeout drops this future).
+            let timer = AttemptTimer {
+                recorder,
+                port,
+                start: Instant::now(),
+            };
             let result = future.await;
-            if let Some((_, c)) = recorder.get(&port) {
-                if matches!(&result, Ok(r) if r.status().is_success()) {
-                    c.successes.fetch_add(1, Ordering::Relaxed);
-                }
-                let us = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
-                c.latencies_us
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(us);
+            if matches!(&result, Ok(r) if r.status().is_success())
+                && let Some((_, c)) = timer.recorder.get(&port)
+            {
+                c.successes.fetch_add(1, Ordering::Relaxed);
             }
             result.map_err(Into::into)
         })
+    }
+}
+
+/// Records one attempt's latency when dropped.
+struct AttemptTimer {
+    recorder: Recorder,
+    port: u16,
+    start: Instant,
+}
+
+impl Drop for AttemptTimer {
+    fn drop(&mut self) {
+        if let Some((_, c)) = self.recorder.get(&self.port) {
+            let us = u32::try_from(self.start.elapsed().as_micros()).unwrap_or(u32::MAX);
+            c.latencies_us
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(us);
+        }
     }
 }
 
