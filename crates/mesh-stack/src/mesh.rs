@@ -420,6 +420,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_layer_composes_with_service_builder_ext() {
+        use crate::ServiceBuilderExt;
+
+        let mesh = Mesh::new(
+            MeshConfig::new().service("users", ServiceConfig::with_static([ep("10.0.0.2:80")])),
+        )
+        .unwrap();
+        let layer = mesh.layer("users", HttpClassifier::default()).unwrap();
+        assert_eq!(layer.router().discovery().name(), "users");
+        let users = tower::ServiceBuilder::new().mesh(layer).service(echo());
+        assert_eq!(call(&users).await, "10.0.0.2:80");
+    }
+
+    #[tokio::test]
     async fn consul_services_are_watched_through_the_configured_agent() {
         let fake = FakeConsul::start().await.unwrap();
         fake.add_instance(Instance::new("users-v2", "u1", "10.0.0.7", 8080));
