@@ -1,0 +1,588 @@
+//! Chaos scenarios: the default ready-made stack (`Mesh::http_client` over
+//! hyper-util's legacy client) against real HTTP backends on 127.0.0.1 that
+//! fail, hang, slow down, vanish and come back, and a fake Consul that
+//! breaks. Every scenario is bounded (fixed request counts or durations) and
+//! checks what the servers received, not only what the client saw.
+//!
+//! Configs are the defaults; where a timer is shortened to fit CI, a comment
+//! says which and why.
+
+mod support;
+
+use std::time::Duration;
+
+use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
+use mesh_testkit::Behavior;
+
+use support::{backends, failures, hits, http_client, quantile, run_load, settled, static_service};
+
+/// Healthy backends answer after this; the slow one takes ten times as long.
+const HEALTHY: Duration = Duration::from_millis(2);
+const SLOW: Duration = Duration::from_millis(20);
+
+/// The one timer shortened everywhere: an attempt on a hanging backend would
+/// otherwise hold its caller for the default 2 s, and each scenario would
+/// spend most of its time waiting for it.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+
+fn config(service: ServiceConfig) -> MeshConfig {
+    MeshConfig::new().service(
+        "users",
+        ServiceConfig {
+            attempt_timeout: ATTEMPT_TIMEOUT,
+            ..service
+        },
+    )
+}
+
+// ===== 1. partial failure =====
+
+/// 8 backends: 3 answer 503, 1 hangs, 1 is ten times slower, 3 are healthy.
+/// Idempotent calls succeed, their p99 stays within one attempt timeout plus
+/// one retry delay, and the failing backends are ejected after a bounded
+/// number of calls and then receive nothing (the default recovery timeout,
+/// 60 s, is far longer than the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failure_idempotent_calls_succeed_and_bad_backends_are_ejected() {
+    let mut behaviors = vec![Behavior::status(503); 3];
+    behaviors.push(Behavior::Hang);
+    behaviors.push(Behavior::slow(SLOW));
+    behaviors.extend(std::iter::repeat_n(Behavior::slow(HEALTHY), 3));
+    let bs = backends("p", &behaviors).await;
+    let (failing, hanging) = (&bs[..3], &bs[3]);
+
+    let config = config(static_service(&bs));
+    let service = &config.services["users"];
+    let consecutive = u64::from(service.breaker.consecutive_failures.unwrap());
+    let first_retry_delay = service.retry.backoff.envelope(0);
+    let mesh = Mesh::new(config.clone()).unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+
+    const CONCURRENCY: usize = 16;
+    const LIMIT: Duration = Duration::from_secs(10);
+    // Phase A: the bad backends are found out.
+    let a = run_load(&users, &http::Method::GET, 0, 500, CONCURRENCY, LIMIT).await;
+    let after_a = hits(&bs);
+    // Phase B: they get nothing more.
+    let b = run_load(&users, &http::Method::GET, 500, 1500, CONCURRENCY, LIMIT).await;
+    let after_b = hits(&bs);
+    let calls: Vec<_> = a.into_iter().chain(b).collect();
+
+    let ok = calls.iter().filter(|c| c.ok()).count();
+    let p50 = quantile(&calls, 0.5);
+    let p99 = quantile(&calls, 0.99);
+    eprintln!(
+        "partial failure: {ok}/{} ok, p50 {p50:?}, p99 {p99:?}, hits after A {after_a:?}, after B {after_b:?}",
+        calls.len()
+    );
+    assert_eq!(calls.len(), 2000);
+    // >= 99.9 %: at most 2 of 2,000 may fail.
+    assert!(ok >= 1998, "{}", failures(&calls));
+
+    // p99 <= one attempt timeout (a call that met the hanging backend) + the
+    // largest first retry delay (full jitter: up to the backoff's base) + the
+    // slow backend's latency, plus 250 ms of scheduling slack for a debug
+    // build on a shared 2-core machine.
+    let bound = ATTEMPT_TIMEOUT + first_retry_delay + SLOW + Duration::from_millis(250);
+    assert!(p99 <= bound, "p99 {p99:?} > {bound:?}");
+
+    // Ejection within a bounded number of calls: a breaker opens after
+    // `consecutive_failures` failures in a row; at most `CONCURRENCY` calls
+    // can be in flight to a backend when its breaker opens.
+    let cap = consecutive + CONCURRENCY as u64;
+    for b in failing.iter().chain([hanging]) {
+        assert!(
+            b.hits() <= cap,
+            "{} got {} requests (cap {cap})",
+            b.name(),
+            b.hits()
+        );
+    }
+    // After phase A (500 calls) the 503 backends are out: not one more request.
+    for (i, b) in failing.iter().enumerate() {
+        assert_eq!(
+            after_b[i],
+            after_a[i],
+            "{} received requests after its ejection",
+            b.name()
+        );
+    }
+    // The healthy and the slow backends carried the load; the slow one less
+    // than an equal share.
+    let served: u64 = after_b[4..].iter().sum();
+    assert!(served >= 2000, "{after_b:?}");
+    assert!(
+        after_b[4] * 4 < served,
+        "slow backend got {} of {served}",
+        after_b[4]
+    );
+}
+
+// ===== 2. total outage =====
+
+/// Every backend answers 503. Retries stay within the retry budget (and the
+/// breakers cut them much shorter); once every breaker is open, calls fail
+/// with a typed error without reaching any server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_without_traffic() {
+    let bs = backends("o", &vec![Behavior::status(503); 4]).await;
+    let config = config(static_service(&bs));
+    let service = config.services["users"].clone();
+    let mesh = Mesh::new(config).unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+
+    const ORIGINAL: u64 = 64;
+    const CONCURRENCY: usize = 16;
+    let calls = run_load(
+        &users,
+        &http::Method::GET,
+        0,
+        ORIGINAL,
+        CONCURRENCY,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(calls.iter().all(|c| !c.ok()), "nothing can succeed");
+    let at_servers: u64 = hits(&bs).iter().sum();
+
+    // The budget: retries <= retry_ratio * calls + min_retries_per_second *
+    // ttl (the floor a quiet client may always spend). Slack: each of the
+    // CONCURRENCY calls in flight may have drawn its retry before the
+    // others' deposits were counted.
+    let budget = &service.retry.budget;
+    let bound = (ORIGINAL as f64 * (1.0 + budget.retry_ratio)).ceil() as u64
+        + u64::from(budget.min_retries_per_second) * budget.ttl.as_secs()
+        + CONCURRENCY as u64;
+    // The breakers cut far shorter: each endpoint takes `consecutive_failures`
+    // before it opens, plus what was in flight to it then.
+    let consecutive = u64::from(service.breaker.consecutive_failures.unwrap());
+    let breaker_bound = bs.len() as u64 * consecutive + CONCURRENCY as u64;
+    eprintln!(
+        "total outage: {ORIGINAL} calls, {at_servers} requests at servers {:?} (budget bound {bound}, breaker bound {breaker_bound})",
+        hits(&bs)
+    );
+    assert!(at_servers <= bound, "{at_servers} > budget bound {bound}");
+    assert!(
+        at_servers <= breaker_bound,
+        "{at_servers} > breaker bound {breaker_bound}"
+    );
+    assert!(
+        at_servers >= bs.len() as u64 * consecutive,
+        "every breaker saw its failures"
+    );
+
+    // Every breaker is open now (default recovery timeout: 60 s). Calls fail
+    // with a typed error, within the router's bounded wait for a ready
+    // endpoint, and no server sees them.
+    let frozen = settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
+        .await
+        .expect("servers go quiet");
+    let fast = run_load(
+        &users,
+        &http::Method::GET,
+        1000,
+        32,
+        32,
+        Duration::from_secs(10),
+    )
+    .await;
+    let bound = service.ready_timeout + Duration::from_millis(250);
+    for c in &fast {
+        let err = c
+            .result
+            .as_ref()
+            .expect_err("an open breaker never lets a call through");
+        assert!(
+            err.contains("did not become ready") || err.contains("no ready endpoint"),
+            "{err}"
+        );
+        assert!(c.latency <= bound, "{:?} > {bound:?}", c.latency);
+    }
+    eprintln!(
+        "total outage: open-breaker calls fail in p50 {:?}, max {:?}",
+        quantile(&fast, 0.5),
+        quantile(&fast, 1.0)
+    );
+    assert_eq!(
+        hits(&bs),
+        frozen,
+        "calls refused by open breakers reached a server"
+    );
+}
+
+// ===== 3. recovery =====
+
+/// The backends come back. Traffic returns within the recovery timeout
+/// (default slow start: none), and the probes do not stampede: before the
+/// first probe of a backend has answered, at most `half_open_max_calls`
+/// requests reach it, although 16 callers are waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_herd() {
+    // Probes answer after PROBE_DELAY, so concurrent probes overlap visibly.
+    const PROBE_DELAY: Duration = Duration::from_millis(100);
+    let bs = backends("r", &vec![Behavior::status(503); 4]).await;
+    let mut service = static_service(&bs);
+    // Shortened from 60 s so the test sees the breakers probe.
+    service.breaker.recovery_timeout = Duration::from_millis(500);
+    let config = config(service);
+    let service = config.services["users"].clone();
+    let mesh = Mesh::new(config).unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+
+    let load = support::Load::start(&users, &http::Method::GET, 0, 16, Duration::from_secs(10));
+
+    // Every breaker opens; as soon as the servers go quiet they recover.
+    settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
+        .await
+        .expect("breakers open");
+    let outage_hits = hits(&bs);
+    for b in &bs {
+        b.set_behavior(Behavior::slow(PROBE_DELAY));
+    }
+    let recovered = tokio::time::Instant::now();
+    let deadline = recovered + service.breaker.recovery_timeout + Duration::from_secs(2);
+    let back = support::eventually(deadline - recovered, || {
+        bs.iter().zip(&outage_hits).all(|(b, &h)| b.hits() > h)
+    })
+    .await;
+    // Let the breakers close and the load run on healthy backends a while.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let calls = load.stop().await;
+    assert!(
+        back,
+        "traffic did not return to every backend: {:?} (outage {outage_hits:?})",
+        hits(&bs)
+    );
+
+    let bound = service.breaker.recovery_timeout
+        + service.balance.slow_start_window
+        + Duration::from_millis(250);
+    for (b, &before) in bs.iter().zip(&outage_hits) {
+        let after: Vec<_> = b
+            .requests()
+            .into_iter()
+            .skip(before as usize)
+            .map(|r| r.at)
+            .collect();
+        let first = after[0];
+        // The breaker opened before `recovered`, so its first probe comes
+        // at most one recovery timeout after that.
+        assert!(
+            first.saturating_duration_since(recovered) <= bound,
+            "{}: first request {:?} after recovery (bound {bound:?})",
+            b.name(),
+            first - recovered
+        );
+        // Before the first probe can have answered, the breaker is still
+        // half-open: at most half_open_max_calls requests get through.
+        let probes = after.iter().filter(|&&t| t < first + PROBE_DELAY).count();
+        eprintln!(
+            "recovery: {} back after {:?}, {probes} probe(s) in the first {PROBE_DELAY:?}, {} requests since",
+            b.name(),
+            first.saturating_duration_since(recovered),
+            after.len()
+        );
+        assert!(
+            probes as u32 <= service.breaker.half_open_max_calls,
+            "{}: {probes} concurrent probes",
+            b.name()
+        );
+        assert!(
+            after.len() > probes,
+            "{}: traffic did not follow the probes",
+            b.name()
+        );
+    }
+    // Calls started after the breakers could close all succeed.
+    let late: Vec<_> = calls
+        .iter()
+        .filter(|c| c.started >= recovered + bound + PROBE_DELAY * 2)
+        .collect();
+    assert!(!late.is_empty());
+    assert!(
+        late.iter().all(|c| c.ok()),
+        "{:?}",
+        late.iter().find(|c| !c.ok())
+    );
+}
+
+// ===== 4. discovery faults =====
+
+/// The source is a (fake) Consul that, while load runs, drops connections,
+/// loses its leader, serves garbage and resets its index. The mesh keeps
+/// routing to the last good endpoints (fail static): no call fails. Once
+/// Consul behaves again, instances registered later receive traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_faults_fail_no_call_and_later_instances_receive_traffic() {
+    use mesh_stack::ConsulSourceConfig;
+    use mesh_stack::discovery::consul::ConsulConfig;
+    use mesh_testkit::consul::{FakeConsul, Fault, Instance};
+
+    let consul = FakeConsul::start().await.unwrap();
+    let bs = backends("c", &vec![Behavior::slow(HEALTHY); 5]).await;
+    let instance =
+        |b: &mesh_testkit::Backend| Instance::new("users", b.name(), "127.0.0.1", b.addr().port());
+    consul.add_instances(bs[..3].iter().map(instance));
+
+    let config = MeshConfig {
+        consul: Some(ConsulConfig::new(consul.url())),
+        ..config(ServiceConfig::with_consul(ConsulSourceConfig {
+            // Shortened from 5 min (the allowed minimum): a query held across
+            // an index reset returns within a second instead of minutes.
+            wait: Duration::from_secs(1),
+            ..ConsulSourceConfig::default()
+        }))
+    };
+    let mesh = Mesh::new(config).unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+    let discovery = mesh.discovery("users").unwrap();
+    assert!(support::eventually(Duration::from_secs(5), || discovery.current().len() == 3).await);
+
+    let load = support::Load::start(&users, &http::Method::GET, 0, 8, Duration::from_secs(5));
+
+    // Each fault in turn, until the watch has met it, then until it has
+    // recovered (a success resets its backoff, so each phase stays short).
+    let mut phases = Vec::new();
+    for fault in [Fault::DropConnection, Fault::NoLeader, Fault::GarbageBody] {
+        let start = tokio::time::Instant::now();
+        consul.set_fault(fault);
+        let met = support::eventually(Duration::from_secs(10), || {
+            discovery
+                .health()
+                .last_error_at()
+                .is_some_and(|t| t > start)
+        })
+        .await;
+        let error = discovery.health().last_error().map(ToString::to_string);
+        consul.clear_fault();
+        let cleared = tokio::time::Instant::now();
+        let recovered = support::eventually(Duration::from_secs(10), || {
+            discovery
+                .health()
+                .last_success()
+                .is_some_and(|t| t > cleared)
+        })
+        .await;
+        phases.push((fault, met, recovered, error));
+        assert_eq!(
+            discovery.current().len(),
+            3,
+            "fail static: the last good set is kept"
+        );
+    }
+    // A snapshot restore moves the index backwards, and instances are
+    // registered at the lower index: they must still receive traffic.
+    consul.reset_index(1);
+    let before = hits(&bs);
+    consul.add_instances(bs[3..].iter().map(instance));
+    let reached = support::eventually(Duration::from_secs(10), || {
+        bs[3..].iter().all(|b| b.hits() > 0)
+    })
+    .await;
+    // Some more load with all five.
+    let at_reach = hits(&bs);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = load.stop().await;
+    let after = hits(&bs);
+    eprintln!(
+        "discovery faults: {} calls, phases {phases:?}, hits before adding {before:?}, when reached {at_reach:?}, at the end {after:?}",
+        calls.len(),
+    );
+    for (fault, met, recovered, error) in &phases {
+        assert!(met, "{fault:?} never reached the watch");
+        assert!(
+            recovered,
+            "the watch did not recover from {fault:?} ({error:?})"
+        );
+    }
+    assert!(
+        reached,
+        "instances registered after the index reset got no traffic: {after:?}"
+    );
+    for (i, b) in bs.iter().enumerate().skip(3) {
+        assert!(
+            after[i] - at_reach[i] >= 10,
+            "{} gets a share of the load: {after:?} (at reach {at_reach:?})",
+            b.name()
+        );
+    }
+    assert!(calls.iter().all(support::Call::ok), "{}", failures(&calls));
+    assert!(calls.len() > 200, "the load ran: {}", calls.len());
+    // Every call was answered by a server, once (no retries were needed).
+    assert_eq!(after.iter().sum::<u64>(), calls.len() as u64, "{after:?}");
+}
+
+// ===== 5. churn =====
+
+/// Endpoints come and go every 250 ms under load (a channel source). Once a
+/// removal is applied by the router, the removed server receives nothing
+/// more (after a grace for requests already on the wire); no call fails or
+/// hangs; endpoints added later receive traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_under_load_never_reaches_a_removed_endpoint() {
+    use mesh_stack::discovery::ChannelSource;
+    use std::collections::HashSet;
+
+    // Requests the router dispatched just before it applied a removal may
+    // still be on their way (connect, write) on a loaded 2-core machine.
+    const GRACE: Duration = Duration::from_millis(100);
+    // Every call completes within this (a ready endpoint always exists).
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    let bs = backends("ch", &vec![Behavior::slow(HEALTHY); 8]).await;
+    let (source, discovery) = ChannelSource::new("users");
+    source.set(bs[..4].iter().map(support::endpoint));
+    let mesh = Mesh::builder(config(static_service(&bs[..4])))
+        .discovery("users", discovery)
+        .build()
+        .unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+
+    let load = support::Load::start(&users, &http::Method::GET, 0, 8, LIMIT);
+
+    let mut live: Vec<usize> = (0..4).collect();
+    let mut spare: Vec<usize> = (4..8).collect();
+    // Per backend: the periods during which it was out (applied removal,
+    // set that re-added it).
+    let mut out_since: Vec<Option<tokio::time::Instant>> = vec![None; 8];
+    let mut out_periods: Vec<(usize, tokio::time::Instant, tokio::time::Instant)> = Vec::new();
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let out = live.remove(round % live.len());
+        let inn = spare.remove(0);
+        live.push(inn);
+        spare.push(out);
+        let set_at = tokio::time::Instant::now();
+        if let Some(since) = out_since[inn].take() {
+            out_periods.push((inn, since, set_at));
+        }
+        source.set(live.iter().map(|&i| support::endpoint(&bs[i])));
+        // The removal is applied when the router's table no longer has it.
+        let want: HashSet<String> = live.iter().map(|&i| bs[i].name().to_owned()).collect();
+        let applied = loop {
+            let now: HashSet<String> = users
+                .get_ref()
+                .endpoints()
+                .iter()
+                .map(|e| e.key().to_string())
+                .collect();
+            if now == want {
+                break tokio::time::Instant::now();
+            }
+            assert!(
+                set_at.elapsed() < Duration::from_secs(2),
+                "the router never applied the set: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        out_since[out] = Some(applied);
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let calls = load.stop().await;
+    let end = tokio::time::Instant::now();
+    for (i, since) in out_since.iter().enumerate() {
+        if let Some(since) = since {
+            out_periods.push((i, *since, end));
+        }
+    }
+
+    eprintln!(
+        "churn: {} calls, {} removal periods, hits {:?}",
+        calls.len(),
+        out_periods.len(),
+        hits(&bs)
+    );
+    for &(i, from, to) in &out_periods {
+        let late: Vec<_> = bs[i]
+            .requests()
+            .iter()
+            .filter(|r| r.at > from + GRACE && r.at < to)
+            .map(|r| r.at - from)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{} received {} request(s) after its removal was applied, e.g. {:?} after",
+            bs[i].name(),
+            late.len(),
+            late.first()
+        );
+    }
+    assert!(calls.iter().all(support::Call::ok), "{}", failures(&calls));
+    assert!(calls.iter().all(|c| c.latency < LIMIT));
+    assert!(calls.len() > 300, "the load ran: {}", calls.len());
+    assert!(
+        bs[4..].iter().all(|b| b.hits() > 0),
+        "endpoints added later got traffic: {:?}",
+        hits(&bs)
+    );
+}
+
+// ===== 6. non-idempotent safety =====
+
+/// Under 503s, dropped connections and hangs, a POST without an
+/// Idempotency-Key reaches the servers at most once; GETs in the same run are
+/// retried (the same id arrives twice), which shows the faults do provoke
+/// retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_without_idempotency_key_are_never_duplicated() {
+    use std::collections::HashMap;
+
+    let behaviors = [
+        Behavior::status(503),
+        Behavior::status(503),
+        Behavior::Drop,
+        Behavior::Hang,
+        Behavior::slow(HEALTHY),
+        Behavior::slow(HEALTHY),
+    ];
+    let bs = backends("n", &behaviors).await;
+    let mesh = Mesh::new(config(static_service(&bs))).unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+
+    const N: u64 = 300;
+    let limit = Duration::from_secs(10);
+    let (posts, gets) = tokio::join!(
+        run_load(&users, &http::Method::POST, 0, N, 8, limit),
+        run_load(&users, &http::Method::GET, 100_000, N, 8, limit),
+    );
+
+    let mut arrivals: HashMap<u64, u32> = HashMap::new();
+    for b in &bs {
+        for id in support::received_ids(b) {
+            *arrivals.entry(id).or_default() += 1;
+        }
+    }
+    let duplicated_posts: Vec<_> = arrivals
+        .iter()
+        .filter(|&(&id, &n)| id < N && n > 1)
+        .collect();
+    let retried_gets = arrivals
+        .iter()
+        .filter(|&(&id, &n)| id >= 100_000 && n > 1)
+        .count();
+    let failed_posts = posts.iter().filter(|c| !c.ok()).count();
+    eprintln!(
+        "non-idempotent: {failed_posts} of {N} POSTs failed (not retried), {retried_gets} GETs retried, {} GETs failed, hits {:?}",
+        gets.iter().filter(|c| !c.ok()).count(),
+        hits(&bs)
+    );
+    assert!(
+        duplicated_posts.is_empty(),
+        "POSTs duplicated at the servers: {duplicated_posts:?}"
+    );
+    assert!(
+        retried_gets > 0,
+        "the faults provoked no retries: the test proves nothing"
+    );
+    assert!(
+        failed_posts > 0,
+        "the faults reached no POST: the test proves nothing"
+    );
+    // Every id a server saw was sent, and no call hung.
+    assert!(
+        arrivals
+            .keys()
+            .all(|&id| id < N || (100_000..100_000 + N).contains(&id))
+    );
+    assert!(posts.iter().chain(&gets).all(|c| c.latency < limit));
+}
