@@ -41,6 +41,8 @@ pub(crate) struct Local {
 /// reference count); clone once per task, not once per call.
 pub struct CircuitBreaker<S, C = DefaultHttpClassifier> {
     inner: S,
+    /// The breaker itself, one pointer away (`local.shared` is two).
+    shared: Arc<Shared>,
     local: Arc<Local>,
     classifier: C,
     ready: Option<Ready>,
@@ -58,7 +60,10 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
         Self {
             inner,
-            local: Arc::new(Local { shared }),
+            local: Arc::new(Local {
+                shared: Arc::clone(&shared),
+            }),
+            shared,
             classifier,
             ready: None,
             wait: None,
@@ -67,14 +72,14 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// A handle for manual control and state reads.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(Arc::clone(&self.local.shared))
+        CircuitBreakerHandle::new(Arc::clone(&self.shared))
     }
 
     /// The availability signal this breaker publishes: `Available` when
     /// closed, `Probing` when half-open with a free probe permit, and
     /// `Unavailable` otherwise.
     pub fn availability(&self) -> &Availability {
-        self.local.shared.availability()
+        self.shared.availability()
     }
 
     /// The wrapped service.
@@ -99,8 +104,9 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
         // middleware): a probe permit is never duplicated.
         Self {
             inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
             local: Arc::new(Local {
-                shared: Arc::clone(&self.local.shared),
+                shared: Arc::clone(&self.shared),
             }),
             classifier: self.classifier.clone(),
             ready: None,
@@ -131,7 +137,7 @@ where
                 Some(Ready::Probe(_)) => return self.inner.poll_ready(cx).map_err(Into::into),
                 None => {}
             }
-            let shared = &self.local.shared;
+            let shared = &self.shared;
             if state_of(shared.word()).admits_all() {
                 self.wait = None;
                 return self.inner.poll_ready(cx).map_err(Into::into);
@@ -175,7 +181,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = &self.local.shared;
+        let shared = &self.shared;
         let admission = match self.ready.take() {
             Some(Ready::Rejected(error)) => return ResponseFuture::rejected(error),
             Some(Ready::Probe(permit)) => Admission::Probe(permit),
@@ -243,7 +249,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("state", &self.local.shared.state())
+            .field("state", &self.shared.state())
             .field("classifier", &self.classifier)
             .field("ready", &self.ready)
             .finish_non_exhaustive()

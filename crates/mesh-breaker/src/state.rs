@@ -297,10 +297,14 @@ impl Shared {
         self.needs_start
     }
 
+    /// `at` in nanoseconds since the breaker was built (no 128-bit math: this
+    /// runs once per call with a time window).
+    #[inline]
     fn nanos(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch)
-            .as_nanos()
-            .min(u128::from(u64::MAX)) as u64
+        let d = at.saturating_duration_since(self.epoch);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
     }
 
     fn instant(&self, nanos: u64) -> Instant {

@@ -17,7 +17,10 @@
 //! lands in the instant a time bucket is recycled may be lost. That never
 //! affects safety (how many probes are admitted), only the rate by one call.
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::num::NonZeroUsize;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::config::{WindowConfig, WindowKind};
@@ -198,8 +201,21 @@ fn flip(word: &AtomicU64, bit: u64, on: bool, counter: &AtomicI32) {
 
 // ===== impl TimeWindow =====
 
+/// Bits of [`TimeWindow::head`] that hold the ring slot (`MAX_WINDOW_BUCKETS`
+/// is 1024).
+const SLOT_BITS: u32 = 10;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+const _: () = assert!(crate::config::MAX_WINDOW_BUCKETS as u64 <= 1 << SLOT_BITS);
+
+/// Spare buckets between two stripes' rings, so that no two stripes share a
+/// cache line (nor an adjacent-line prefetch pair).
+const STRIPE_GAP: usize = 128usize.div_ceil(size_of::<Bucket>());
+
+/// The most stripes a window has: enough to keep the cores of a typical
+/// client host apart, few enough that a failure's sum stays short.
+const MAX_STRIPES: usize = 8;
+
 #[derive(Debug, Default)]
-#[repr(align(64))]
 struct Bucket {
     /// Which lap of the ring this bucket holds, plus one (0: never used).
     epoch: AtomicU64,
@@ -208,27 +224,93 @@ struct Bucket {
     slow: AtomicU32,
 }
 
-/// A ring of `buckets` time buckets of `width` nanoseconds each.
+/// A ring of `len` time buckets of `width` nanoseconds each, once per stripe.
+///
+/// A time window counts every call when it is let through, so unlike the
+/// other policies its steady state writes shared memory. Two things keep that
+/// cheap:
+///
+/// - **No division per call.** The bucket of a moment is `now / width`, its
+///   ring slot that modulo `len`: two 64-bit divisions, the dearest
+///   instructions on the path. `head` caches the last bucket and slot; a call
+///   in the same bucket checks `now - index * width < width` instead, and
+///   only the first call of each bucket divides (and moves `head`).
+/// - **One ring per stripe.** Each thread counts into the ring of its stripe
+///   (threads are spread over the stripes round robin), so two cores calling
+///   one breaker do not bounce one cache line between them. Reading the
+///   window sums every stripe: that happens only when a call fails or is
+///   slow. Memory stays O(buckets): at most `MAX_STRIPES` rings.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     width: u64,
+    len: u64,
+    /// The last bucket a call fell in: `index << SLOT_BITS | slot`. Any value
+    /// is a valid pair (or one that no moment matches), so racing writers
+    /// cost at worst a division.
+    head: Padded<AtomicU64>,
+    /// `stripe_mask + 1` rings of `len` buckets, `stride` apart.
     buckets: Box<[Bucket]>,
+    stride: usize,
+    stripe_mask: usize,
 }
 
 impl TimeWindow {
     pub(crate) fn new(buckets: u32, width: Duration) -> Self {
+        Self::with_stripes(buckets, width, default_stripes())
+    }
+
+    /// A window with `stripes` rings (a power of two, at most `MAX_STRIPES`).
+    fn with_stripes(buckets: u32, width: Duration, stripes: usize) -> Self {
+        debug_assert!(stripes.is_power_of_two() && stripes <= MAX_STRIPES);
+        let len = buckets.clamp(1, crate::config::MAX_WINDOW_BUCKETS) as usize;
+        let stride = len + STRIPE_GAP;
         Self {
             width: (width.as_nanos().min(u128::from(u64::MAX)) as u64).max(1),
-            buckets: (0..buckets.max(1)).map(|_| Bucket::default()).collect(),
+            len: len as u64,
+            head: Padded(AtomicU64::new(0)),
+            buckets: (0..stride * stripes).map(|_| Bucket::default()).collect(),
+            stride,
+            stripe_mask: stripes - 1,
         }
     }
 
-    /// The bucket `index` falls in, recycled first if it holds an older lap;
-    /// `None` if it already holds a newer one (a very late result).
+    /// The bucket index and ring slot of the moment `now_nanos`.
     #[inline]
-    fn bucket(&self, index: u64) -> Option<&Bucket> {
+    fn locate(&self, now_nanos: u64) -> (u64, usize) {
+        let head = self.head.0.load(Relaxed);
+        let index = head >> SLOT_BITS;
+        // `index * width <= now` whenever `head` was computed from a moment
+        // not after `now`; otherwise the subtraction wraps and misses.
+        if now_nanos.wrapping_sub(index.wrapping_mul(self.width)) < self.width {
+            return (index, (head & SLOT_MASK) as usize);
+        }
+        self.locate_slow(now_nanos)
+    }
+
+    #[cold]
+    fn locate_slow(&self, now_nanos: u64) -> (u64, usize) {
+        let index = now_nanos / self.width;
+        let slot = index % self.len;
+        if index < 1 << (64 - SLOT_BITS) {
+            self.head.0.store(index << SLOT_BITS | slot, Relaxed);
+        }
+        (index, slot as usize)
+    }
+
+    /// This thread's ring.
+    #[inline]
+    fn ring(&self) -> &[Bucket] {
+        let start = (thread_stripe() & self.stripe_mask) * self.stride;
+        &self.buckets[start..start + self.len as usize]
+    }
+
+    /// The bucket `index` falls in (its ring slot is `slot`), recycled first
+    /// if it holds an older lap; `None` if it already holds a newer one (a
+    /// very late result).
+    #[inline]
+    fn bucket(&self, index: u64, slot: usize) -> Option<&Bucket> {
         let tag = index + 1;
-        let bucket = &self.buckets[(index % self.buckets.len() as u64) as usize];
+        let bucket = &self.ring()[slot];
         let epoch = bucket.epoch.load(Relaxed);
         if epoch != tag {
             if epoch > tag {
@@ -251,7 +333,8 @@ impl TimeWindow {
     /// recording if it is a failure or slow, so a success touches nothing.
     #[inline]
     pub(crate) fn admit(&self, now_nanos: u64) {
-        if let Some(b) = self.bucket(now_nanos / self.width) {
+        let (index, slot) = self.locate(now_nanos);
+        if let Some(b) = self.bucket(index, slot) {
             b.calls.fetch_add(1, Relaxed);
         }
     }
@@ -263,8 +346,8 @@ impl TimeWindow {
         if !failure && !slow {
             return None;
         }
-        let index = now_nanos / self.width;
-        let bucket = self.bucket(index)?;
+        let (index, slot) = self.locate(now_nanos);
+        let bucket = self.bucket(index, slot)?;
         if failure {
             bucket.failures.fetch_add(1, Relaxed);
         }
@@ -274,9 +357,10 @@ impl TimeWindow {
         Some(self.snapshot(index))
     }
 
+    /// The sum, over every stripe, of the buckets inside the window that ends
+    /// with bucket `index`.
     fn snapshot(&self, index: u64) -> Snapshot {
-        let n = self.buckets.len() as u64;
-        let oldest = (index + 1).saturating_sub(n - 1);
+        let oldest = (index + 1).saturating_sub(self.len - 1);
         let mut s = Snapshot::default();
         for b in &self.buckets {
             let tag = b.epoch.load(Relaxed);
@@ -299,6 +383,36 @@ impl TimeWindow {
             b.slow.store(0, Relaxed);
         }
     }
+}
+
+/// Stripes per time window: the host's parallelism, rounded up to a power of
+/// two (so a stripe is a mask, not a division), at most `MAX_STRIPES`.
+fn default_stripes() -> usize {
+    static STRIPES: OnceLock<usize> = OnceLock::new();
+    *STRIPES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, NonZeroUsize::get)
+            .min(MAX_STRIPES)
+            .next_power_of_two()
+    })
+}
+
+/// This thread's stripe number: threads take numbers round robin the first
+/// time they count a call.
+#[inline]
+fn thread_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let mut stripe = s.get();
+        if stripe == usize::MAX {
+            stripe = NEXT.fetch_add(1, Relaxed) % MAX_STRIPES;
+            s.set(stripe);
+        }
+        stripe
+    })
 }
 
 #[cfg(test)]
@@ -375,11 +489,97 @@ mod tests {
         assert_eq!((s.calls, s.failures, s.slow), (2, 0, 1));
         // Much later, everything is gone; memory never grew.
         assert_eq!(w.snapshot(100).calls, 0);
-        assert_eq!(w.buckets.len(), 3);
+        assert_eq!(w.buckets.len(), w.stride * (w.stripe_mask + 1));
+        assert!(w.buckets.len() <= (3 + STRIPE_GAP) * MAX_STRIPES);
         // A late result for a recycled bucket is dropped.
         call(100 * sec, false, false);
         assert!(w.record(97 * sec, true, false).is_none());
         w.reset();
         assert_eq!(w.snapshot(100), Snapshot::default());
+    }
+
+    proptest::proptest! {
+        /// The cached bucket is only a shortcut: any order of moments, across
+        /// bucket and lap boundaries and backwards, finds what dividing finds.
+        #[test]
+        fn locate_matches_division(
+            buckets in 1u32..20,
+            width in 1u64..5_000,
+            nows in proptest::collection::vec(0u64..200_000, 1..200),
+        ) {
+            let w = TimeWindow::new(buckets, Duration::from_nanos(width));
+            for now in nows {
+                let index = now / width;
+                proptest::prop_assert_eq!(w.locate(now), (index, (index % u64::from(buckets)) as usize));
+            }
+        }
+
+        /// The time window against a naive list of every call and when it
+        /// started and ended, with moving time.
+        #[test]
+        fn time_window_matches_a_naive_model(
+            buckets in 1u32..8,
+            calls in proptest::collection::vec(
+                (0u64..1_500, 0u64..1_500, proptest::bool::ANY, proptest::bool::weighted(0.2)),
+                0..150,
+            ),
+        ) {
+            let width = 1_000;
+            let w = TimeWindow::new(buckets, Duration::from_nanos(width));
+            let mut now = 0;
+            // (bucket admitted, bucket finished, failure, slow)
+            let mut model: Vec<(u64, u64, bool, bool)> = Vec::new();
+            for (step, duration, failure, slow) in calls {
+                now += step;
+                w.admit(now);
+                let end = now + duration;
+                let snap = w.record(end, failure, slow);
+                model.push((now / width, end / width, failure, slow));
+                now = end;
+                let Some(snap) = snap else {
+                    proptest::prop_assert!(!failure && !slow);
+                    continue;
+                };
+                let last = now / width;
+                let inside = |b: u64| b + u64::from(buckets) > last && b <= last;
+                let calls = model.iter().filter(|m| inside(m.0)).count() as u32;
+                let count = |f: fn(&(u64, u64, bool, bool)) -> bool| {
+                    (model.iter().filter(|m| inside(m.1) && f(m)).count() as u32).min(calls)
+                };
+                proptest::prop_assert_eq!(snap.calls, calls);
+                proptest::prop_assert_eq!(snap.failures, count(|m| m.2));
+                proptest::prop_assert_eq!(snap.slow, count(|m| m.3));
+            }
+        }
+    }
+
+    /// Threads count into their own stripes; a snapshot sees them all.
+    #[test]
+    fn stripes_keep_threads_apart_and_add_up() {
+        let w = TimeWindow::with_stripes(4, Duration::from_secs(1), MAX_STRIPES);
+        std::thread::scope(|scope| {
+            for _ in 0..MAX_STRIPES {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        w.admit(5);
+                    }
+                    w.record(5, true, false);
+                });
+            }
+        });
+        let used = w
+            .buckets
+            .chunks(w.stride)
+            .filter(|ring| ring.iter().any(|b| b.calls.load(Relaxed) > 0))
+            .count();
+        assert!(used > 1, "every thread counted into one ring");
+        let s = w.snapshot(0);
+        let n = MAX_STRIPES as u32;
+        assert_eq!((s.calls, s.failures, s.slow), (1_000 * n, n, 0));
+        // A stripe's ring is private: the gap keeps rings off each other's
+        // cache lines.
+        assert!(STRIPE_GAP * size_of::<Bucket>() >= 128);
+        w.reset();
+        assert_eq!(w.snapshot(0), Snapshot::default());
     }
 }
