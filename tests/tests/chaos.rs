@@ -118,6 +118,41 @@ async fn partial_failure_idempotent_calls_succeed_and_bad_backends_are_ejected()
     );
 }
 
+/// More backends fail than the balancer's ejection cap (default 50 %) lets
+/// it eject: 5 of 8 answer 503. The balancer keeps one of them in play
+/// (panic mode), but its breaker refuses requests; the router sends the
+/// call to an available backend instead of waiting on the refusing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_failing_backends_than_the_ejection_cap_still_fail_no_call() {
+    let mut behaviors = vec![Behavior::status(503); 5];
+    behaviors.extend(std::iter::repeat_n(Behavior::slow(HEALTHY), 3));
+    let bs = backends("m", &behaviors).await;
+    let mesh = Mesh::new(config(static_service(&bs))).unwrap();
+    let users = mesh.http_client("users", http_client()).unwrap();
+    let calls = run_load(
+        &users,
+        &http::Method::GET,
+        0,
+        1000,
+        16,
+        Duration::from_secs(10),
+    )
+    .await;
+    let ok = calls.iter().filter(|c| c.ok()).count();
+    eprintln!(
+        "majority failing: {ok}/1000 ok, p99 {:?}, hits {:?}",
+        quantile(&calls, 0.99),
+        hits(&bs)
+    );
+    assert!(ok >= 999, "{}", failures(&calls));
+    let consecutive = 5 + 16;
+    assert!(
+        bs[..5].iter().all(|b| b.hits() <= consecutive),
+        "{:?}",
+        hits(&bs)
+    );
+}
+
 // ===== 2. total outage =====
 
 /// Every backend answers 503. Retries stay within the retry budget (and the

@@ -256,20 +256,64 @@ where
     /// clone of its stack.
     #[inline]
     pub(crate) fn pick(&self, tried: Option<&TriedEndpoints>) -> Option<(LoadGuard, L::Service)> {
-        let guard = self.balancer.pick(tried)?;
+        let mut guard = self.balancer.pick(tried)?;
+        let table = self.table.load();
         // An endpoint the balancer just learned may not have its stack yet
         // (a rebuild is in progress): the caller waits and looks again.
-        let service = self
-            .table
-            .load()
-            .stacks
-            .get(&guard.key().id())?
-            .service
-            .clone();
+        let mut stack = table.stacks.get(&guard.key().id())?;
+        if !stack.availability.is_available()
+            && let Some((g, s)) = self.pick_available(&table, tried, guard.key().id())
+        {
+            guard = g;
+            stack = s;
+        }
+        let service = stack.service.clone();
         if let Some(tried) = tried {
             tried.record(guard.key());
         }
         Some((guard, service))
+    }
+
+    /// The balancer chose an unavailable endpoint: its panic mode (more
+    /// endpoints unavailable than the ejection cap) keeps such endpoints in
+    /// play. Their stacks refuse requests (a breaker open in readiness mode),
+    /// so sending there would cost the request `ready_timeout` and end in
+    /// `EndpointNotReady` while other endpoints could serve it. Looks for an
+    /// available endpoint instead, one the request has not tried if possible.
+    /// `None` when every endpoint is unavailable: the caller then goes with
+    /// the first choice and its bounded wait.
+    #[cold]
+    #[inline(never)]
+    fn pick_available<'t>(
+        &self,
+        table: &'t Table<L::Service>,
+        tried: Option<&TriedEndpoints>,
+        first: u64,
+    ) -> Option<(LoadGuard, &'t EndpointStack<L::Service>)> {
+        let avoid = TriedEndpoints::new();
+        avoid.record_id(first);
+        let mut already_tried = None;
+        for _ in 0..table.stacks.len() {
+            let guard = self.balancer.pick(Some(&avoid))?;
+            let id = guard.key().id();
+            if avoid.contains_id(id) {
+                // Every candidate has been looked at.
+                break;
+            }
+            avoid.record_id(id);
+            let Some(stack) = table.stacks.get(&id) else {
+                continue;
+            };
+            if !stack.availability.is_available() {
+                continue;
+            }
+            if tried.is_some_and(|t| t.contains_id(id)) {
+                already_tried.get_or_insert((guard, stack));
+                continue;
+            }
+            return Some((guard, stack));
+        }
+        already_tried
     }
 
     pub(crate) fn no_ready_endpoint(&self, waited: Duration) -> NoReadyEndpoint {

@@ -288,3 +288,94 @@ fn config_validation_names_the_fields() {
     );
     RouterConfig::default().validate().unwrap();
 }
+
+/// What a breaker in readiness mode does: not ready while the endpoint's
+/// availability says unavailable.
+#[derive(Clone)]
+struct Gate<S> {
+    inner: S,
+    signal: Availability,
+}
+
+impl<S: Service<R>, R> Service<R> for Gate<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if self.signal.is_available() {
+            self.inner.poll_ready(cx)
+        } else {
+            Poll::Pending
+        }
+    }
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+/// Builds a [`Gate`] in each endpoint's availability scope.
+#[derive(Clone)]
+struct GateLayer;
+
+impl<S> Layer<S> for GateLayer {
+    type Service = Gate<S>;
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
+            inner,
+            signal: Availability::current().expect("built in the availability scope"),
+        }
+    }
+}
+
+type Gated = DiscoveryService<Echo, GateLayer, mesh_core::classify::DefaultHttpClassifier>;
+
+/// `n` gated endpoints, round robin, the default 50 % ejection cap.
+fn gated_router(n: u8) -> (DiscoveryLayer<GateLayer>, Gated, Vec<Availability>) {
+    let eps: Vec<_> = (1..=n).map(|i| ep(&format!("10.0.0.{i}:80"))).collect();
+    let layer = DiscoveryLayer::builder(StaticSource::new(eps.clone()).discovery())
+        .balance(round_robin())
+        .endpoint_layer(GateLayer)
+        .ready_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    // The balancer learns the set when the first service is built.
+    let svc = layer.layer(echo());
+    let signals = eps
+        .iter()
+        .map(|e| layer.balancer().availability(e.key()).unwrap())
+        .collect();
+    (layer, svc, signals)
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_never_sends_to_a_refusing_endpoint_while_another_is_available() {
+    // 3 of 4 unavailable, cap 2: the balancer keeps one of them in play.
+    let (layer, mut svc, signals) = gated_router(4);
+    for s in &signals[1..] {
+        s.set(AvailabilityState::Unavailable);
+    }
+    let start = tokio::time::Instant::now();
+    for _ in 0..40 {
+        assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.1:80");
+    }
+    assert!(
+        layer.balancer().stats().panic,
+        "the balancer is in panic mode"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "no request waited");
+    assert_eq!(layer.balancer().stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_every_endpoint_unavailable_the_wait_stays_bounded() {
+    let (layer, mut svc, signals) = gated_router(4);
+    for s in &signals {
+        s.set(AvailabilityState::Unavailable);
+    }
+    let err = send(&mut svc).await.unwrap_err();
+    let err = err
+        .downcast_ref::<EndpointNotReady>()
+        .expect("EndpointNotReady");
+    assert_eq!(err.waited(), Duration::from_millis(250));
+    assert_eq!(layer.balancer().stats().in_flight, 0);
+}
