@@ -207,8 +207,11 @@ async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_withou
     );
 
     // Every breaker is open now (default recovery timeout: 60 s). Calls fail
-    // with a typed error, within the router's bounded wait for a ready
-    // endpoint, and no server sees them.
+    // with a typed error and no server sees them. They do not fail at once:
+    // the router waits `ready_timeout` (1 s by default) for an endpoint to
+    // become ready (a breaker turning half-open, a new endpoint) before
+    // giving up. Failing in microseconds while every breaker is open is not
+    // something the stack does today; the bound below is the one it has.
     let frozen = settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
         .await
         .expect("servers go quiet");
