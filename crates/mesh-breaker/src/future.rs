@@ -113,37 +113,57 @@ where
             KindProj::Rejected { error } => Poll::Ready(Err(Box::new(*error))),
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                match std::mem::replace(this.tracker, Tracker::Done) {
-                    Tracker::Done => {}
-                    Tracker::Lite {
-                        classifier,
-                        id,
-                        word,
-                    } => {
-                        let outcome = classifier.classify(&result);
-                        if outcome.is_failure() {
-                            count_late(id, word, outcome);
-                        }
-                    }
-                    Tracker::Full {
-                        classifier,
-                        local,
-                        admission,
-                        start,
-                    } => {
-                        let outcome = classifier.classify(&result);
-                        let shared = &local.shared;
-                        match admission {
-                            Admission::Closed(word) => {
-                                shared.on_closed_result(word, outcome, start);
-                            }
-                            Admission::Probe(permit) => {
-                                shared.on_probe_result(permit, outcome, start);
-                            }
-                        }
-                    }
-                }
+                this.tracker.finish(&result);
                 Poll::Ready(result.map_err(Into::into))
+            }
+        }
+    }
+}
+
+// ===== impl Tracker =====
+
+impl<C> Tracker<C> {
+    /// Counts `result` (once: the tracker is `Done` afterwards).
+    #[inline]
+    fn finish<T, E>(&mut self, result: &Result<T, E>)
+    where
+        C: Classify<T, E>,
+    {
+        match self {
+            Tracker::Done => {}
+            // The steady state, kept small and in place: classify, and only a
+            // failure leaves this function.
+            Tracker::Lite {
+                classifier,
+                id,
+                word,
+            } => {
+                let outcome = classifier.classify(result);
+                if outcome.is_failure() {
+                    count_late(*id, *word, outcome);
+                }
+                *self = Tracker::Done;
+            }
+            Tracker::Full { .. } => self.finish_full(result),
+        }
+    }
+
+    fn finish_full<T, E>(&mut self, result: &Result<T, E>)
+    where
+        C: Classify<T, E>,
+    {
+        if let Tracker::Full {
+            classifier,
+            local,
+            admission,
+            start,
+        } = std::mem::replace(self, Tracker::Done)
+        {
+            let outcome = classifier.classify(result);
+            let shared = &local.shared;
+            match admission {
+                Admission::Closed(word) => shared.on_closed_result(word, outcome, start),
+                Admission::Probe(permit) => shared.on_probe_result(permit, outcome, start),
             }
         }
     }

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::config::{BreakerConfig, OpenBehavior, SlowCallConfig};
 use crate::error::BreakerOpen;
 use crate::events::{BreakerEvent, Listener, TransitionReason};
-use crate::window::{Padded, Snapshot, Window};
+use crate::window::{Padded, Snapshot, TimeWindow, Window};
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -264,11 +264,14 @@ impl Shared {
     pub(crate) fn on_admitted(&self) {
         #[cfg(feature = "metrics")]
         self.metrics.admitted.increment(1);
-        if let Some(w) = &self.window
-            && w.is_time()
-        {
-            w.admit(self.nanos(Instant::now()));
+        // Only time windows count on admission; the others skip even the call.
+        if let Some(Window::Time(w)) = &self.window {
+            self.admit_in(w);
         }
+    }
+
+    fn admit_in(&self, window: &TimeWindow) {
+        window.admit(self.nanos(Instant::now()));
     }
 
     /// Whether a success admitted under `word` would change nothing: then the

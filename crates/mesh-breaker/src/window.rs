@@ -91,14 +91,6 @@ impl Window {
     pub(crate) fn is_time(&self) -> bool {
         matches!(self, Window::Time(_))
     }
-
-    /// Counts a call let through now (time windows count on admission).
-    #[inline]
-    pub(crate) fn admit(&self, now_nanos: u64) {
-        if let Window::Time(w) = self {
-            w.admit(now_nanos);
-        }
-    }
 }
 
 // ===== impl CountWindow =====
