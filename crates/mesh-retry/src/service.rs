@@ -3,8 +3,8 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use mesh_core::BoxError;
 use mesh_core::classify::Classify;
+use mesh_core::{BoxError, TriedEndpoints};
 use tower_service::Service;
 
 use crate::body::TryCloneBody;
@@ -67,22 +67,124 @@ where
     }
 
     #[inline]
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let mut policy = self.policy.clone();
         policy.begin();
         let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
-            let copy = clone_request(&req);
-            if copy.is_some() {
-                policy.track(&mut req);
-            }
-            copy
+            clone_request(&req)
         } else {
             None
         };
         // Call the service that was made ready; keep a clone for retries.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let future = ready.call(req);
+        let future = if copy.is_some() && policy.scopes_first_attempt(&req) {
+            // A router reports its pick to the scope; no record is allocated
+            // unless a retry happens.
+            policy.scoped = true;
+            TriedEndpoints::scope(&mut policy.first_pick, || ready.call(req))
+        } else {
+            ready.call(req)
+        };
         ResponseFuture::new(future, ready, copy, policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use mesh_core::backoff::{Backoff, Jitter};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::{RetryConfig, RetryLayer};
+
+    type Req = Request<Full<Bytes>>;
+
+    fn config() -> RetryConfig {
+        RetryConfig {
+            backoff: Backoff::new(Duration::from_millis(1), 2.0, Duration::from_millis(5))
+                .with_jitter(Jitter::None),
+            ..RetryConfig::default()
+        }
+    }
+
+    /// Like the discovery router on its slow path: picks an endpoint (the
+    /// attempt number) only when its future is polled, and answers 503 then 200.
+    fn picks_when_polled(
+        log: Arc<Mutex<Vec<Option<TriedEndpoints>>>>,
+    ) -> impl Service<Req, Response = Response<()>, Error = BoxError, Future: Send> + Clone {
+        tower::service_fn(move |req: Req| {
+            let log = log.clone();
+            async move {
+                tokio::task::yield_now().await;
+                let tried = req.extensions().get::<TriedEndpoints>().cloned();
+                let mut log = log.lock().unwrap();
+                let attempt = log.len() as u64 + 1;
+                TriedEndpoints::record_attempt_id(tried.as_ref(), attempt);
+                log.push(tried);
+                let status = if attempt == 1 { 503 } else { 200 };
+                Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pick_made_while_polled_reaches_the_retry() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut svc = ServiceBuilder::new()
+            .layer(RetryLayer::new(config()).unwrap())
+            .service(picks_when_polled(log.clone()));
+        let req = Request::get("http://svc/x").body(Full::default()).unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let log = log.lock().unwrap();
+        assert!(log[0].is_none());
+        let tried = log[1].as_ref().expect("the retry carries a record");
+        assert!(tried.contains_id(1) && tried.contains_id(2));
+        assert_eq!(tried.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_tracking_no_attempt_carries_a_record() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let config = RetryConfig {
+            track_tried_endpoints: false,
+            ..config()
+        };
+        let mut svc = ServiceBuilder::new()
+            .layer(RetryLayer::new(config).unwrap())
+            .service(picks_when_polled(log.clone()));
+        let req = Request::get("http://svc/x").body(Full::default()).unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2);
+        assert!(log.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn the_copy_skips_empty_maps_but_keeps_full_ones() {
+        let plain = Request::get("http://svc/x")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let copy = clone_request(&plain).unwrap();
+        assert_eq!(copy.uri(), plain.uri());
+        assert!(copy.headers().is_empty() && copy.extensions().is_empty());
+        let mut rich = Request::put("http://svc/y")
+            .version(http::Version::HTTP_2)
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(Full::new(Bytes::from_static(b"body")))
+            .unwrap();
+        rich.extensions_mut().insert(7u32);
+        let copy = clone_request(&rich).unwrap();
+        assert_eq!(copy.method(), http::Method::PUT);
+        assert_eq!(copy.version(), http::Version::HTTP_2);
+        assert_eq!(copy.headers(), rich.headers());
+        assert_eq!(copy.extensions().get::<u32>(), Some(&7));
     }
 }

@@ -394,14 +394,16 @@ async fn every_attempt_shares_one_tried_endpoints_record() {
         .start()
         .await
         .unwrap();
-    // Stands in for the discovery router: records an endpoint per attempt.
+    // Stands in for the discovery router: reports an endpoint per attempt,
+    // into the request's record or, on a first attempt sent without one,
+    // into retry's attempt scope.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let inner = client::<Full<Bytes>>();
     let router = tower::service_fn(move |req: Request<Full<Bytes>>| {
-        let tried = req.extensions().get::<TriedEndpoints>().cloned().unwrap();
+        let tried = req.extensions().get::<TriedEndpoints>().cloned();
         let mut log = log.lock().unwrap();
-        tried.record_id(log.len() as u64 + 1);
+        TriedEndpoints::record_attempt_id(tried.as_ref(), log.len() as u64 + 1);
         log.push(tried);
         inner.clone().call(req)
     });
@@ -416,6 +418,42 @@ async fn every_attempt_shares_one_tried_endpoints_record() {
         .unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3);
-    assert_eq!(seen[2].len(), 3);
-    assert!((1..=3).all(|id| seen[0].contains_id(id)));
+    // The first attempt carries no record (nothing allocated for requests
+    // that succeed at once); its pick reaches the record the retries share.
+    assert!(seen[0].is_none());
+    let (second, third) = (seen[1].as_ref().unwrap(), seen[2].as_ref().unwrap());
+    assert_eq!(third.len(), 3);
+    assert!((1..=3).all(|id| second.contains_id(id)));
+    assert_eq!(backend.hits(), 3);
+}
+
+#[tokio::test]
+async fn a_record_the_caller_put_in_the_request_is_shared_by_every_attempt() {
+    let backend = Backend::builder()
+        .behavior(Behavior::fail_first(1, 503))
+        .start()
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let inner = client::<Full<Bytes>>();
+    let router = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let tried = req.extensions().get::<TriedEndpoints>().cloned();
+        let mut log = log.lock().unwrap();
+        TriedEndpoints::record_attempt_id(tried.as_ref(), log.len() as u64 + 1);
+        log.push(tried);
+        inner.clone().call(req)
+    });
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(fast_config()).unwrap())
+        .service(router);
+    let mine = TriedEndpoints::new();
+    let mut req = full(Method::GET, &backend.url("/"), "");
+    req.extensions_mut().insert(mine.clone());
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(Option::is_some));
+    assert_eq!(mine.len(), 2);
+    assert!(mine.contains_id(1) && mine.contains_id(2));
 }

@@ -268,9 +268,9 @@ where
             stack = s;
         }
         let service = stack.service.clone();
-        if let Some(tried) = tried {
-            tried.record(guard.key());
-        }
+        // Into the request's record, or (a first attempt sent without one)
+        // into the retry layer's attempt scope.
+        TriedEndpoints::record_attempt(tried, guard.key());
         Some((guard, service))
     }
 
