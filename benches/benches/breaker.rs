@@ -9,7 +9,10 @@
 //!
 //! `contention/*` runs the same loop on one and on two OS threads, each with
 //! its own clone of one shared breaker: two-thread throughput over
-//! one-thread throughput is the scaling figure (2.0 is perfect).
+//! one-thread throughput (`2 * t(1 thread) / t(2 threads)`, each time being
+//! the slowest thread's wall time per call) is the scaling figure (2.0 is
+//! perfect). Read it next to `bare`'s own figure in the same run: on a busy
+//! machine the second core is not free, and `bare` shows how much of it was.
 //!
 //! Run with
 //! `cargo bench -p mesh-bench --bench breaker -- --warm-up-time 1 --measurement-time 3`.
