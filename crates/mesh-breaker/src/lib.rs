@@ -56,7 +56,10 @@
 //! count-window policies does not even write shared memory when it succeeds:
 //! clones on different cores scale. Such a call does not even hold a
 //! reference count on the breaker: it carries the breaker's id, and only if
-//! it fails does it look the breaker up. Open-time backoff uses mesh-core's
+//! it fails does it look the breaker up. A time window has to count every
+//! call: it reads the clock once per call, finds the bucket without a
+//! division, and counts into the calling thread's own stripe of buckets, so
+//! cores do not fight over one counter. Open-time backoff uses mesh-core's
 //! [`Backoff`](mesh_core::backoff::Backoff) (exponential, full jitter, capped at
 //! `max_open_time`), and server pushback (`Retry-After`) longer than the open
 //! time extends it.
