@@ -3,6 +3,8 @@
 //! succeeds. Compared in one run against the bare service, plain
 //! `tower::retry::Retry` with a never-retry policy, and tower-resilience's
 //! retry. Target (issue 4): ≤ 25 ns over bare, budget accounting included.
+//! The `*_headers` variants send the same GET with four headers, whose copy
+//! for a retry is the one cost that grows with the request.
 //!
 //! Run with `cargo bench -p mesh-bench --bench retry -- --warm-up-time 1 --measurement-time 3`.
 
@@ -97,6 +99,18 @@ fn request(uri: &Uri) -> Req {
     r
 }
 
+/// The same GET with four headers (built afresh, as a client would).
+fn request_with_headers(uri: &Uri) -> Req {
+    use http::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
+    let mut r = request(uri);
+    let h = r.headers_mut();
+    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    h.insert(USER_AGENT, HeaderValue::from_static("mesh-bench/0.1"));
+    h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t0k3n"));
+    h.insert("x-request-id", HeaderValue::from_static("7f3e2a"));
+    r
+}
+
 /// One ready + call + poll, as a client would do it.
 #[inline]
 fn drive<S, R>(svc: &mut S, req: R, cx: &mut Context<'_>)
@@ -164,6 +178,25 @@ fn no_retry_path(c: &mut Criterion) {
             .layer(AlwaysReadyClone);
     g.bench_function("tower_resilience_retry", |b| {
         b.iter(|| drive(&mut resilience, CloneReq(request(&uri)), &mut cx));
+    });
+
+    g.bench_function("bare_headers", |b| {
+        b.iter(|| drive(&mut bare, request_with_headers(&uri), &mut cx));
+    });
+    g.bench_function("tower_retry_never_policy_headers", |b| {
+        b.iter(|| drive(&mut tower_never, request_with_headers(&uri), &mut cx));
+    });
+    g.bench_function("mesh_retry_layer_headers", |b| {
+        b.iter(|| drive(&mut mesh, request_with_headers(&uri), &mut cx));
+    });
+    g.bench_function("tower_resilience_retry_headers", |b| {
+        b.iter(|| {
+            drive(
+                &mut resilience,
+                CloneReq(request_with_headers(&uri)),
+                &mut cx,
+            )
+        });
     });
 
     g.finish();

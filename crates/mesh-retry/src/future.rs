@@ -153,6 +153,7 @@ where
                             }
                             this.state.set(State::Waiting);
                         }
+                        Decision::Stop(None) => return Poll::Ready(result),
                         Decision::Stop(why) => {
                             return Poll::Ready(RetryPolicy::<C>::finish(why, result));
                         }

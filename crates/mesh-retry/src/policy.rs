@@ -310,6 +310,7 @@ impl<C> RetryPolicy<C> {
     /// Decides what follows an attempt whose result is `result`; on a retry,
     /// stamps the attempt header on `req` (the copy to be sent). The clock is
     /// read only for a retryable failure with a deadline.
+    #[inline]
     pub(crate) fn decide<B, Res, E>(
         &mut self,
         req: &mut Request<B>,
@@ -324,6 +325,22 @@ impl<C> RetryPolicy<C> {
         if !outcome.is_retryable() {
             return Decision::Stop(None);
         }
+        self.decide_retryable(req, result, outcome)
+    }
+
+    /// [`decide`](Self::decide) for a retryable failure: kept out of line so
+    /// that the success path stays small.
+    #[inline(never)]
+    fn decide_retryable<B, Res, E>(
+        &mut self,
+        req: &mut Request<B>,
+        result: &Result<Response<Res>, E>,
+        outcome: Outcome,
+    ) -> Decision
+    where
+        B: TryCloneBody,
+        E: 'static,
+    {
         let attempt = self.retries + 1;
         let give_up = |this: &mut Self, why: GiveUp| {
             tracing::debug!(attempt, reason = why.as_str(), "not retrying");
