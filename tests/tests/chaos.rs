@@ -60,19 +60,42 @@ async fn partial_failure_idempotent_calls_succeed_and_bad_backends_are_ejected()
 
     const CONCURRENCY: usize = 16;
     const LIMIT: Duration = Duration::from_secs(10);
-    // Phase A: the bad backends are found out.
-    let a = run_load(&users, &http::Method::GET, 0, 500, CONCURRENCY, LIMIT).await;
+    const TOTAL: u64 = 2000;
+    // Phase A, in rounds of 100 calls: until each 503 backend has failed
+    // `consecutive_failures` times, which opens its breaker. That must take
+    // a bounded number of calls.
+    const EJECTED_WITHIN: u64 = 1000;
+    let mut calls = Vec::new();
+    while failing.iter().any(|b| b.hits() < consecutive) {
+        assert!(
+            (calls.len() as u64) < EJECTED_WITHIN,
+            "the 503 backends were not found out within {EJECTED_WITHIN} calls: {:?}",
+            hits(&bs)
+        );
+        let id = calls.len() as u64;
+        calls.extend(run_load(&users, &http::Method::GET, id, 100, CONCURRENCY, LIMIT).await);
+    }
     let after_a = hits(&bs);
-    // Phase B: they get nothing more.
-    let b = run_load(&users, &http::Method::GET, 500, 1500, CONCURRENCY, LIMIT).await;
+    // Phase B, the rest: they get nothing more.
+    let id = calls.len() as u64;
+    calls.extend(
+        run_load(
+            &users,
+            &http::Method::GET,
+            id,
+            TOTAL - id,
+            CONCURRENCY,
+            LIMIT,
+        )
+        .await,
+    );
     let after_b = hits(&bs);
-    let calls: Vec<_> = a.into_iter().chain(b).collect();
 
     let ok = calls.iter().filter(|c| c.ok()).count();
     let p50 = quantile(&calls, 0.5);
     let p99 = quantile(&calls, 0.99);
     eprintln!(
-        "partial failure: {ok}/{} ok, p50 {p50:?}, p99 {p99:?}, hits after A {after_a:?}, after B {after_b:?}",
+        "partial failure: {ok}/{} ok, p50 {p50:?}, p99 {p99:?}, hits after A ({id} calls) {after_a:?}, after B {after_b:?}",
         calls.len()
     );
     assert_eq!(calls.len(), 2000);
@@ -98,7 +121,7 @@ async fn partial_failure_idempotent_calls_succeed_and_bad_backends_are_ejected()
             b.hits()
         );
     }
-    // After phase A (500 calls) the 503 backends are out: not one more request.
+    // After phase A the 503 backends are out: not one more request.
     for (i, b) in failing.iter().enumerate() {
         assert_eq!(
             after_b[i],
@@ -250,6 +273,16 @@ async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_withou
 
 // ===== 3. recovery =====
 
+/// How long after its last failure an endpoint gets traffic again: one
+/// recovery timeout, then slow start (none by default), plus 500 ms of
+/// scheduling slack (a debug build on two loaded cores; waiting callers
+/// notice the half-open breaker on their next poll).
+fn recovery_bound(service: &ServiceConfig) -> Duration {
+    service.breaker.recovery_timeout
+        + service.balance.slow_start_window
+        + Duration::from_millis(500)
+}
+
 /// The backends come back. Traffic returns within the recovery timeout
 /// (default slow start: none), and the probes do not stampede: before the
 /// first probe of a backend has answered, at most `half_open_max_calls`
@@ -260,8 +293,16 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
     const PROBE_DELAY: Duration = Duration::from_millis(100);
     let bs = backends("r", &vec![Behavior::status(503); 4]).await;
     let mut service = static_service(&bs);
-    // Shortened from 60 s so the test sees the breakers probe.
-    service.breaker.recovery_timeout = Duration::from_millis(500);
+    // Shortened from 60 s so the test sees the breakers probe; long enough
+    // that the backends recover before the first half-open period even on
+    // a loaded machine (no probe fails, none is left over from an earlier
+    // period).
+    service.breaker.recovery_timeout = Duration::from_secs(1);
+    // Shortened from 10 min to the recovery timeout: each open period is
+    // then exactly the recovery timeout, however many probes failed (by
+    // default repeated trips grow it), so the bound below holds from each
+    // breaker's last failure.
+    service.breaker.max_open_time = service.breaker.recovery_timeout;
     let config = config(service);
     let service = config.services["users"].clone();
     let mesh = Mesh::new(config).unwrap();
@@ -269,10 +310,22 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
 
     let load = support::Load::start(&users, &http::Method::GET, 0, 16, Duration::from_secs(10));
 
-    // Every breaker opens; as soon as the servers go quiet they recover.
+    // Every breaker opens: each backend has failed every request, so once it
+    // has received `consecutive_failures` of them (and answered them), its
+    // breaker is open. Quiet servers alone would not say so: callers may
+    // all be sleeping in retry backoff. Then the backends recover.
+    let consecutive = u64::from(service.breaker.consecutive_failures.unwrap());
+    assert!(
+        support::eventually(Duration::from_secs(10), || {
+            bs.iter().all(|b| b.hits() >= consecutive)
+        })
+        .await,
+        "every backend sees its failures: {:?}",
+        hits(&bs)
+    );
     settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
         .await
-        .expect("breakers open");
+        .expect("open breakers let nothing through");
     let outage_hits = hits(&bs);
     for b in &bs {
         b.set_behavior(Behavior::slow(PROBE_DELAY));
@@ -284,7 +337,8 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
     })
     .await;
     // Let the breakers close and the load run on healthy backends a while.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep_until(recovered + recovery_bound(&service) + Duration::from_millis(1500))
+        .await;
     let calls = load.stop().await;
     assert!(
         back,
@@ -292,38 +346,53 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
         hits(&bs)
     );
 
-    let bound = service.breaker.recovery_timeout
-        + service.balance.slow_start_window
-        + Duration::from_millis(250);
+    let recovery = service.breaker.recovery_timeout;
+    let bound = recovery_bound(&service);
     for (b, &before) in bs.iter().zip(&outage_hits) {
-        let after: Vec<_> = b
-            .requests()
-            .into_iter()
-            .skip(before as usize)
+        let requests = b.requests();
+        let last_failure = requests[before as usize - 1].at;
+        // Requests arriving within half a recovery timeout of the last
+        // failure cannot be probes of this breaker: they were admitted
+        // before it opened and reached the server late (a loaded machine).
+        let after: Vec<_> = requests[before as usize..]
+            .iter()
             .map(|r| r.at)
+            .filter(|&t| t >= last_failure + recovery / 2)
             .collect();
         let first = after[0];
-        // The breaker opened before `recovered`, so its first probe comes
-        // at most one recovery timeout after that.
+        let gap = first - last_failure;
+        // The breaker opened at its last failure, at the latest (no request
+        // gets through an open breaker): the first probe comes at most one
+        // recovery timeout later.
         assert!(
-            first.saturating_duration_since(recovered) <= bound,
-            "{}: first request {:?} after recovery (bound {bound:?})",
+            gap <= bound,
+            "{}: first request {gap:?} after the last failure (recovery timeout {recovery:?}, bound {bound:?})",
             b.name(),
-            first - recovered
         );
         // Before the first probe can have answered, the breaker is still
-        // half-open: at most half_open_max_calls requests get through.
+        // half-open: at most half_open_max_calls requests get through,
+        // although 16 callers are waiting.
         let probes = after.iter().filter(|&&t| t < first + PROBE_DELAY).count();
+        let herd_limit = service.breaker.half_open_max_calls;
         eprintln!(
-            "recovery: {} back after {:?}, {probes} probe(s) in the first {PROBE_DELAY:?}, {} requests since",
+            "recovery: {} back {gap:?} after its last failure ({:?} after the backends recovered), {probes} probe(s) in the first {PROBE_DELAY:?}, {} requests since",
             b.name(),
             first.saturating_duration_since(recovered),
             after.len()
         );
         assert!(
-            probes as u32 <= service.breaker.half_open_max_calls,
-            "{}: {probes} concurrent probes",
-            b.name()
+            probes as u32 <= herd_limit,
+            "{}: {probes} concurrent probes; arrivals around the recovery (ms after it, attempt): {:?}",
+            b.name(),
+            requests[(before as usize).saturating_sub(3)..]
+                .iter()
+                .take(10)
+                .map(|r| (
+                    r.at.checked_duration_since(recovered)
+                        .map(|d| d.as_millis()),
+                    r.headers.get("x-mesh-attempt").cloned()
+                ))
+                .collect::<Vec<_>>()
         );
         assert!(
             after.len() > probes,
