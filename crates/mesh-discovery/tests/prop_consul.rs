@@ -1,0 +1,146 @@
+//! Property tests for the Consul health-response parser: whatever the body,
+//! `parse_health` never panics and fails only with a typed `Decode` error;
+//! well-formed answers give exactly their usable instances, and the parser
+//! agrees with the typed `HealthEntry` model. The cargo-fuzz target
+//! `fuzz/fuzz_targets/consul_health.rs` explores the same contract further.
+
+use mesh_core::Endpoint;
+use mesh_discovery::ErrorKind;
+use mesh_discovery::consul::{HealthEntry, parse_health};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+/// One instance as Consul could describe it, usable or not.
+#[derive(Debug, Clone)]
+struct Instance {
+    node: String,
+    node_address: String,
+    id: String,
+    address: String,
+    port: u16,
+    tags: Option<Vec<String>>,
+    weights: Option<(u32, u32)>,
+    warning: bool,
+}
+
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+        any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+        "[a-zA-Z][a-zA-Z0-9-]{0,10}(\\.[a-z0-9]{1,8}){0,3}",
+        // Not a host name: must be skipped, not fail the answer.
+        ".{0,20}",
+    ]
+}
+
+fn instance() -> impl Strategy<Value = Instance> {
+    (
+        "[a-z0-9/-]{1,12}",
+        host(),
+        "[a-z0-9/-]{1,12}",
+        host(),
+        prop_oneof![Just(0u16), 1u16..],
+        proptest::option::of(proptest::collection::vec("[a-z0-9]{0,6}", 0..3)),
+        proptest::option::of((0u32..100, 0u32..100)),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(node, node_address, id, address, port, tags, weights, warning)| Instance {
+                node,
+                node_address,
+                id,
+                address,
+                port,
+                tags,
+                weights,
+                warning,
+            },
+        )
+}
+
+fn to_json(instances: &[Instance]) -> Value {
+    Value::Array(
+        instances
+            .iter()
+            .map(|i| {
+                let mut service = json!({
+                    "ID": i.id, "Service": "web", "Address": i.address, "Port": i.port,
+                    "Tags": i.tags, "Meta": null,
+                });
+                if let Some((passing, warning)) = i.weights {
+                    service["Weights"] = json!({ "Passing": passing, "Warning": warning });
+                }
+                let status = if i.warning { "warning" } else { "passing" };
+                json!({
+                    "Node": { "Node": i.node, "Address": i.node_address, "Datacenter": "dc1" },
+                    "Service": service,
+                    "Checks": [{ "CheckID": "c", "Status": status, "ServiceID": i.id }],
+                })
+            })
+            .collect(),
+    )
+}
+
+fn usable(i: &Instance) -> bool {
+    let host = if i.address.is_empty() {
+        &i.node_address
+    } else {
+        &i.address
+    };
+    i.port != 0 && mesh_core::Address::host(host, i.port).is_ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_bytes_never_panic_and_errors_are_decode_errors(
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        if let Err(e) = parse_health(&body) {
+            prop_assert_eq!(e.kind(), ErrorKind::Decode);
+        }
+    }
+
+    #[test]
+    fn well_formed_answers_give_exactly_their_usable_instances(
+        instances in proptest::collection::vec(instance(), 0..8),
+    ) {
+        let body = serde_json::to_vec(&to_json(&instances)).unwrap();
+        let endpoints = parse_health(&body).unwrap();
+        let want: Vec<&Instance> = instances.iter().filter(|i| usable(i)).collect();
+        prop_assert_eq!(endpoints.len(), want.len());
+        for (e, i) in endpoints.iter().zip(&want) {
+            prop_assert_eq!(e.key().as_str(), format!("{}/{}", i.node, i.id));
+            prop_assert_eq!(e.address().port(), i.port);
+            let (passing, warning) = i.weights.unwrap_or((1, 1));
+            prop_assert_eq!(e.weight(), if i.warning { warning } else { passing });
+            let tags = i.tags.clone().unwrap_or_default();
+            prop_assert_eq!(e.tags(), tags.as_slice());
+        }
+        // The typed model reads the same answer the same way.
+        let typed: Vec<HealthEntry> = serde_json::from_slice(&body).unwrap();
+        let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
+        prop_assert_eq!(typed, endpoints);
+    }
+
+    #[test]
+    fn mutated_answers_never_panic(
+        instances in proptest::collection::vec(instance(), 1..4),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut body = serde_json::to_vec(&to_json(&instances)).unwrap();
+        for (at, byte) in edits {
+            let at = at.index(body.len());
+            body[at] = byte;
+        }
+        for body in [&body[..], &body[..cut.index(body.len())]] {
+            match parse_health(body) {
+                Ok(endpoints) => prop_assert!(endpoints.iter().all(|e| e.address().port() != 0)),
+                Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Decode),
+            }
+        }
+    }
+}
