@@ -376,17 +376,52 @@ fn is_peer(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
-/// The row of `prefix` matching `variant`'s suffix (`bare/2_threads` for
-/// `mesh/2_threads`), or its only row.
-fn matching(rows: &[(String, f64)], prefix: &str, variant: &str) -> Option<f64> {
-    let candidates: Vec<&(String, f64)> = rows
+/// A variant name split into family, tail and parameter: with the tail
+/// `_headers` known, `mesh_retry_layer_headers` is family `mesh_retry_layer`
+/// with tail `_headers`; `mesh/2_threads` is family `mesh`, parameter
+/// `2_threads`. Rows compare with the baseline's and peers' rows of the same
+/// tail and parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Name<'a> {
+    family: &'a str,
+    tail: &'a str,
+    param: Option<&'a str>,
+}
+
+fn split_name<'a>(variant: &'a str, tails: &[&'a str]) -> Name<'a> {
+    let first = first_segment(variant);
+    let tail = tails
         .iter()
-        .filter(|(v, _)| first_segment(v) == prefix)
+        .copied()
+        .filter(|t| !t.is_empty() && first.len() > t.len() && first.ends_with(t))
+        .max_by_key(|t| t.len())
+        .unwrap_or("");
+    Name {
+        family: &first[..first.len() - tail.len()],
+        tail,
+        param: suffix(variant),
+    }
+}
+
+/// The row of `family` matching `variant`'s tail and parameter
+/// (`bare/2_threads` for `mesh/2_threads`, `bare_headers` for
+/// `mesh_headers`), or its only row of that tail.
+fn matching(rows: &[(String, f64)], tails: &[&str], family: &str, variant: &str) -> Option<f64> {
+    let me = split_name(variant, tails);
+    let candidates: Vec<(Name<'_>, f64)> = rows
+        .iter()
+        .map(|(v, m)| (split_name(v, tails), *m))
+        .filter(|(n, _)| n.family == family)
         .collect();
-    candidates
+    let same_tail: Vec<&(Name<'_>, f64)> = candidates
         .iter()
-        .find(|(v, _)| suffix(v) == suffix(variant))
-        .or_else(|| (candidates.len() == 1).then(|| &candidates[0]))
+        .filter(|(n, _)| n.tail == me.tail)
+        .collect();
+    same_tail
+        .iter()
+        .find(|(n, _)| n.param == me.param)
+        .copied()
+        .or_else(|| (same_tail.len() == 1).then(|| same_tail[0]))
         .map(|(_, m)| *m)
 }
 
@@ -409,14 +444,22 @@ fn baseline_name(rows: &[(String, f64)]) -> Option<String> {
 
 fn group_table(out: &mut String, group: &str, rows: &[(String, f64)]) {
     let baseline = baseline_name(rows);
+    // Tails are what the baseline's other rows add to its name (`bare_headers`).
+    let tails: Vec<&str> = baseline.as_deref().map_or_else(Vec::new, |b| {
+        rows.iter()
+            .filter_map(|(v, _)| first_segment(v).strip_prefix(b))
+            .filter(|t| t.starts_with('_'))
+            .collect()
+    });
+    let family = |v: &str| split_name(v, &tails).family.to_owned();
+    let is_baseline = |v: &str| Some(family(v).as_str()) == baseline.as_deref();
     // The baseline's rows first, then the rest by name.
-    let mut sorted: Vec<(String, f64)> = rows.to_vec();
-    sorted.sort_by_key(|(v, _)| (Some(first_segment(v)) != baseline.as_deref(), v.clone()));
-    let rows = &sorted[..];
-    let mut peers: Vec<&str> = Vec::new();
-    for (v, _) in rows {
-        let p = first_segment(v);
-        if is_peer(p) && !peers.contains(&p) {
+    let mut rows: Vec<(String, f64)> = rows.to_vec();
+    rows.sort_by_key(|(v, _)| (!is_baseline(v), v.clone()));
+    let mut peers: Vec<String> = Vec::new();
+    for (v, _) in &rows {
+        let p = family(v);
+        if is_peer(&p) && !peers.contains(&p) {
             peers.push(p);
         }
     }
@@ -432,11 +475,11 @@ fn group_table(out: &mut String, group: &str, rows: &[(String, f64)]) {
         rule.push_str("---:|");
     }
     let _ = writeln!(out, "{header}\n{rule}");
-    for (variant, median) in rows {
+    for (variant, median) in &rows {
         let _ = write!(out, "| `{variant}` | {} |", fmt_ns(*median));
         if let Some(b) = &baseline {
-            match matching(rows, b, variant) {
-                Some(base) if first_segment(variant) != b => {
+            match matching(&rows, &tails, b, variant) {
+                Some(base) if !is_baseline(variant) => {
                     let _ = write!(out, " {} | {:.2} |", fmt_ns(median - base), median / base);
                 }
                 _ => out.push_str(" | |"),
@@ -444,7 +487,7 @@ fn group_table(out: &mut String, group: &str, rows: &[(String, f64)]) {
         }
         for p in &peers {
             let mine = first_segment(variant).starts_with("mesh");
-            match matching(rows, p, variant) {
+            match matching(&rows, &tails, p, variant) {
                 Some(peer) if mine => {
                     let _ = write!(out, " {:.2} |", median / peer);
                 }
@@ -731,9 +774,39 @@ fn http_section(out: &mut String, h: &Value) {
         h["throughput_ratio"].as_f64().unwrap_or(f64::NAN) * 100.0,
         h["p99_delta_us"].as_f64().unwrap_or(f64::NAN)
     );
+    // Rounds of one number ran back to back: their ratio sees the same load.
+    let rounds = h["rounds"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rps = |variant: &str, round: &Value| {
+        rounds
+            .iter()
+            .find(|r| r["variant"] == variant && r["round"] == *round)
+            .and_then(|r| r["rps"].as_f64())
+    };
+    let mut paired: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r["variant"] == "mesh")
+        .filter_map(|r| Some(rps("mesh", &r["round"])? / rps("bare", &r["round"])?))
+        .collect();
+    paired.sort_by(f64::total_cmp);
+    if let Some(mid) = paired.get(paired.len() / 2) {
+        let _ = writeln!(
+            out,
+            "Round by round (each mesh round against the bare round run next to it), \
+             mesh throughput is {} % of bare; median {:.1} %.\n",
+            paired
+                .iter()
+                .map(|r| format!("{:.1}", r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mid * 100.0
+        );
+    }
     let _ = writeln!(out, "| round | variant | req/s | p50 | p99 | p99.9 | max |");
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|");
-    for r in h["rounds"].as_array().into_iter().flatten() {
+    for r in rounds {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(
             out,
@@ -817,6 +890,14 @@ fn render(
         "## Targets from the issues\n\nComputed from the figures below: {met} of {} met.\n",
         checks.len()
     );
+    if busiest >= m.cores as f64 {
+        let _ = writeln!(
+            out,
+            "With more runnable work than cores during this run, these verdicts are \
+             not conclusive: a missed target may be the load, not the code. Re-run on \
+             an idle machine before acting on them.\n"
+        );
+    }
     let _ = writeln!(
         out,
         "| issue | what | target | measured | |\n|---|---|---|---|---|"
