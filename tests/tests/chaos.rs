@@ -229,12 +229,9 @@ async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_withou
         "every breaker saw its failures"
     );
 
-    // Every breaker is open now (default recovery timeout: 60 s). Calls fail
-    // with a typed error and no server sees them. They do not fail at once:
-    // the router waits `ready_timeout` (1 s by default) for an endpoint to
-    // become ready (a breaker turning half-open, a new endpoint) before
-    // giving up. Failing in microseconds while every breaker is open is not
-    // something the stack does today; the bound below is the one it has.
+    // Every breaker is open now (default recovery timeout: 60 s, far past
+    // the router's 1 s `ready_timeout`): waiting cannot help, so calls fail
+    // at once with a typed error, and no server sees them.
     let frozen = settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
         .await
         .expect("servers go quiet");
@@ -247,18 +244,19 @@ async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_withou
         Duration::from_secs(10),
     )
     .await;
-    let bound = service.ready_timeout + Duration::from_millis(250);
+    // Far below the 1 s wait even on a loaded 2-core machine in a debug
+    // build; a router that waited would take `ready_timeout` per call.
+    let bound = service.ready_timeout / 4;
     for c in &fast {
         let err = c
             .result
             .as_ref()
             .expect_err("an open breaker never lets a call through");
-        assert!(
-            err.contains("did not become ready") || err.contains("no ready endpoint"),
-            "{err}"
-        );
+        assert!(err.contains("no ready endpoint"), "{err}");
         assert!(c.latency <= bound, "{:?} > {bound:?}", c.latency);
     }
+    let p50 = quantile(&fast, 0.5);
+    assert!(p50 <= Duration::from_millis(20), "p50 {p50:?}");
     eprintln!(
         "total outage: open-breaker calls fail in p50 {:?}, max {:?}",
         quantile(&fast, 0.5),

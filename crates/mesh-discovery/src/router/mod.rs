@@ -28,11 +28,14 @@
 //!   start and the [`TriedEndpoints`](mesh_core::TriedEndpoints) record that
 //!   retry puts in the request (the router records each endpoint it sends an
 //!   attempt to, so a retry goes elsewhere).
-//! - **Bounded waits.** With no endpoint to choose, a request waits for one at
-//!   most `ready_timeout` (default 1 s), then fails with [`NoReadyEndpoint`],
-//!   which says how many endpoints were known and how many were ejected. A
-//!   chosen endpoint whose stack stays not-ready fails the same way
-//!   ([`EndpointNotReady`]). Nothing hangs.
+//! - **Bounded waits, or none.** With no endpoint to choose, a request waits
+//!   for one at most `ready_timeout` (default 1 s), then fails with
+//!   [`NoReadyEndpoint`], which says how many endpoints were known and how
+//!   many were ejected. It waits only while waiting can help: when every
+//!   known endpoint is unavailable past that wait (all breakers open, say),
+//!   it fails at once, with no network hop. A chosen endpoint whose stack
+//!   stays not-ready fails after the same bound ([`EndpointNotReady`]).
+//!   Nothing hangs.
 //! - **Churn.** The source's newest set is applied by the next request that
 //!   sees it changed (one atomic load when nothing changed; no background
 //!   task). After a removal is applied no new request goes to the endpoint;

@@ -261,9 +261,10 @@ where
         // An endpoint the balancer just learned may not have its stack yet
         // (a rebuild is in progress): the caller waits and looks again.
         let mut stack = table.stacks.get(&guard.key().id())?;
-        if !stack.availability.is_available()
-            && let Some((g, s)) = self.pick_available(&table, tried, guard.key().id())
-        {
+        if !stack.availability.is_available() {
+            // `None`: every endpoint is unavailable; the caller's wait path
+            // decides whether waiting can help.
+            let (g, s) = self.pick_available(&table, tried, guard.key().id())?;
             guard = g;
             stack = s;
         }
@@ -280,8 +281,8 @@ where
     /// so sending there would cost the request `ready_timeout` and end in
     /// `EndpointNotReady` while other endpoints could serve it. Looks for an
     /// available endpoint instead, one the request has not tried if possible.
-    /// `None` when every endpoint is unavailable: the caller then goes with
-    /// the first choice and its bounded wait.
+    /// `None` when every endpoint is unavailable: the caller then waits, if
+    /// waiting can help (see [`Shared::may_become_ready`]).
     #[cold]
     #[inline(never)]
     fn pick_available<'t>(
@@ -316,12 +317,36 @@ where
         already_tried
     }
 
+    /// Whether an endpoint may become ready before `deadline`: the set is
+    /// empty (the source may publish one), or some endpoint is available, or
+    /// one's published unavailability (an open breaker's open period, a
+    /// half-open breaker's oldest probe) ends by then. When every known
+    /// endpoint stays unavailable past the deadline, waiting cannot help and
+    /// the request fails at once, with no network hop.
+    fn may_become_ready(&self, deadline: Instant) -> bool {
+        let table = self.table.load();
+        table.stacks.is_empty()
+            || table.stacks.values().any(|s| {
+                s.availability.is_available()
+                    || s.availability
+                        .unavailable_until()
+                        .is_some_and(|until| until <= deadline)
+            })
+    }
+
     pub(crate) fn no_ready_endpoint(&self, waited: Duration) -> NoReadyEndpoint {
-        let stats = self.balancer.stats();
+        // Counted from the signals themselves: the balancer's ejected count
+        // stops at the ejection cap (panic mode).
+        let table = self.table.load();
+        let unavailable = table
+            .stacks
+            .values()
+            .filter(|s| !s.availability.is_available())
+            .count();
         NoReadyEndpoint {
             service: Arc::clone(&self.name),
-            known: stats.endpoints,
-            unavailable: stats.ejected,
+            known: self.balancer.stats().endpoints,
+            unavailable,
             waited,
         }
     }
@@ -419,6 +444,13 @@ where
         if now >= deadline {
             let error = shared.no_ready_endpoint(now - start);
             tracing::warn!(service = %shared.name, %error, "router: no ready endpoint");
+            return Err(error.into());
+        }
+        if !shared.may_become_ready(deadline) {
+            // Every endpoint is ejected for longer than the wait (say, all
+            // breakers open): fail fast instead of holding the caller.
+            let error = shared.no_ready_endpoint(now - start);
+            tracing::debug!(service = %shared.name, %error, "router: every endpoint unavailable past the wait; failing fast");
             return Err(error.into());
         }
         let tick = deadline.min(now + WAIT_POLL_INTERVAL);

@@ -367,15 +367,43 @@ async fn panic_mode_never_sends_to_a_refusing_endpoint_while_another_is_availabl
 }
 
 #[tokio::test(start_paused = true)]
-async fn with_every_endpoint_unavailable_the_wait_stays_bounded() {
+async fn with_every_endpoint_unavailable_past_the_wait_requests_fail_fast() {
     let (layer, mut svc, signals) = gated_router(4);
-    for s in &signals {
-        s.set(AvailabilityState::Unavailable);
+    // Two forced open (no deadline), two open for longer than the wait.
+    let later = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (i, s) in signals.iter().enumerate() {
+        if i % 2 == 0 {
+            s.set(AvailabilityState::Unavailable);
+        } else {
+            s.set_unavailable_until(later);
+        }
     }
+    let start = tokio::time::Instant::now();
     let err = send(&mut svc).await.unwrap_err();
     let err = err
-        .downcast_ref::<EndpointNotReady>()
-        .expect("EndpointNotReady");
-    assert_eq!(err.waited(), Duration::from_millis(250));
+        .downcast_ref::<NoReadyEndpoint>()
+        .expect("NoReadyEndpoint");
+    assert_eq!(err.known(), 4);
+    assert_eq!(err.unavailable(), 4, "past the ejection cap too");
+    assert_eq!(err.waited(), Duration::ZERO);
+    assert_eq!(start.elapsed(), Duration::ZERO, "failed without waiting");
+    assert_eq!(layer.balancer().stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_an_endpoint_readmitted_within_the_wait() {
+    let (layer, mut svc, signals) = gated_router(4);
+    let now = tokio::time::Instant::now();
+    for (i, s) in signals.iter().enumerate() {
+        // 10.0.0.3 re-admits in 100 ms, inside the 250 ms wait.
+        let ms = if i == 2 { 100 } else { 10_000 };
+        s.set_unavailable_until(now + Duration::from_millis(ms));
+    }
+    assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.3:80");
+    let waited = now.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited <= Duration::from_millis(150),
+        "{waited:?}"
+    );
     assert_eq!(layer.balancer().stats().in_flight, 0);
 }
