@@ -109,11 +109,13 @@ pub struct RetryConfig {
     /// The request header that carries the attempt number (2 for the first
     /// retry). Default [`DEFAULT_ATTEMPT_HEADER`]; empty for none.
     pub attempt_header: String,
-    /// Whether the first attempt carries a
-    /// [`TriedEndpoints`](mesh_core::TriedEndpoints) record, so a discovery
-    /// router can send a retry elsewhere. Costs three small allocations per
-    /// retryable request (the record and the extension map it lives in);
-    /// default `true`.
+    /// Whether retries carry a [`TriedEndpoints`](mesh_core::TriedEndpoints)
+    /// record of the endpoints already tried, so a discovery router sends a
+    /// retry elsewhere. The first attempt goes out without one, inside a
+    /// [`TriedEndpoints::scope`](mesh_core::TriedEndpoints::scope) that
+    /// catches the router's pick: the record is built only when a retry
+    /// happens, so tracking costs the no-retry path no allocation. Default
+    /// `true`.
     pub track_tried_endpoints: bool,
     /// The largest request body buffered for replay by
     /// [`ReplayBody`](crate::ReplayBody); a larger body is sent once and not

@@ -25,10 +25,21 @@
 //! - **With the same body**: cloneable bodies are cloned without copying;
 //!   streaming ones are buffered lazily up to a cap by [`ReplayBody`].
 //!
-//! Each retry carries an `x-mesh-attempt` header (2, 3, ...), and every attempt
-//! shares a [`TriedEndpoints`](mesh_core::TriedEndpoints) record in its
-//! extensions, which a discovery router fills and a balancer reads to send a
-//! retry to another endpoint.
+//! Each retry carries an `x-mesh-attempt` header (2, 3, ...) and a shared
+//! [`TriedEndpoints`](mesh_core::TriedEndpoints) record in its extensions,
+//! which a discovery router fills and a balancer reads to send the retry to
+//! another endpoint. The first attempt carries no record (most requests never
+//! need one, and it would cost four allocations): it is sent inside a
+//! [`TriedEndpoints::scope`](mesh_core::TriedEndpoints::scope), where the
+//! router reports its pick with
+//! [`record_attempt`](mesh_core::TriedEndpoints::record_attempt), and the
+//! first retry's record starts from that pick. A record the caller put in the
+//! request is kept and shared by every attempt.
+//!
+//! The no-retry path (a retryable request that succeeds at once) allocates
+//! nothing: besides the budget deposit it costs a cheap copy of the request
+//! kept for a retry (`Bytes`-backed parts and bodies are shared, empty maps
+//! are not cloned).
 //!
 //! # How
 //!
