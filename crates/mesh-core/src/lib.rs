@@ -14,7 +14,7 @@
 //! - [`Pushback`](pushback::Pushback): `Retry-After` and
 //!   `grpc-retry-pushback-ms`, parsed defensively and clamped.
 //! - [`Endpoint`]: one instance of a service, cheap to clone.
-//! - [`Availability`](availability::Availability): the atomic signal a breaker
+//! - [`Availability`]: the atomic signal a breaker
 //!   publishes and a balancer reads.
 //! - [`TriedEndpoints`]: the endpoints a logical request already tried, written
 //!   by the router, read by the balancer on a retry.
