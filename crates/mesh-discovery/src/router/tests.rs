@@ -150,6 +150,26 @@ async fn retries_avoid_the_endpoints_already_tried() {
     }
 }
 
+#[tokio::test]
+async fn a_pick_for_a_request_without_a_record_reaches_the_attempt_scope() {
+    // Retry sends its first attempt without a `TriedEndpoints` record, inside
+    // `TriedEndpoints::scope`; the router must report its pick there, with
+    // the default p2c strategy, or a retry could go back to the same endpoint.
+    let eps = [ep("10.0.0.1:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")];
+    let ids: HashMap<String, u64> = eps
+        .iter()
+        .map(|e| (e.address().to_string(), e.key().id()))
+        .collect();
+    let mut svc = DiscoveryLayer::new(StaticSource::new(eps).discovery()).layer(echo());
+    for _ in 0..20 {
+        let req = http::Request::get("http://users/").body(()).unwrap();
+        let mut first = None;
+        let future = TriedEndpoints::scope(&mut first, || svc.call(req));
+        let chosen = future.await.unwrap().into_body();
+        assert_eq!(first, Some(ids[&chosen]), "the scope caught the pick");
+    }
+}
+
 /// A per-endpoint layer that remembers the availability scope it was built in
 /// and how many stacks it built.
 #[derive(Clone, Default)]
