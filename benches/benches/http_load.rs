@@ -38,7 +38,9 @@
 //! (`HTTP_LOAD_SERVERS`), `--client-threads 1`, `--server-threads 1`
 //! (`HTTP_LOAD_CLIENT_THREADS`, `HTTP_LOAD_SERVER_THREADS`), and
 //! `--json PATH` (`HTTP_LOAD_JSON`) to write the results as JSON (what
-//! `bench-report` reads to write `BENCHMARKS.md`).
+//! `bench-report` reads to write `BENCHMARKS.md`). Criterion's flags, which
+//! `cargo bench -p mesh-bench -- ...` passes to every bench, are ignored; a
+//! name filter that does not match `http_load` skips this bench.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -80,7 +82,34 @@ struct Settings {
     client_threads: usize,
     server_threads: usize,
     json: Option<String>,
+    /// A bench-name filter given to every bench by `cargo bench -- NAME`.
+    filter: Option<String>,
 }
+
+/// The flags this bench reads; every other flag is ignored with a warning.
+const OWN_FLAGS: [&str; 8] = [
+    "duration",
+    "warmup",
+    "rounds",
+    "concurrency",
+    "servers",
+    "client-threads",
+    "server-threads",
+    "json",
+];
+
+/// Criterion's flags that take no value (the others' values are skipped too).
+const CRITERION_SWITCHES: [&str; 9] = [
+    "bench",
+    "noplot",
+    "quick",
+    "verbose",
+    "quiet",
+    "list",
+    "exact",
+    "discard-baseline",
+    "test",
+];
 
 impl Settings {
     fn from_env_and_args() -> Result<Self, String> {
@@ -94,6 +123,7 @@ impl Settings {
             client_threads: 1,
             server_threads: 1,
             json: env("HTTP_LOAD_JSON"),
+            filter: None,
         };
         let mut pairs: Vec<(String, String)> = [
             ("duration", "HTTP_LOAD_DURATION"),
@@ -107,23 +137,37 @@ impl Settings {
         .into_iter()
         .filter_map(|(flag, var)| env(var).map(|v| (flag.to_owned(), v)))
         .collect();
-        let mut args = std::env::args().skip(1);
+        let mut args = std::env::args().skip(1).peekable();
         while let Some(arg) = args.next() {
-            // `cargo bench` passes `--bench`; criterion-style filters are ignored.
+            // `cargo bench -- breaker` passes a name filter to every bench.
             let Some(flag) = arg.strip_prefix("--") else {
+                s.filter = Some(arg);
                 continue;
             };
-            if flag == "bench" {
+            let (flag, value) = match flag.split_once('=') {
+                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+                None => (flag.to_owned(), None),
+            };
+            if !OWN_FLAGS.contains(&flag.as_str()) {
+                // `cargo bench` passes `--bench`, and `cargo bench -- --warm-up-time 1`
+                // criterion's flags, to every bench: skip them (and their value).
+                let takes_value = !CRITERION_SWITCHES.contains(&flag.as_str());
+                if value.is_none()
+                    && takes_value
+                    && args.peek().is_some_and(|a| !a.starts_with('-'))
+                {
+                    args.next();
+                }
+                if flag != "bench" {
+                    eprintln!("http_load: ignoring --{flag} (not an http_load flag)");
+                }
                 continue;
             }
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_owned(), v.to_owned()),
-                None => {
-                    let v = args
-                        .next()
-                        .ok_or_else(|| format!("--{flag} needs a value"))?;
-                    (flag.to_owned(), v)
-                }
+            let value = match value {
+                Some(v) => v,
+                None => args
+                    .next()
+                    .ok_or_else(|| format!("--{flag} needs a value"))?,
             };
             pairs.push((flag, value));
         }
@@ -138,7 +182,7 @@ impl Settings {
                 "client-threads" => s.client_threads = parse_count(&value, 1, 256).map_err(bad)?,
                 "server-threads" => s.server_threads = parse_count(&value, 1, 256).map_err(bad)?,
                 "json" => s.json = Some(value),
-                _ => return Err(format!("unknown flag --{flag}")),
+                other => return Err(format!("unknown flag --{other}")),
             }
         }
         if s.duration.is_zero() {
@@ -530,6 +574,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(filter) = &settings.filter
+        && !"http_load".contains(filter.as_str())
+    {
+        println!("http_load: skipped (filter {filter:?})");
+        return;
+    }
     if let Err(e) = run(&settings) {
         eprintln!("http_load: {e}");
         std::process::exit(1);
