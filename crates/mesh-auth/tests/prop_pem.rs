@@ -65,6 +65,14 @@ fn build_typed(r: Result<(), TlsError>) -> Result<(), TestCaseError> {
 }
 
 fn identity_typed(r: Result<CallerIdentity, TlsError>) -> Result<(), TestCaseError> {
+    if let Ok(id) = &r {
+        // A URI SAN holds whatever the issuer wrote (the fuzzer found
+        // `spiffe//...`): only the `spiffe://` prefix makes a trust domain.
+        prop_assert_eq!(
+            id.trust_domain().is_some(),
+            id.as_str().starts_with("spiffe://")
+        );
+    }
     if let Err(e) = r {
         prop_assert!(
             matches!(e.kind(), TlsErrorKind::Handshake | TlsErrorKind::NoIdentity),
