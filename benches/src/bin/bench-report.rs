@@ -769,8 +769,7 @@ fn http_section(out: &mut String, h: &Value) {
     }
     let _ = writeln!(
         out,
-        "\nMedians over the rounds; mesh throughput {:.1} % of bare, p99 {:+.1} µs. \
-         Per round (in the order run):\n",
+        "\nMedians over the rounds; mesh throughput {:.1} % of bare, p99 {:+.1} µs.\n",
         h["throughput_ratio"].as_f64().unwrap_or(f64::NAN) * 100.0,
         h["p99_delta_us"].as_f64().unwrap_or(f64::NAN)
     );
@@ -804,6 +803,7 @@ fn http_section(out: &mut String, h: &Value) {
             mid * 100.0
         );
     }
+    let _ = writeln!(out, "Per round, in the order run:\n");
     let _ = writeln!(out, "| round | variant | req/s | p50 | p99 | p99.9 | max |");
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|");
     for r in rounds {
