@@ -740,10 +740,16 @@ impl Shared {
                 }
                 _ => AvailabilityState::Unavailable,
             };
+            let half_open = matches!(state_of(word), CircuitState::HalfOpen);
             match (a, self.next_change_at()) {
                 // Nothing polls an endpoint the balancer skips: publish when
                 // the open period (or the oldest probe permit) ends, so the
                 // signal turns available by itself and the next pick probes.
+                // Half-open, it may end sooner: when the probes answer (a
+                // router waits for that rather than failing at once).
+                (AvailabilityState::Unavailable, Some(at)) if half_open => {
+                    self.availability.set_unavailable_at_most_until(at);
+                }
                 (AvailabilityState::Unavailable, Some(at)) => {
                     self.availability.set_unavailable_until(at);
                 }

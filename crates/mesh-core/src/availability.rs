@@ -39,6 +39,10 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
+/// The raw state of an `Unavailable` that may end before its deadline (see
+/// [`Availability::set_unavailable_at_most_until`]); reads as `Unavailable`.
+const SOON: u8 = 3;
+
 /// Whether an endpoint takes requests now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -129,6 +133,33 @@ impl Availability {
         self.inner
             .state
             .store(AvailabilityState::Unavailable as u8, Ordering::Release);
+    }
+
+    /// Publishes `Unavailable` until `until` *at the latest*: it may end
+    /// sooner, when the writer says so. A half-open breaker whose probe
+    /// permits are all taken publishes this: it turns available as soon as
+    /// its probes answer, and by itself when the oldest probe's permit
+    /// expires at `until`. Reads exactly like
+    /// [`set_unavailable_until`](Self::set_unavailable_until) except for
+    /// [`may_be_available_by`](Self::may_be_available_by).
+    #[inline]
+    pub fn set_unavailable_at_most_until(&self, until: Instant) {
+        self.inner.until.store(encode(until), Ordering::Release);
+        self.inner.state.store(SOON, Ordering::Release);
+    }
+
+    /// Whether the endpoint may take requests at or before `at`: it is
+    /// available now, or its unavailability ends by then, or may end sooner
+    /// than its deadline (see
+    /// [`set_unavailable_at_most_until`](Self::set_unavailable_at_most_until)).
+    /// False for an endpoint unavailable until further notice or past `at`:
+    /// a router can fail a request at once instead of waiting for it.
+    pub fn may_be_available_by(&self, at: Instant) -> bool {
+        match self.inner.state.load(Ordering::Acquire) {
+            SOON => true,
+            _ if self.is_available() => true,
+            _ => self.unavailable_until().is_some_and(|until| until <= at),
+        }
     }
 
     /// The state as last published: one atomic load. An `Unavailable` whose
@@ -251,5 +282,27 @@ mod tests {
         // A deadline in the past is available at once.
         a.set_unavailable_until(Instant::now() - std::time::Duration::from_secs(1));
         assert!(a.is_available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn may_be_available_by_tells_whether_waiting_can_help() {
+        use std::time::Duration;
+        let a = Availability::new();
+        let now = Instant::now();
+        assert!(a.may_be_available_by(now), "available now");
+        a.set(AvailabilityState::Unavailable);
+        assert!(!a.may_be_available_by(now + Duration::from_secs(3600)));
+        a.set_unavailable_until(now + Duration::from_secs(60));
+        assert!(!a.may_be_available_by(now + Duration::from_secs(1)));
+        assert!(a.may_be_available_by(now + Duration::from_secs(60)));
+        // May end sooner than its deadline: reads as unavailable until then,
+        // but waiting can help.
+        a.set_unavailable_at_most_until(now + Duration::from_secs(60));
+        assert_eq!(a.state(), AvailabilityState::Unavailable);
+        assert!(!a.is_available());
+        assert!(a.unavailable_until().is_some());
+        assert!(a.may_be_available_by(now + Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(a.is_available(), "the deadline still ends it by itself");
     }
 }

@@ -319,19 +319,18 @@ where
 
     /// Whether an endpoint may become ready before `deadline`: the set is
     /// empty (the source may publish one), or some endpoint is available, or
-    /// one's published unavailability (an open breaker's open period, a
-    /// half-open breaker's oldest probe) ends by then. When every known
+    /// one's published unavailability ends by then (an open breaker's open
+    /// period) or may end any time (a half-open breaker waiting for its
+    /// probes). When every known
     /// endpoint stays unavailable past the deadline, waiting cannot help and
     /// the request fails at once, with no network hop.
     fn may_become_ready(&self, deadline: Instant) -> bool {
         let table = self.table.load();
         table.stacks.is_empty()
-            || table.stacks.values().any(|s| {
-                s.availability.is_available()
-                    || s.availability
-                        .unavailable_until()
-                        .is_some_and(|until| until <= deadline)
-            })
+            || table
+                .stacks
+                .values()
+                .any(|s| s.availability.may_be_available_by(deadline))
     }
 
     pub(crate) fn no_ready_endpoint(&self, waited: Duration) -> NoReadyEndpoint {

@@ -427,3 +427,27 @@ async fn a_request_waits_for_an_endpoint_readmitted_within_the_wait() {
     );
     assert_eq!(layer.balancer().stats().in_flight, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_while_a_half_open_breaker_awaits_its_probes() {
+    let (layer, mut svc, signals) = gated_router(4);
+    let now = tokio::time::Instant::now();
+    for s in &signals {
+        s.set_unavailable_until(now + Duration::from_secs(10));
+    }
+    // Half-open with every probe permit taken: unavailable until the oldest
+    // probe expires (30 s), or sooner, when the probes answer (50 ms).
+    signals[1].set_unavailable_at_most_until(now + Duration::from_secs(30));
+    let probing = signals[1].clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        probing.set(AvailabilityState::Available);
+    });
+    assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.2:80");
+    let waited = now.elapsed();
+    assert!(
+        waited >= Duration::from_millis(50) && waited <= Duration::from_millis(100),
+        "{waited:?}"
+    );
+    assert_eq!(layer.balancer().stats().in_flight, 0);
+}
