@@ -188,7 +188,16 @@ pub fn parse_health(body: &[u8]) -> Result<Vec<Endpoint>, DiscoveryError> {
 pub(crate) fn parse_health_report(
     body: &[u8],
 ) -> Result<(Vec<Endpoint>, ParseReport), DiscoveryError> {
-    let entries: Vec<raw::Entry<'_>> = serde_json::from_slice(body).map_err(|e| {
+    // One UTF-8 check of the whole body, then parsing from `&str`: serde_json
+    // then skips its per-string UTF-8 validation (most strings are read).
+    let text = std::str::from_utf8(body).map_err(|e| {
+        DiscoveryError::new(
+            crate::error::ErrorKind::Decode,
+            "health response is not valid UTF-8",
+        )
+        .with_source(e)
+    })?;
+    let entries: Vec<raw::Entry<'_>> = serde_json::from_str(text).map_err(|e| {
         DiscoveryError::new(
             crate::error::ErrorKind::Decode,
             "health response is not valid JSON",
@@ -604,7 +613,8 @@ mod tests {
         let (eps, report) = parse_health_report(body).unwrap();
         assert_eq!(eps.len(), 1);
         assert_eq!(report.skipped, 2);
-        for garbage in [&b"<html>"[..], b"{}", b"[{\"Node\":1}]", b""] {
+        let not_utf8 = b"[{\"Node\":{\"Node\":\"n\xff\"}}]";
+        for garbage in [&b"<html>"[..], b"{}", b"[{\"Node\":1}]", b"", not_utf8] {
             let e = parse_health(garbage).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Decode);
         }
