@@ -6,76 +6,21 @@
 //!
 //! Run with `cargo bench -p mesh-bench --bench router`.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_balance::BalanceConfig;
-use mesh_core::Endpoint;
 use mesh_discovery::StaticSource;
 use mesh_discovery::router::DiscoveryLayer;
+use tower::Layer;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma};
-use tower::{Layer, Service, ServiceExt};
 
-type Req = http::Request<()>;
-type Resp = http::Response<()>;
+mod common;
 
-/// The always-ready inner service every variant ends in.
-#[derive(Clone, Copy)]
-struct Inner;
-
-impl Service<Req> for Inner {
-    type Response = Resp;
-    type Error = Infallible;
-    type Future = Ready<Result<Resp, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: Req) -> Self::Future {
-        ready(Ok(http::Response::new(())))
-    }
-}
-
-fn request() -> Req {
-    let mut r = http::Request::new(());
-    *r.uri_mut() = http::Uri::from_static("http://users/");
-    r
-}
-
-/// Times `iters` sequential ready + call rounds of `svc`.
-fn run<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
-where
-    S: Service<Req>,
-    S::Error: std::fmt::Debug,
-{
-    rt.block_on(async {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
-            black_box(resp);
-        }
-        start.elapsed()
-    })
-}
-
-fn endpoints(n: usize) -> Vec<Endpoint> {
-    (0..n)
-        .map(|i| {
-            let addr = format!("10.{}.{}.{}:80", i / 65536, (i / 256) % 256, i % 256);
-            Endpoint::from_address(addr.parse().unwrap())
-        })
-        .collect()
-}
+use common::{Inner, endpoints, run};
 
 fn router(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
