@@ -321,9 +321,9 @@ where
     /// empty (the source may publish one), or some endpoint is available, or
     /// one's published unavailability ends by then (an open breaker's open
     /// period) or may end any time (a half-open breaker waiting for its
-    /// probes). When every known
-    /// endpoint stays unavailable past the deadline, waiting cannot help and
-    /// the request fails at once, with no network hop.
+    /// probes). When every known endpoint stays unavailable past the
+    /// deadline, waiting cannot help and the request fails at once, with no
+    /// network hop.
     fn may_become_ready(&self, deadline: Instant) -> bool {
         let table = self.table.load();
         table.stacks.is_empty()
