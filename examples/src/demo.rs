@@ -550,6 +550,21 @@ where
     };
     let mut next_draw = start + refresh;
     let mut drawn_lines = 0usize;
+    // Draws the progress so far and returns how many calls succeeded.
+    let redraw = |sent: u64, drawn_lines: &mut usize| {
+        let ok = succeeded.load(Ordering::Relaxed);
+        draw(
+            opts.display,
+            label,
+            start.elapsed(),
+            sent,
+            ok,
+            recorder,
+            view,
+            drawn_lines,
+        );
+        ok
+    };
     while start.elapsed() < opts.duration {
         ticker.tick().await;
         if let Some(b) = flapping {
@@ -573,31 +588,11 @@ where
         while tasks.try_join_next().is_some() {}
         if Instant::now() >= next_draw {
             next_draw += refresh;
-            let ok = succeeded.load(Ordering::Relaxed);
-            draw(
-                opts.display,
-                label,
-                start.elapsed(),
-                sent,
-                ok,
-                recorder,
-                view,
-                &mut drawn_lines,
-            );
+            redraw(sent, &mut drawn_lines);
         }
     }
     while tasks.join_next().await.is_some() {}
-    let ok = succeeded.load(Ordering::Relaxed);
-    draw(
-        opts.display,
-        label,
-        start.elapsed(),
-        sent,
-        ok,
-        recorder,
-        view,
-        &mut drawn_lines,
-    );
+    let ok = redraw(sent, &mut drawn_lines);
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
     lat.sort_unstable();
     RunSummary {
