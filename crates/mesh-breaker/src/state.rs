@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::config::{BreakerConfig, OpenBehavior, SlowCallConfig};
 use crate::error::BreakerOpen;
 use crate::events::{BreakerEvent, Listener, TransitionReason};
-use crate::window::{Padded, Snapshot, TimeWindow, Window};
+use crate::window::{Padded, Snapshot, Window};
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -266,12 +266,8 @@ impl Shared {
         self.metrics.admitted.increment(1);
         // Only time windows count on admission; the others skip even the call.
         if let Some(Window::Time(w)) = &self.window {
-            self.admit_in(w);
+            w.admit();
         }
-    }
-
-    fn admit_in(&self, window: &TimeWindow) {
-        window.admit(self.nanos(Instant::now()));
     }
 
     /// Whether a success admitted under `word` would change nothing: then the
@@ -470,8 +466,7 @@ impl Shared {
         if state == CircuitState::ForcedClosed {
             return;
         }
-        let mut now = None;
-        let slow = self.is_slow(start, &mut now);
+        let slow = self.is_slow(start);
         #[cfg(feature = "metrics")]
         self.metrics.record(failure, slow);
         let may_trip = state == CircuitState::Closed;
@@ -493,12 +488,8 @@ impl Shared {
             }
         }
         if let Some(window) = &self.window {
-            let now_nanos = if window.is_time() && (failure || slow) {
-                self.nanos(*now.get_or_insert_with(Instant::now))
-            } else {
-                0
-            };
-            if let Some(snapshot) = window.record(now_nanos, failure, slow)
+            // A time window reads its own clock (coarse in production).
+            if let Some(snapshot) = window.record(failure, slow)
                 && may_trip
                 && let Some(reason) = self.rate_reason(snapshot)
             {
@@ -527,8 +518,7 @@ impl Shared {
             self.notify.notify_waiters();
             return;
         }
-        let mut now = None;
-        let slow = self.is_slow(start, &mut now);
+        let slow = self.is_slow(start);
         #[cfg(feature = "metrics")]
         self.metrics.record(outcome.is_failure(), slow);
         match outcome {
@@ -558,13 +548,13 @@ impl Shared {
         }
     }
 
-    fn is_slow(&self, start: Option<Instant>, now: &mut Option<Instant>) -> bool {
+    /// Whether a call that started at `start` (noted only with a slow-call
+    /// policy) was slow: the one place a call needs the precise clock.
+    fn is_slow(&self, start: Option<Instant>) -> bool {
         let (Some(start), Some(slow)) = (start, self.policy.slow) else {
             return false;
         };
-        let elapsed = now
-            .get_or_insert_with(Instant::now)
-            .saturating_duration_since(start);
+        let elapsed = Instant::now().saturating_duration_since(start);
         if elapsed < slow.threshold {
             return false;
         }

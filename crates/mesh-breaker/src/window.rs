@@ -23,6 +23,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use mesh_core::clock::Clock;
+
 use crate::config::{WindowConfig, WindowKind};
 
 /// What a window holds right now.
@@ -59,14 +61,13 @@ impl Window {
         }
     }
 
-    /// Records one call at `now_nanos` (only read by time windows). Returns the
-    /// window's contents when the call was a failure or slow, the only calls
-    /// that can push a rate up.
+    /// Records one finished call. Returns the window's contents when the call
+    /// was a failure or slow, the only calls that can push a rate up.
     #[inline]
-    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
+    pub(crate) fn record(&self, failure: bool, slow: bool) -> Option<Snapshot> {
         match self {
             Window::Count(w) => w.record(failure, slow),
-            Window::Time(w) => w.record(now_nanos, failure, slow),
+            Window::Time(w) => w.record(failure, slow),
         }
     }
 
@@ -86,10 +87,6 @@ impl Window {
             // Calls are counted on admission: a success adds nothing later.
             Window::Time(_) => true,
         }
-    }
-
-    pub(crate) fn is_time(&self) -> bool {
-        matches!(self, Window::Time(_))
     }
 }
 
@@ -232,15 +229,23 @@ struct Bucket {
 ///   one breaker do not bounce one cache line between them. Reading the
 ///   window sums every stripe: that happens only when a call fails or is
 ///   slow. Memory stays O(buckets): at most `MAX_STRIPES` rings.
+/// - **A coarse clock.** A precise clock read costs more than all the rest;
+///   with buckets at least 20 ticks wide (80 ms for the usual 4 ms tick) the
+///   window reads `CLOCK_MONOTONIC_COARSE` instead (see
+///   [`Clock::for_granularity`]): a call lands in the bucket of a moment at
+///   most one tick earlier. Under tokio's paused clock it reads tokio's.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
+    /// What `now` is: nanoseconds since the window was built.
+    clock: Clock,
     width: u64,
     len: u64,
     /// The last bucket a call fell in: `index << SLOT_BITS | slot`. Any value
     /// is a valid pair (or one that no moment matches), so racing writers
     /// cost at worst a division.
     head: Padded<AtomicU64>,
-    /// `stripe_mask + 1` rings of `len` buckets, `stride` apart.
+    /// `stripe_mask + 1` rings of `len` buckets, `stride` apart, the first
+    /// `STRIPE_GAP` in (so no ring shares a line with another allocation).
     buckets: Box<[Bucket]>,
     stride: usize,
     stripe_mask: usize,
@@ -257,13 +262,22 @@ impl TimeWindow {
         let len = buckets.clamp(1, crate::config::MAX_WINDOW_BUCKETS) as usize;
         let stride = len + STRIPE_GAP;
         Self {
+            clock: Clock::for_granularity(width),
             width: (width.as_nanos().min(u128::from(u64::MAX)) as u64).max(1),
             len: len as u64,
             head: Padded(AtomicU64::new(0)),
-            buckets: (0..stride * stripes).map(|_| Bucket::default()).collect(),
+            buckets: (0..STRIPE_GAP + stride * stripes)
+                .map(|_| Bucket::default())
+                .collect(),
             stride,
             stripe_mask: stripes - 1,
         }
+    }
+
+    /// The clock this window reads.
+    #[cfg(test)]
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The bucket index and ring slot of the moment `now_nanos`.
@@ -292,7 +306,7 @@ impl TimeWindow {
     /// This thread's ring.
     #[inline]
     fn ring(&self) -> &[Bucket] {
-        let start = (thread_stripe() & self.stripe_mask) * self.stride;
+        let start = STRIPE_GAP + (thread_stripe() & self.stripe_mask) * self.stride;
         &self.buckets[start..start + self.len as usize]
     }
 
@@ -324,7 +338,13 @@ impl TimeWindow {
     /// Counts a call when it is let through: its result then only needs
     /// recording if it is a failure or slow, so a success touches nothing.
     #[inline]
-    pub(crate) fn admit(&self, now_nanos: u64) {
+    pub(crate) fn admit(&self) {
+        self.admit_at(self.clock.elapsed_nanos());
+    }
+
+    /// [`admit`](Self::admit) at `now_nanos` on the window's clock.
+    #[inline]
+    fn admit_at(&self, now_nanos: u64) {
         let (index, slot) = self.locate(now_nanos);
         if let Some(b) = self.bucket(index, slot) {
             b.calls.fetch_add(1, Relaxed);
@@ -332,9 +352,17 @@ impl TimeWindow {
     }
 
     /// Records a finished call's failure or slowness (its call was counted by
-    /// [`admit`](Self::admit)).
+    /// [`admit`](Self::admit)); a success reads not even the clock.
     #[inline]
-    fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
+    fn record(&self, failure: bool, slow: bool) -> Option<Snapshot> {
+        if !failure && !slow {
+            return None;
+        }
+        self.record_at(self.clock.elapsed_nanos(), failure, slow)
+    }
+
+    /// [`record`](Self::record) at `now_nanos` on the window's clock.
+    fn record_at(&self, now_nanos: u64, failure: bool, slow: bool) -> Option<Snapshot> {
         if !failure && !slow {
             return None;
         }
@@ -467,8 +495,8 @@ mod tests {
         let sec = 1_000_000_000;
         let w = TimeWindow::new(3, Duration::from_secs(1));
         let call = |at: u64, failure: bool, slow: bool| {
-            w.admit(at);
-            w.record(at, failure, slow)
+            w.admit_at(at);
+            w.record_at(at, failure, slow)
         };
         call(0, true, false);
         call(sec / 2, false, false);
@@ -481,11 +509,11 @@ mod tests {
         assert_eq!((s.calls, s.failures, s.slow), (2, 0, 1));
         // Much later, everything is gone; memory never grew.
         assert_eq!(w.snapshot(100).calls, 0);
-        assert_eq!(w.buckets.len(), w.stride * (w.stripe_mask + 1));
-        assert!(w.buckets.len() <= (3 + STRIPE_GAP) * MAX_STRIPES);
+        assert_eq!(w.buckets.len(), STRIPE_GAP + w.stride * (w.stripe_mask + 1));
+        assert!(w.buckets.len() <= STRIPE_GAP + (3 + STRIPE_GAP) * MAX_STRIPES);
         // A late result for a recycled bucket is dropped.
         call(100 * sec, false, false);
-        assert!(w.record(97 * sec, true, false).is_none());
+        assert!(w.record_at(97 * sec, true, false).is_none());
         w.reset();
         assert_eq!(w.snapshot(100), Snapshot::default());
     }
@@ -523,9 +551,9 @@ mod tests {
             let mut model: Vec<(u64, u64, bool, bool)> = Vec::new();
             for (step, duration, failure, slow) in calls {
                 now += step;
-                w.admit(now);
+                w.admit_at(now);
                 let end = now + duration;
-                let snap = w.record(end, failure, slow);
+                let snap = w.record_at(end, failure, slow);
                 model.push((now / width, end / width, failure, slow));
                 now = end;
                 let Some(snap) = snap else {
@@ -545,6 +573,41 @@ mod tests {
         }
     }
 
+    /// Outside paused time, 1 s buckets read the coarse clock; buckets too
+    /// narrow for its tick read the precise one.
+    #[test]
+    fn the_window_reads_the_coarse_clock_when_its_buckets_allow() {
+        let w = TimeWindow::new(10, Duration::from_secs(1));
+        assert_eq!(w.clock().is_coarse(), cfg!(target_os = "linux"));
+        let narrow = TimeWindow::new(10, Duration::from_micros(10));
+        assert!(
+            !narrow.clock().is_coarse() || narrow.clock().resolution() <= Duration::from_nanos(500)
+        );
+        // Counting through the clock works the same either way.
+        for w in [w, narrow] {
+            for _ in 0..3 {
+                w.admit();
+            }
+            assert!(w.record(false, false).is_none());
+            let s = w.record(true, false).unwrap();
+            assert!(s.failures == 1 && (1..=3).contains(&s.calls), "{s:?}");
+        }
+    }
+
+    /// Under tokio's paused clock the window follows `advance`.
+    #[tokio::test(start_paused = true)]
+    async fn under_paused_time_the_window_slides_with_advance() {
+        let w = TimeWindow::new(3, Duration::from_secs(1));
+        assert!(!w.clock().is_coarse());
+        w.admit();
+        w.admit();
+        assert_eq!(w.record(true, false).unwrap().calls, 2);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        w.admit();
+        let s = w.record(true, false).unwrap();
+        assert_eq!((s.calls, s.failures), (1, 1));
+    }
+
     /// Threads count into their own stripes; a snapshot sees them all.
     #[test]
     fn stripes_keep_threads_apart_and_add_up() {
@@ -553,14 +616,13 @@ mod tests {
             for _ in 0..MAX_STRIPES {
                 scope.spawn(|| {
                     for _ in 0..1_000 {
-                        w.admit(5);
+                        w.admit_at(5);
                     }
-                    w.record(5, true, false);
+                    w.record_at(5, true, false);
                 });
             }
         });
-        let used = w
-            .buckets
+        let used = w.buckets[STRIPE_GAP..]
             .chunks(w.stride)
             .filter(|ring| ring.iter().any(|b| b.calls.load(Relaxed) > 0))
             .count();

@@ -65,6 +65,7 @@
 pub mod availability;
 pub mod backoff;
 pub mod classify;
+pub mod clock;
 pub mod config;
 pub mod endpoint;
 mod outcome;
