@@ -111,8 +111,9 @@ fn request_with_headers(uri: &Uri) -> Req {
     r
 }
 
-/// One ready + call + poll, as a client would do it.
-#[inline]
+/// One ready + call + poll, as a client would do it. Not inlined, so that
+/// callgrind can count each variant's instructions per call.
+#[inline(never)]
 fn drive<S, R>(svc: &mut S, req: R, cx: &mut Context<'_>)
 where
     S: Service<R>,
@@ -221,6 +222,22 @@ fn parts(c: &mut Criterion) {
     g.bench_function("request_new", |b| b.iter(|| black_box(request(&uri))));
     let template = CloneReq(request(&uri));
     g.bench_function("request_clone", |b| b.iter(|| black_box(template.clone())));
+    g.bench_function("uri_clone_drop", |b| {
+        b.iter(|| drop(black_box(template.0.uri().clone())))
+    });
+    let arc = std::sync::Arc::new(0u64);
+    g.bench_function("arc_clone_drop", |b| b.iter(|| drop(black_box(arc.clone()))));
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function("atomic_fetch_add", |b| {
+        b.iter(|| black_box(&counter).fetch_add(1, std::sync::atomic::Ordering::AcqRel))
+    });
+    g.bench_function("atomic_load_store", |b| {
+        b.iter(|| {
+            let c = black_box(&counter);
+            let v = c.load(std::sync::atomic::Ordering::Relaxed);
+            c.store(v + 1, std::sync::atomic::Ordering::Relaxed);
+        })
+    });
     g.finish();
 }
 criterion_group!(parts_group, parts);

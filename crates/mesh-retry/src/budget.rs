@@ -15,21 +15,30 @@
 //!
 //! # How it works
 //!
-//! The window is a ring of [`SLOTS`] time slots. Each slot is one `AtomicU64`
-//! packing the slot's epoch (which `ttl / SLOTS` interval it holds) with the
-//! net amount deposited in that interval (deposits minus withdrawals, in
-//! fixed-point units). A single `AtomicI64` holds the sum over the live
-//! slots, which is what a withdrawal checks and takes from, with one
-//! compare-and-swap: two threads can never both take the last token. Every
-//! change to a slot, including recycling a stale slot for a new epoch, is
-//! one compare-and-swap whose winner mirrors it into the sum exactly once. No
-//! lock, no allocation, and a deposit is two uncontended atomic operations
-//! plus a clock read.
+//! The window is a ring of [`SLOTS`] time slots, each holding one epoch (which
+//! `ttl / SLOTS` interval it counts) and that interval's amount, packed into
+//! one `AtomicU64` in fixed-point units.
 //!
-//! Withdrawals take from the sum before they are recorded in a slot and
-//! deposits are recorded in a slot before they reach the sum, so a reader
-//! racing with either only ever sees *less* balance than there is: the budget
-//! errs on the side of not retrying.
+//! Deposits happen on every request, so they are made cheap: each thread
+//! writes to a stripe of slots of its own (threads take stripes in turn) with
+//! a plain load and store, no read-modify-write, no lock prefix, no cache line
+//! shared with another core. Two threads that happen to share a stripe can
+//! lose one of two racing deposits, which only lowers the budget. A
+//! withdrawal, the rare path, sums the stripes' live slots.
+//!
+//! Withdrawals must be exact: two threads can never both take the last
+//! token. They are recorded in a ring of slots of their own whose live sum
+//! is mirrored in one `AtomicI64`, which a withdrawal checks and takes from
+//! with one compare-and-swap. Every change to a withdrawal slot, including
+//! recycling a stale one for a new epoch, is one compare-and-swap whose
+//! winner mirrors it into the sum exactly once. No lock and no allocation
+//! anywhere; a deposit costs no atomic read-modify-write at all.
+//!
+//! Withdrawals take from the sum before they are recorded in a slot, a sweep
+//! claims its epoch before it expires anything, and a withdrawal that sees a
+//! newer sweep than the deposits it counted checks again (and gives its token
+//! back if it no longer fits), so a reader racing with either only ever sees
+//! *less* balance than there is: the budget errs on the side of not retrying.
 //!
 //! # Example
 //!
@@ -50,9 +59,10 @@
 //! assert!(!budget.withdraw());
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -65,9 +75,22 @@ pub const SLOTS: usize = 10;
 /// A thread reads the clock on one deposit in this many (see [`RetryBudget::deposit`]).
 pub const CLOCK_EVERY: u32 = 32;
 
-thread_local! {
-    static DEPOSITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+/// What a thread keeps for its deposits: its stripe and a deposit count.
+struct ThreadState {
+    /// Index of this thread's stripe (modulo the budget's stripe count);
+    /// `u32::MAX` until the first deposit.
+    stripe: Cell<u32>,
+    deposits: Cell<u32>,
 }
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState { stripe: Cell::new(u32::MAX), deposits: Cell::new(0) }
+    };
+}
+
+/// Hands out stripe indices to threads, in turn.
+static NEXT_STRIPE: AtomicU32 = AtomicU32::new(0);
 
 /// Fixed-point units of one retry: ratios are kept to 1/10 000.
 const UNIT: i64 = 10_000;
@@ -78,6 +101,13 @@ const NET_MASK: u64 = (1 << NET_BITS) - 1;
 const NET_MAX: i64 = (1 << (NET_BITS - 1)) - 1;
 const NET_MIN: i64 = -(1 << (NET_BITS - 1));
 
+/// One thread's deposit slots, alone on its cache lines.
+#[repr(align(128))]
+struct Stripe {
+    /// Packed (epoch, deposited units) per slot.
+    slots: [AtomicU64; SLOTS],
+}
+
 /// A lock-free retry budget; clones share it. See the [module docs](self).
 #[derive(Clone)]
 pub struct RetryBudget {
@@ -85,11 +115,13 @@ pub struct RetryBudget {
 }
 
 struct Inner {
-    /// Packed (epoch, net) per slot.
+    /// Deposits, one stripe per thread (a power of two of them).
+    stripes: Box<[Stripe]>,
+    /// Withdrawals: packed (epoch, net) per slot, the net never positive.
     slots: [AtomicU64; SLOTS],
-    /// Sum of the nets of the live slots, in units.
+    /// Sum of the nets of the live withdrawal slots, in units.
     balance: AtomicI64,
-    /// The newest epoch for which stale slots were swept.
+    /// The newest epoch for which a sweep was claimed.
     swept: AtomicU64,
     /// `min_retries_per_second · ttl`, in units: never expires.
     reserve: i64,
@@ -99,6 +131,13 @@ struct Inner {
     slot_nanos: u64,
     start: Instant,
     config: BudgetConfig,
+}
+
+/// How many deposit stripes a budget has: enough for every core twice over,
+/// so that threads rarely share one.
+fn stripe_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    (2 * cores).next_power_of_two().clamp(16, 256)
 }
 
 impl RetryBudget {
@@ -119,6 +158,11 @@ impl RetryBudget {
         Self {
             inner: Arc::new(Inner {
                 // Epoch 0 never occurs (epochs start at SLOTS), so empty slots are stale.
+                stripes: (0..stripe_count())
+                    .map(|_| Stripe {
+                        slots: std::array::from_fn(|_| AtomicU64::new(0)),
+                    })
+                    .collect(),
                 slots: std::array::from_fn(|_| AtomicU64::new(0)),
                 balance: AtomicI64::new(0),
                 swept: AtomicU64::new(SLOTS as u64),
@@ -143,20 +187,20 @@ impl RetryBudget {
     /// epoch any operation has seen. A deposit can only land in an epoch that
     /// is *older* than its own, so it expires early, never late: the
     /// approximation only ever lowers the budget. Withdrawals always read the
-    /// clock.
+    /// clock. A deposit is a plain load and store into this thread's stripe
+    /// (see the [module docs](self)).
     #[inline]
     pub fn deposit(&self) {
-        let read_clock = DEPOSITS.with(|n| {
-            let v = n.get();
-            n.set(v.wrapping_add(1));
-            v % CLOCK_EVERY == 0
+        let (stripe, read_clock) = THREAD.with(|t| {
+            let n = t.deposits.get();
+            t.deposits.set(n.wrapping_add(1));
+            (t.stripe.get(), n % CLOCK_EVERY == 0)
         });
-        if read_clock {
-            let epoch = self.epoch();
-            self.deposit_at(epoch);
+        if read_clock || stripe == u32::MAX {
+            self.deposit_at(self.epoch());
         } else {
             let epoch = self.inner.swept.load(Ordering::Acquire);
-            self.deposit_unswept(epoch);
+            self.deposit_to_stripe(stripe, epoch);
         }
     }
 
@@ -171,7 +215,8 @@ impl RetryBudget {
     pub fn remaining(&self) -> u64 {
         let epoch = self.epoch();
         self.sweep(epoch);
-        let b = self.inner.reserve + self.inner.balance.load(Ordering::Acquire);
+        let epoch = epoch.max(self.inner.swept.load(Ordering::Acquire));
+        let b = self.available(epoch, self.inner.balance.load(Ordering::Acquire));
         u64::try_from(b / UNIT).unwrap_or(0)
     }
 
@@ -203,6 +248,16 @@ impl RetryBudget {
 
     #[cold]
     fn sweep_slow(&self, epoch: u64, swept: u64) {
+        // Claim the epoch first: a withdrawal that sees it knows the deposits
+        // it counted for an older epoch may include expired ones.
+        if self
+            .inner
+            .swept
+            .compare_exchange(swept, epoch, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
         for (i, slot) in self.inner.slots.iter().enumerate() {
             let live = Self::live_epoch(epoch, i) & EPOCH_MASK;
             let mut word = slot.load(Ordering::Acquire);
@@ -227,10 +282,46 @@ impl RetryBudget {
                 }
             }
         }
-        let _ =
-            self.inner
-                .swept
-                .compare_exchange(swept, epoch, Ordering::AcqRel, Ordering::Relaxed);
+        // Empty stale deposit slots too, so that an epoch number that comes
+        // round again (after 2^24 epochs) never finds old deposits. A racing
+        // owner's store either recycles the slot itself or is lost (less budget).
+        for stripe in &self.inner.stripes {
+            for (i, slot) in stripe.slots.iter().enumerate() {
+                let live = Self::live_epoch(epoch, i) & EPOCH_MASK;
+                let word = slot.load(Ordering::Acquire);
+                let (e, net) = unpack(word);
+                if e != live && net != 0 && !is_newer(e, live) {
+                    let _ = slot.compare_exchange(
+                        word,
+                        pack(e, 0),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The deposits live in `epoch`, summed over the stripes, in units.
+    fn deposited(&self, epoch: u64) -> i64 {
+        let mut sum = 0i64;
+        for stripe in &self.inner.stripes {
+            for (i, slot) in stripe.slots.iter().enumerate() {
+                let (e, net) = unpack(slot.load(Ordering::Acquire));
+                if e == Self::live_epoch(epoch, i) & EPOCH_MASK {
+                    sum = sum.saturating_add(net);
+                }
+            }
+        }
+        sum
+    }
+
+    /// What the budget holds in `epoch` given the withdrawal sum `balance`.
+    fn available(&self, epoch: u64, balance: i64) -> i64 {
+        self.inner
+            .reserve
+            .saturating_add(self.deposited(epoch))
+            .saturating_add(balance)
     }
 
     /// Adds `delta` to the slot of `epoch`, recycling it if it holds an older
@@ -262,26 +353,49 @@ impl RetryBudget {
 
     pub(crate) fn deposit_at(&self, epoch: u64) {
         self.sweep(epoch);
-        self.deposit_unswept(epoch);
+        let stripe = THREAD.with(|t| {
+            let mut s = t.stripe.get();
+            if s == u32::MAX {
+                s = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) & (u32::MAX >> 1);
+                t.stripe.set(s);
+            }
+            s
+        });
+        self.deposit_to_stripe(stripe, epoch);
     }
 
+    /// Adds one deposit to `epoch`'s slot in this thread's stripe: a load and
+    /// a store, no read-modify-write (the stripe is this thread's alone, and
+    /// when it is not, a lost deposit only lowers the budget).
     #[inline]
-    fn deposit_unswept(&self, epoch: u64) {
+    fn deposit_to_stripe(&self, stripe: u32, epoch: u64) {
         let d = self.inner.deposit;
         if d == 0 {
             return;
         }
-        // Slot first, then the sum: a racing withdrawal sees less, never more.
-        let change = self.add_to_slot(epoch, d);
-        self.inner.balance.fetch_add(change, Ordering::AcqRel);
+        let stripes = &self.inner.stripes;
+        let slots = &stripes[stripe as usize & (stripes.len() - 1)].slots;
+        let slot = &slots[(epoch % SLOTS as u64) as usize];
+        let want = epoch & EPOCH_MASK;
+        let (e, net) = unpack(slot.load(Ordering::Relaxed));
+        // A thread whose epoch lags may find its slot already recycled for a
+        // newer epoch: it counts there.
+        let word = if e == want || is_newer(e, want) {
+            pack(e, net.saturating_add(d).min(NET_MAX))
+        } else {
+            pack(want, d.min(NET_MAX))
+        };
+        slot.store(word, Ordering::Release);
     }
 
     pub(crate) fn withdraw_at(&self, epoch: u64) -> bool {
         self.sweep(epoch);
-        let reserve = self.inner.reserve;
+        // Count the deposits for the newest epoch a sweep claimed.
+        let seen = epoch.max(self.inner.swept.load(Ordering::Acquire));
+        let available = self.inner.reserve.saturating_add(self.deposited(seen));
         let mut balance = self.inner.balance.load(Ordering::Acquire);
         loop {
-            if reserve.saturating_add(balance) < UNIT {
+            if available.saturating_add(balance) < UNIT {
                 return false;
             }
             match self.inner.balance.compare_exchange_weak(
@@ -294,22 +408,34 @@ impl RetryBudget {
                 Err(b) => balance = b,
             }
         }
-        // Sum first, then the slot: the withdrawal expires with its epoch.
-        let correction = self.add_to_slot(epoch, -UNIT) + UNIT;
+        // A sweep claimed since may have expired deposits counted above (and
+        // the withdrawals that went with them): check again in its epoch.
+        let now = self.inner.swept.load(Ordering::Acquire);
+        if now > seen && self.available(now, self.inner.balance.load(Ordering::Acquire)) < 0 {
+            self.inner.balance.fetch_add(UNIT, Ordering::AcqRel);
+            return false;
+        }
+        // Sum first, then the slot: the withdrawal expires with its epoch
+        // (the newest seen, so that it never expires early).
+        let correction = self.add_to_slot(seen, -UNIT) + UNIT;
         if correction != 0 {
             self.inner.balance.fetch_add(correction, Ordering::AcqRel);
         }
         true
     }
 
+    /// Deposits and withdrawals live at the newest swept epoch, in units.
     #[cfg(test)]
     pub(crate) fn balance_units(&self) -> i64 {
-        self.inner.balance.load(Ordering::Acquire)
+        let epoch = self.inner.swept.load(Ordering::Acquire);
+        self.deposited(epoch) + self.inner.balance.load(Ordering::Acquire)
     }
 
+    /// The live slots' deposits and withdrawals at `epoch`, summed slot by slot.
     #[cfg(test)]
     pub(crate) fn slot_sum_units(&self, epoch: u64) -> i64 {
-        self.inner
+        let withdrawn: i64 = self
+            .inner
             .slots
             .iter()
             .enumerate()
@@ -321,7 +447,8 @@ impl RetryBudget {
                     0
                 }
             })
-            .sum()
+            .sum();
+        self.deposited(epoch) + withdrawn
     }
 }
 
@@ -449,7 +576,7 @@ mod tests {
         let b = budget(0, 1.0);
         tokio::time::advance(Duration::from_secs(30)).await;
         // The first of these reads the clock; the rest land in the same epoch.
-        DEPOSITS.with(|n| n.set(0));
+        THREAD.with(|t| t.deposits.set(0));
         for _ in 0..(2 * CLOCK_EVERY) {
             b.deposit();
         }
@@ -458,7 +585,7 @@ mod tests {
         // A deposit that skips the clock lands in the epoch the budget last
         // saw (30 s ago now), so the next clock read expires it at once.
         tokio::time::advance(Duration::from_secs(30)).await;
-        DEPOSITS.with(|n| n.set(1));
+        THREAD.with(|t| t.deposits.set(1));
         b.deposit();
         assert_eq!(b.remaining(), 0);
     }

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use crate::body::TryCloneBody;
+use crate::copy::RequestCopy;
 use crate::error::DeadlineExceeded;
 use crate::metrics;
 use crate::policy::{Decision, GiveUp, RetryPolicy};
@@ -37,8 +38,8 @@ pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         deadline: Option<Pin<Box<Sleep>>>,
         service: S,
-        // The copy for the next attempt; `None` when no retry is possible.
-        request: Option<Request<B>>,
+        // The copy for the next attempts; `None` when no retry is possible.
+        request: Option<RequestCopy<B>>,
         policy: RetryPolicy<C>,
     }
 }
@@ -77,7 +78,7 @@ where
     pub(crate) fn new(
         future: S::Future,
         service: S,
-        request: Option<Request<B>>,
+        request: Option<RequestCopy<B>>,
         policy: RetryPolicy<C>,
     ) -> Self {
         let config = policy.config();
@@ -176,10 +177,19 @@ where
                         return Poll::Pending;
                     }
                     // A retry is decided only with a stored copy; be safe anyway.
-                    let Some(req) = this.request.take() else {
+                    let Some(copy) = this.request.take() else {
                         return Poll::Ready(Err("mesh-retry: no request to retry".into()));
                     };
-                    *this.request = this.policy.copy(&req);
+                    // Send a clone and keep the copy while another retry may
+                    // follow; the last allowed attempt sends the copy itself.
+                    let more = this.policy.retries() < this.policy.config().max_retries;
+                    let req = match more.then(|| copy.to_request()).flatten() {
+                        Some(req) => {
+                            *this.request = Some(copy);
+                            req
+                        }
+                        None => copy.into_request(),
+                    };
                     if let Some(timeout) = this.policy.config().attempt_timeout {
                         let at = Instant::now() + timeout;
                         if let Some(t) = this.timer.as_mut() {

@@ -110,6 +110,7 @@
 pub mod body;
 pub mod budget;
 mod config;
+mod copy;
 mod error;
 mod future;
 pub mod hedge;

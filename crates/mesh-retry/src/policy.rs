@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::body::TryCloneBody;
 use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
+use crate::copy::RetryRequest;
 use crate::error::{BudgetExhausted, DeadlineExceeded};
 use crate::metrics;
 
@@ -311,13 +312,13 @@ impl<C> RetryPolicy<C> {
     /// stamps the attempt header on `req` (the copy to be sent). The clock is
     /// read only for a retryable failure with a deadline.
     #[inline]
-    pub(crate) fn decide<B, Res, E>(
+    pub(crate) fn decide<R, Res, E>(
         &mut self,
-        req: &mut Request<B>,
+        req: &mut R,
         result: &Result<Response<Res>, E>,
     ) -> Decision
     where
-        B: TryCloneBody,
+        R: RetryRequest,
         C: Classify<Response<Res>, E>,
         E: 'static,
     {
@@ -331,14 +332,14 @@ impl<C> RetryPolicy<C> {
     /// [`decide`](Self::decide) for a retryable failure: kept out of line so
     /// that the success path stays small.
     #[inline(never)]
-    fn decide_retryable<B, Res, E>(
+    fn decide_retryable<R, Res, E>(
         &mut self,
-        req: &mut Request<B>,
+        req: &mut R,
         result: &Result<Response<Res>, E>,
         outcome: Outcome,
     ) -> Decision
     where
-        B: TryCloneBody,
+        R: RetryRequest,
         E: 'static,
     {
         let attempt = self.retries + 1;
@@ -351,7 +352,7 @@ impl<C> RetryPolicy<C> {
         if self.retries >= self.shared.config.max_retries {
             return give_up(self, GiveUp::MaxRetries);
         }
-        if !req.body().can_replay() {
+        if !req.can_replay() {
             return give_up(self, GiveUp::BodyNotReplayable);
         }
         let backoff = &self.shared.config.backoff;
