@@ -226,7 +226,9 @@ fn parts(c: &mut Criterion) {
         b.iter(|| drop(black_box(template.0.uri().clone())))
     });
     let arc = std::sync::Arc::new(0u64);
-    g.bench_function("arc_clone_drop", |b| b.iter(|| drop(black_box(arc.clone()))));
+    g.bench_function("arc_clone_drop", |b| {
+        b.iter(|| drop(black_box(arc.clone())))
+    });
     let counter = std::sync::atomic::AtomicU64::new(0);
     g.bench_function("atomic_fetch_add", |b| {
         b.iter(|| black_box(&counter).fetch_add(1, std::sync::atomic::Ordering::AcqRel))

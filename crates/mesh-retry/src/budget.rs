@@ -136,7 +136,7 @@ struct Inner {
 /// How many deposit stripes a budget has: enough for every core twice over,
 /// so that threads rarely share one.
 fn stripe_count() -> usize {
-    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(4, std::num::NonZero::get);
     (2 * cores).next_power_of_two().clamp(16, 256)
 }
 
@@ -625,6 +625,53 @@ mod tests {
         // less than one retry.
         assert!(withdrawals + 1 >= allowed, "{withdrawals} vs {allowed}");
         assert_eq!(b.balance_units(), b.slot_sum_units(e));
+    }
+
+    #[test]
+    fn deposits_from_many_threads_count_and_never_overcount() {
+        // Each thread deposits into a stripe of its own: a plain store, no
+        // read-modify-write. Threads that share a stripe may lose deposits,
+        // never invent them.
+        let b = budget(0, 1.0);
+        let e = SLOTS as u64;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let b = b.clone();
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        b.deposit_at(e);
+                    }
+                });
+            }
+        });
+        let allowed = (0..5000).filter(|_| b.withdraw_at(e)).count();
+        assert!(allowed <= 4000, "{allowed}");
+        assert!(allowed >= 2000, "{allowed}");
+        assert_eq!(b.balance_units(), b.slot_sum_units(e));
+    }
+
+    #[test]
+    fn deposits_on_the_request_path_use_the_threads_own_stripe() {
+        let b = budget(0, 1.0);
+        let e = SLOTS as u64;
+        b.deposit_at(e);
+        let mine = THREAD.with(|t| t.stripe.get()) as usize & (b.inner.stripes.len() - 1);
+        let (ep, net) = unpack(
+            b.inner.stripes[mine].slots[(e % SLOTS as u64) as usize].load(Ordering::Acquire),
+        );
+        assert_eq!((ep, net), (e, UNIT));
+        // No other stripe, and no withdrawal slot, was touched.
+        let others: i64 = b
+            .inner
+            .stripes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != mine)
+            .flat_map(|(_, s)| s.slots.iter())
+            .map(|w| unpack(w.load(Ordering::Acquire)).1)
+            .sum();
+        assert_eq!(others, 0);
+        assert_eq!(b.inner.balance.load(Ordering::Acquire), 0);
     }
 
     #[test]

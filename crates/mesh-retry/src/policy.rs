@@ -133,6 +133,7 @@ pub struct RetryPolicy<C = HttpClassifier> {
 }
 
 impl<C> Clone for RetryPolicy<C> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -244,6 +245,7 @@ impl<C> RetryPolicy<C> {
     /// Whether `req` may be sent twice: an idempotent method, an
     /// `Idempotency-Key` header, a gRPC method marked idempotent, or any
     /// request when `retry_non_idempotent` is set.
+    #[inline]
     pub fn is_retryable_request<B>(&self, req: &Request<B>) -> bool {
         let m = req.method();
         if m == Method::GET
@@ -255,6 +257,14 @@ impl<C> RetryPolicy<C> {
         {
             return true;
         }
+        self.is_retryable_other(req)
+    }
+
+    /// [`is_retryable_request`](Self::is_retryable_request) for the other
+    /// methods: out of line, so that the common case stays small.
+    #[inline(never)]
+    fn is_retryable_other<B>(&self, req: &Request<B>) -> bool {
+        let m = req.method();
         let shared = &*self.shared;
         if shared.config.retry_non_idempotent || req.headers().contains_key("idempotency-key") {
             return true;
