@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use mesh_core::classify::Classify;
 use mesh_core::{BoxError, Outcome};
@@ -112,9 +112,11 @@ where
         match this.kind.project() {
             KindProj::Rejected { error } => Poll::Ready(Err(Box::new(*error))),
             KindProj::Called { future } => {
-                let result = ready!(future.poll(cx));
-                this.tracker.finish(&result);
-                Poll::Ready(result.map_err(Into::into))
+                let poll = future.poll(cx);
+                if let Poll::Ready(result) = &poll {
+                    this.tracker.finish(result);
+                }
+                poll.map_err(Into::into)
             }
         }
     }
@@ -129,7 +131,9 @@ impl<C> Tracker<C> {
     where
         C: Classify<T, E>,
     {
-        match self {
+        // Taken by value: each arm then drops only what its variant holds,
+        // with no call to the whole enum's drop glue.
+        match std::mem::replace(self, Tracker::Done) {
             Tracker::Done => {}
             // The steady state, kept small and in place: classify, and only a
             // failure leaves this function.
@@ -140,32 +144,34 @@ impl<C> Tracker<C> {
             } => {
                 let outcome = classifier.classify(result);
                 if outcome.is_failure() {
-                    count_late(*id, *word, outcome);
+                    count_late(id, word, outcome);
                 }
-                *self = Tracker::Done;
             }
-            Tracker::Full { .. } => self.finish_full(result),
+            Tracker::Full {
+                classifier,
+                local,
+                admission,
+                start,
+            } => finish_full(&classifier, &local, admission, start, result),
         }
     }
+}
 
-    fn finish_full<T, E>(&mut self, result: &Result<T, E>)
-    where
-        C: Classify<T, E>,
-    {
-        if let Tracker::Full {
-            classifier,
-            local,
-            admission,
-            start,
-        } = std::mem::replace(self, Tracker::Done)
-        {
-            let outcome = classifier.classify(result);
-            let shared = &local.shared;
-            match admission {
-                Admission::Closed(word) => shared.on_closed_result(word, outcome, start),
-                Admission::Probe(permit) => shared.on_probe_result(permit, outcome, start),
-            }
-        }
+/// Counts the result of a call that holds its breaker.
+fn finish_full<C, T, E>(
+    classifier: &C,
+    local: &Local,
+    admission: Admission,
+    start: Option<Instant>,
+    result: &Result<T, E>,
+) where
+    C: Classify<T, E>,
+{
+    let outcome = classifier.classify(result);
+    let shared = &local.shared;
+    match admission {
+        Admission::Closed(word) => shared.on_closed_result(word, outcome, start),
+        Admission::Probe(permit) => shared.on_probe_result(permit, outcome, start),
     }
 }
 

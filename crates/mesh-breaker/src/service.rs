@@ -127,6 +127,44 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The steady state, kept small enough to inline: closed, and nothing
+        // decided by an earlier poll.
+        if self.ready.is_none() && state_of(self.shared.word()).admits_all() {
+            if self.wait.is_some() {
+                self.wait = None;
+            }
+            return self.inner.poll_ready(cx).map_err(Into::into);
+        }
+        self.poll_ready_slow(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        if self.ready.is_none() {
+            let shared = &*self.shared;
+            let word = shared.word();
+            if shared.success_is_noop(word) {
+                // The steady state: no reference to the breaker needed.
+                shared.on_admitted();
+                return ResponseFuture::lite(
+                    self.inner.call(request),
+                    self.classifier.clone(),
+                    shared.id(),
+                    word,
+                );
+            }
+        }
+        self.call_slow(request)
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    /// Everything but the steady state: a probe, a refusal, waiting.
+    fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
         if matches!(self.ready, Some(Ready::Rejected(_))) {
             // A refusal decided by an earlier poll may be stale: decide again.
             self.ready = None;
@@ -179,24 +217,19 @@ where
         }
     }
 
-    #[inline]
-    fn call(&mut self, request: Req) -> Self::Future {
+    /// A call that needs the breaker: a probe, a refusal, or a result that
+    /// would change the counters.
+    fn call_slow<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Req>,
+        C: Clone,
+    {
         let shared = &self.shared;
         let admission = match self.ready.take() {
             Some(Ready::Rejected(error)) => return ResponseFuture::rejected(error),
             Some(Ready::Probe(permit)) => Admission::Probe(permit),
             None => {
                 let word = shared.word();
-                if shared.success_is_noop(word) {
-                    // The steady state: no reference to the breaker needed.
-                    shared.on_admitted();
-                    return ResponseFuture::lite(
-                        self.inner.call(request),
-                        self.classifier.clone(),
-                        shared.id(),
-                        word,
-                    );
-                }
                 if state_of(word).admits_all() {
                     Admission::Closed(word)
                 } else {

@@ -140,10 +140,25 @@ struct Cold {
     trips: u32,
 }
 
+/// What every call reads, on one cache line: the word (written only by
+/// transitions) and constants.
+#[derive(Debug)]
+struct Hot {
+    word: AtomicU64,
+    /// Bit `s` set: a success in state `s` may need no reference to the
+    /// breaker (see [`Shared::success_is_noop`]). 0 with a slow-call policy.
+    lite_states: u8,
+    /// Calls note their start time (slow-call policy).
+    needs_start: bool,
+    /// A consecutive-failures policy is on.
+    consecutive: bool,
+    id: u64,
+}
+
 /// The state every clone of one breaker shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    word: Padded<AtomicU64>,
+    hot: Padded<Hot>,
     consecutive: Padded<AtomicU32>,
     window: Option<Window>,
     open_until: AtomicU64,
@@ -151,14 +166,12 @@ pub(crate) struct Shared {
     probes: Box<[AtomicU64]>,
     ticket: AtomicU64,
     policy: Policy,
-    needs_start: bool,
     epoch: Instant,
     availability: Availability,
     notify: Arc<Notify>,
     cold: Mutex<Cold>,
     listener: Option<Listener>,
     name: Option<Arc<str>>,
-    id: u64,
     #[cfg(feature = "metrics")]
     metrics: crate::metrics::Metrics,
 }
@@ -204,8 +217,28 @@ impl Shared {
         )
         .with_jitter(Jitter::Full);
         availability.set(AvailabilityState::Available);
+        let needs_start = policy.slow.is_some();
+        // Forced closed counts nothing; closed and disabled count, so their
+        // successes are no-ops only while the counters are quiet.
+        let lite_states = if needs_start {
+            0
+        } else {
+            [
+                CircuitState::Closed,
+                CircuitState::Disabled,
+                CircuitState::ForcedClosed,
+            ]
+            .iter()
+            .fold(0, |bits, &s| bits | 1 << s as u8)
+        };
         Self {
-            word: Padded(AtomicU64::new(pack(0, CircuitState::Closed))),
+            hot: Padded(Hot {
+                word: AtomicU64::new(pack(0, CircuitState::Closed)),
+                lite_states,
+                needs_start,
+                consecutive: policy.consecutive.is_some(),
+                id,
+            }),
             consecutive: Padded(AtomicU32::new(0)),
             window: window.map(Window::new),
             open_until: AtomicU64::new(0),
@@ -214,7 +247,6 @@ impl Shared {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             ticket: AtomicU64::new(0),
-            needs_start: policy.slow.is_some(),
             policy,
             epoch: Instant::now(),
             availability,
@@ -227,7 +259,6 @@ impl Shared {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Metrics::new(name.as_deref()),
             name,
-            id,
         }
     }
 
@@ -235,7 +266,7 @@ impl Shared {
 
     #[inline]
     pub(crate) fn word(&self) -> u64 {
-        self.word.0.load(Ordering::Acquire)
+        self.hot.0.word.load(Ordering::Acquire)
     }
 
     pub(crate) fn state(&self) -> CircuitState {
@@ -254,8 +285,9 @@ impl Shared {
         &self.notify
     }
 
+    #[inline]
     pub(crate) fn id(&self) -> u64 {
-        self.id
+        self.hot.0.id
     }
 
     /// Counts a call let through: in a time window (which counts calls when
@@ -276,24 +308,20 @@ impl Shared {
     /// anyway; for calls in sequence this is exact.
     #[inline]
     pub(crate) fn success_is_noop(&self, word: u64) -> bool {
-        if self.needs_start {
+        let hot = &self.hot.0;
+        // One test for "no slow-call policy, and a closed-like state".
+        if (u32::from(hot.lite_states) >> (word as u8 & 7)) & 1 == 0 {
             return false;
         }
-        match state_of(word) {
-            CircuitState::ForcedClosed => return true,
-            CircuitState::Closed | CircuitState::Disabled => {}
-            _ => return false,
-        }
-        if self.policy.consecutive.is_some() && self.consecutive.0.load(Ordering::Relaxed) != 0 {
-            return false;
-        }
-        self.window.as_ref().is_none_or(Window::is_saturated)
+        let quiet = !(hot.consecutive && self.consecutive.0.load(Ordering::Relaxed) != 0)
+            && self.window.as_ref().is_none_or(Window::is_saturated);
+        quiet || state_of(word) == CircuitState::ForcedClosed
     }
 
     /// Whether a call must note its start time (only with a slow-call policy).
     #[inline]
     pub(crate) fn needs_start(&self) -> bool {
-        self.needs_start
+        self.hot.0.needs_start
     }
 
     /// `at` in nanoseconds since the breaker was built (no 128-bit math: this
@@ -663,8 +691,9 @@ impl Shared {
                 }
             }
         }
-        self.word
+        self.hot
             .0
+            .word
             .store(pack(generation_of(from) + 1, to), Ordering::Release);
         self.publish();
         drop(cold);
@@ -761,7 +790,7 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        crate::registry::unregister(self.id);
+        crate::registry::unregister(self.id());
     }
 }
 
