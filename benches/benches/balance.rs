@@ -60,6 +60,18 @@ fn p2c(c: &mut Criterion) {
                 guard.record(Outcome::Success);
             });
         });
+        // The handle the router uses: a cached view of the set.
+        let mut picker = bal.picker();
+        g.bench_with_input(
+            BenchmarkId::new("mesh_p2c_peak_ewma_picker", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    let guard = picker.pick(black_box(None)).unwrap();
+                    guard.record(Outcome::Success);
+                });
+            },
+        );
     }
     // A retry: the avoid set holds the endpoint of the first attempt.
     let bal = balancer(Strategy::P2cPeakEwma, 16, false);

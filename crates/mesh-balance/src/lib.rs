@@ -104,6 +104,6 @@ mod pick;
 mod snapshot;
 mod state;
 
-pub use balancer::{Balancer, BalancerStats, EndpointStats, SetChanges};
+pub use balancer::{Balancer, BalancerStats, EndpointStats, Picker, SetChanges};
 pub use config::{BalanceConfig, Strategy};
 pub use guard::LoadGuard;

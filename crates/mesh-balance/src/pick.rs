@@ -18,6 +18,14 @@ const DRAWS: usize = 4;
 /// Up to this many endpoints, least-outstanding compares them all.
 const EXACT_LEAST_OUTSTANDING: usize = 8;
 
+/// Maps a uniform 32-bit number onto `0..n` with a multiply and a shift
+/// (Lemire's reduction; the bias is below `n / 2^32`, far below what any
+/// balancing test can see).
+#[inline]
+fn reduce(x: u32, n: u32) -> usize {
+    ((u64::from(x) * u64::from(n)) >> 32) as usize
+}
+
 /// What one pick carries around: the snapshot and a clock read at most once.
 pub(crate) struct Ctx<'a> {
     pub(crate) snap: &'a Snapshot,
@@ -226,6 +234,11 @@ impl Balancer {
 
     /// Power of two choices: two distinct random eligible slots, the cheaper
     /// wins.
+    ///
+    /// Both candidates come from one 64-bit random number (its halves mapped
+    /// onto the set by a multiply and a shift, the second onto the `n - 1`
+    /// slots other than the first, so the pair is uniform and distinct); the
+    /// rejection loops only run when a candidate is not eligible.
     #[inline]
     fn p2c(
         &self,
@@ -233,10 +246,44 @@ impl Balancer {
         avoid: Option<&TriedEndpoints>,
         cost: fn(&Self, &mut Ctx<'_>, usize) -> (bool, f64),
     ) -> Option<usize> {
-        let a = self.draw_eligible(ctx, avoid, None)?;
-        if ctx.snap.slots.len() == 1 {
+        let n = ctx.snap.slots.len();
+        let Ok(n32) = u32::try_from(n) else {
+            return self.p2c_drawn(ctx, avoid, cost);
+        };
+        let r = fastrand::u64(..);
+        let mut a = reduce(r as u32, n32);
+        if !self.eligible(ctx, a, avoid) {
+            a = self.draw_eligible(ctx, avoid, None)?;
+        }
+        if n == 1 {
             return Some(a);
         }
+        let mut b = reduce((r >> 32) as u32, n32 - 1);
+        if b >= a {
+            b += 1;
+        }
+        if !self.eligible(ctx, b, avoid) {
+            match self.draw_eligible(ctx, avoid, Some(a)) {
+                Some(x) => b = x,
+                None => return Some(a),
+            }
+        }
+        if cost(self, ctx, b) < cost(self, ctx, a) {
+            Some(b)
+        } else {
+            Some(a)
+        }
+    }
+
+    /// p2c for sets too large for [`reduce`] (more than `u32::MAX` slots).
+    #[cold]
+    fn p2c_drawn(
+        &self,
+        ctx: &mut Ctx<'_>,
+        avoid: Option<&TriedEndpoints>,
+        cost: fn(&Self, &mut Ctx<'_>, usize) -> (bool, f64),
+    ) -> Option<usize> {
+        let a = self.draw_eligible(ctx, avoid, None)?;
         let Some(b) = self.draw_eligible(ctx, avoid, Some(a)) else {
             return Some(a);
         };
@@ -340,5 +387,25 @@ impl Balancer {
             }
         }
         self.scan(ctx, avoid, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reduce;
+
+    #[test]
+    fn reduce_maps_onto_the_whole_range() {
+        for n in [1u32, 2, 3, 16, 10_000, u32::MAX] {
+            assert_eq!(reduce(0, n), 0);
+            assert_eq!(reduce(u32::MAX, n), n as usize - 1);
+            assert!(reduce(u32::MAX / 2, n) <= n as usize / 2);
+        }
+        // Uniform enough: 16 buckets over a stride of the 32-bit space.
+        let mut hits = [0u32; 16];
+        for k in 0..16_000u32 {
+            hits[reduce(k.wrapping_mul(268_435), 16)] += 1;
+        }
+        assert!(hits.iter().all(|&h| (900..=1100).contains(&h)), "{hits:?}");
     }
 }

@@ -473,3 +473,32 @@ fn bad_config_is_an_error() {
     .unwrap_err();
     assert_eq!(err.errors()[0].path(), "ewma_decay");
 }
+
+#[test]
+fn a_picker_sees_every_update_at_once_and_counts_load_like_pick() {
+    let b = balancer(Strategy::P2cPeakEwma);
+    b.update([ep("a", 1)]);
+    let mut picker = b.picker();
+    let mut clone = picker.clone();
+    assert_eq!(picker.pick(None).unwrap().key().as_str(), "a");
+    b.update([ep("b", 1), ep("c", 1)]);
+    let held: Vec<_> = (0..10).map(|_| picker.pick(None).unwrap()).collect();
+    assert!(held.iter().all(|g| g.key().as_str() != "a"));
+    assert_eq!(b.stats().in_flight, 10);
+    assert_ne!(clone.pick(None).unwrap().key().as_str(), "a");
+    drop(held);
+    assert_eq!(b.stats().in_flight, 0);
+    b.update([]);
+    assert!(picker.pick(None).is_none());
+    assert!(clone.pick(None).is_none());
+}
+
+#[test]
+fn p2c_draws_cover_the_set() {
+    let b = balancer(Strategy::P2cPeakEwma);
+    b.update(names(64).iter().map(|n| ep(n, 1)));
+    assert_eq!(count(&b, 20_000).len(), 64);
+    let b = balancer(Strategy::P2cPeakEwma);
+    b.update(names(2).iter().map(|n| ep(n, 1)));
+    assert_eq!(count(&b, 100).len(), 2);
+}

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use mesh_balance::{Balancer, LoadGuard};
+use arc_swap::{ArcSwap, Cache};
+use mesh_balance::{Balancer, LoadGuard, Picker};
 use mesh_core::classify::Classify;
 use mesh_core::{Availability, BoxError, Endpoint, TriedEndpoints};
 use tokio::sync::watch;
@@ -37,7 +37,13 @@ where
 {
     shared: Arc<Shared<S, L, C>>,
     updates: watch::Receiver<EndpointSet>,
+    /// This clone's cached views of the balancer's set and of the stacks:
+    /// one plain atomic load each per call to see they are current.
+    picker: Picker,
+    table: TableCache<L::Service>,
 }
+
+type TableCache<T> = Cache<Arc<ArcSwap<Table<T>>>, Arc<Table<T>>>;
 
 impl<S, L, C> Clone for DiscoveryService<S, L, C>
 where
@@ -47,6 +53,8 @@ where
         Self {
             shared: Arc::clone(&self.shared),
             updates: self.updates.clone(),
+            picker: self.picker.clone(),
+            table: self.table.clone(),
         }
     }
 }
@@ -72,7 +80,7 @@ where
     layer: L,
     pub(crate) classifier: C,
     pub(crate) balancer: Balancer,
-    table: ArcSwap<Table<L::Service>>,
+    table: Arc<ArcSwap<Table<L::Service>>>,
     /// The version of the last endpoint set applied; serialises rebuilds.
     applied: Mutex<Option<u64>>,
     pub(crate) ready_timeout: Duration,
@@ -80,7 +88,7 @@ where
 }
 
 /// Every endpoint's stack, by endpoint-key id.
-struct Table<T> {
+pub(crate) struct Table<T> {
     stacks: HashMap<u64, EndpointStack<T>, BuildHasherDefault<IdHasher>>,
 }
 
@@ -135,16 +143,21 @@ where
             layer,
             classifier,
             balancer,
-            table: ArcSwap::from_pointee(Table {
+            table: Arc::new(ArcSwap::from_pointee(Table {
                 stacks: HashMap::default(),
-            }),
+            })),
             applied: Mutex::new(None),
             ready_timeout,
             host,
         });
         let initial = updates.borrow_and_update().clone();
         shared.apply(&initial);
-        Self { shared, updates }
+        Self {
+            picker: shared.balancer.picker(),
+            table: Cache::new(Arc::clone(&shared.table)),
+            shared,
+            updates,
+        }
     }
 
     /// The balancer choosing among this service's endpoints (for stats).
@@ -253,18 +266,23 @@ where
     }
 
     /// Chooses an endpoint for one attempt and returns its load guard and a
-    /// clone of its stack.
+    /// clone of its stack. `picker` and `table` are the caller's cached views
+    /// of the balancer's set and of the stacks.
     #[inline]
-    pub(crate) fn pick(&self, tried: Option<&TriedEndpoints>) -> Option<(LoadGuard, L::Service)> {
-        let mut guard = self.balancer.pick(tried)?;
-        let table = self.table.load();
+    pub(crate) fn pick(
+        &self,
+        picker: &mut Picker,
+        table: &Table<L::Service>,
+        tried: Option<&TriedEndpoints>,
+    ) -> Option<(LoadGuard, L::Service)> {
+        let mut guard = picker.pick(tried)?;
         // An endpoint the balancer just learned may not have its stack yet
         // (a rebuild is in progress): the caller waits and looks again.
         let mut stack = table.stacks.get(&guard.key().id())?;
         if !stack.availability.is_available() {
             // `None`: every endpoint is unavailable; the caller's wait path
             // decides whether waiting can help.
-            let (g, s) = self.pick_available(&table, tried, guard.key().id())?;
+            let (g, s) = self.pick_available(picker, table, tried, guard.key().id())?;
             guard = g;
             stack = s;
         }
@@ -287,6 +305,7 @@ where
     #[inline(never)]
     fn pick_available<'t>(
         &self,
+        picker: &mut Picker,
         table: &'t Table<L::Service>,
         tried: Option<&TriedEndpoints>,
         first: u64,
@@ -295,7 +314,7 @@ where
         avoid.record_id(first);
         let mut already_tried = None;
         for _ in 0..table.stacks.len() {
-            let guard = self.balancer.pick(Some(&avoid))?;
+            let guard = picker.pick(Some(&avoid))?;
             let id = guard.key().id();
             if avoid.contains_id(id) {
                 // Every candidate has been looked at.
@@ -389,7 +408,11 @@ where
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         self.refresh();
-        match self.shared.pick(request.tried_endpoints()) {
+        let table = self.table.load();
+        match self
+            .shared
+            .pick(&mut self.picker, table, request.tried_endpoints())
+        {
             Some((guard, service)) => ResponseFuture::dispatch(Dispatch::new(
                 service,
                 request,
@@ -423,12 +446,14 @@ where
 {
     let start = Instant::now();
     let deadline = start + shared.ready_timeout;
+    let mut picker = shared.balancer.picker();
     loop {
         // `changed()` below marks the value seen, so look at the latest set
         // itself (applying it again is a cheap no-op).
         let set = updates.borrow_and_update().clone();
         shared.apply(&set);
-        if let Some((guard, service)) = shared.pick(request.tried_endpoints()) {
+        let picked = shared.pick(&mut picker, &shared.table.load(), request.tried_endpoints());
+        if let Some((guard, service)) = picked {
             let remaining = deadline.saturating_duration_since(Instant::now());
             return Dispatch::new(
                 service,
