@@ -159,6 +159,11 @@ pub enum WindowKind {
         size: u32,
     },
     /// The last `buckets` × `bucket_width` of time, sliding one bucket at a time.
+    ///
+    /// With buckets at least 20 kernel ticks wide (80 ms on a usual Linux
+    /// host) the window reads the coarse monotonic clock, which may place a
+    /// call up to one tick (about 4 ms) early; under tokio's paused clock it
+    /// follows `tokio::time::advance` (see the crate docs).
     Time {
         /// Buckets in the ring, 1 to [`MAX_WINDOW_BUCKETS`].
         buckets: u32,

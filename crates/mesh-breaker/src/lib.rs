@@ -57,12 +57,29 @@
 //! clones on different cores scale. Such a call does not even hold a
 //! reference count on the breaker: it carries the breaker's id, and only if
 //! it fails does it look the breaker up. A time window has to count every
-//! call: it reads the clock once per call, finds the bucket without a
+//! call: it reads a clock once per call, finds the bucket without a
 //! division, and counts into the calling thread's own stripe of buckets, so
-//! cores do not fight over one counter. Open-time backoff uses mesh-core's
-//! [`Backoff`](mesh_core::backoff::Backoff) (exponential, full jitter, capped at
-//! `max_open_time`), and server pushback (`Retry-After`) longer than the open
-//! time extends it.
+//! cores do not fight over one counter. The clock is the kernel's coarse
+//! monotonic clock (`CLOCK_MONOTONIC_COARSE`, about 7 ns a read instead of
+//! 30-45 ns for a precise one, see [`mesh_core::clock`]) whenever the buckets
+//! are at least 20 kernel ticks wide (80 ms with the usual 4 ms tick): a call
+//! then lands in the bucket of a moment at most one tick earlier, which no
+//! rate notices. Narrower buckets read the precise clock.
+//!
+//! Open-time backoff uses mesh-core's [`Backoff`](mesh_core::backoff::Backoff)
+//! (exponential, full jitter, capped at `max_open_time`), and server pushback
+//! (`Retry-After`) longer than the open time extends it.
+//!
+//! # Time windows under `tokio::time::pause`
+//!
+//! tokio's test clock (`pause`, `advance`) moves only `tokio::time::Instant`,
+//! not the kernel's coarse clock. A breaker therefore looks, when it is built,
+//! whether tokio's clock is paused; if it is, its time window reads tokio's
+//! clock, and `advance` slides the window as it slides everything else (open
+//! periods, probe timeouts). Build the breaker after pausing the clock (in a
+//! `#[tokio::test(start_paused = true)]`, or after `tokio::time::pause()`):
+//! one built earlier keeps the coarse clock and its window follows real time.
+//! Every other timing rule of the breaker always follows tokio's clock.
 //!
 //! # Example
 //!
