@@ -125,8 +125,9 @@ pub struct RetryPolicy<C = HttpClassifier> {
     // Boxed: drawn only on a retry, and kept out of the future's size.
     session: Option<Box<BackoffSession>>,
     give_up: Option<GiveUp>,
-    /// The first attempt went out without a `TriedEndpoints` record, inside
-    /// a [`TriedEndpoints::scope`]: the record is built at the first retry.
+    /// The first attempt went out without a `TriedEndpoints` record (inside
+    /// a [`TriedEndpoints::scope`] in `RetryService`): the retries' record
+    /// is built at the first retry.
     pub(crate) scoped: bool,
     /// The endpoint the first attempt went to, as the scope caught it.
     pub(crate) first_pick: Option<u64>,
@@ -522,14 +523,13 @@ where
         if self.retries == 0 {
             self.begin();
         }
-        let mut copy = self.copy(req)?;
-        // The first attempt (the caller's request) is out of reach here: the
-        // retries share one record.
-        if self.shared.config.track_tried_endpoints
-            && copy.extensions().get::<TriedEndpoints>().is_none()
-        {
-            copy.extensions_mut().insert(TriedEndpoints::new());
-        }
+        self.scoped = false;
+        let copy = self.copy(req)?;
+        // The first attempt (the caller's request) is out of reach here. The
+        // retries share one record, built at the first retry (`decide`), so
+        // that a request that never retries allocates none.
+        self.scoped = self.shared.config.track_tried_endpoints
+            && copy.extensions().get::<TriedEndpoints>().is_none();
         Some(copy)
     }
 }
@@ -735,6 +735,57 @@ mod tests {
         let err = RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::MaxRetries), e).unwrap_err();
         assert_eq!(err.to_string(), "refused");
         assert!(RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::Budget), Ok(())).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inside_tower_retry_only_retries_carry_a_shared_record() {
+        use std::sync::Mutex;
+        use tower::{Service, ServiceExt};
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let tried = req.extensions().get::<TriedEndpoints>().cloned();
+            let mut log = log.lock().unwrap();
+            let attempt = log.len() as u64 + 1;
+            if let Some(t) = &tried {
+                t.record_id(attempt);
+            }
+            log.push(tried);
+            let code = if attempt < 3 { 503 } else { 200 };
+            async move { status(code) }
+        });
+        let mut svc = tower::retry::Retry::new(RetryPolicy::new(config()).unwrap(), inner);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].is_none());
+        let (second, third) = (seen[1].as_ref().unwrap(), seen[2].as_ref().unwrap());
+        assert!(third.contains_id(2) && third.contains_id(3));
+        assert_eq!(second.len(), third.len());
+        // A request that succeeds at once leaves no record on the next one.
+        drop(seen);
+        let mut ok = tower::retry::Retry::new(
+            RetryPolicy::new(config()).unwrap(),
+            tower::service_fn(|req: Request<Full<Bytes>>| {
+                assert!(req.extensions().get::<TriedEndpoints>().is_none());
+                async { status(200) }
+            }),
+        );
+        for _ in 0..2 {
+            ok.ready()
+                .await
+                .unwrap()
+                .call(req(Method::GET))
+                .await
+                .unwrap();
+        }
     }
 
     #[test]
