@@ -1,10 +1,16 @@
 //! Parsing and diffing a Consul health response of 10,000 instances.
 //!
 //! What a watch does on every answer that changed: parse the JSON body into
-//! endpoints (`parse_health`), build the sorted snapshot (`EndpointSet::new`)
-//! and diff it against the previous one. Target: ≤ 20 ms for 10,000
-//! instances. The baseline is serde_json parsing the same body into an untyped
+//! endpoints, build the sorted snapshot (`EndpointSet::new`) and diff it
+//! against the previous one. Target: ≤ 20 ms for 10,000 instances. The
+//! baseline is serde_json parsing the same body into an untyped
 //! `serde_json::Value`: the cost of merely reading the JSON.
+//!
+//! - `parse`, `parse_snapshot_diff`: a cold parse (`parse_health`), as for a
+//!   watch's first answer or after an error;
+//! - `update`, `update_snapshot_diff`: what a running watch does
+//!   (`parse_health_update` against the set it published last, so the 9,999
+//!   unchanged instances come back as the same endpoints).
 //!
 //! Run: `cargo bench -p mesh-bench --bench discovery -- --warm-up-time 1 --measurement-time 3`
 
@@ -12,7 +18,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_discovery::EndpointSet;
-use mesh_discovery::consul::parse_health;
+use mesh_discovery::consul::{parse_health, parse_health_update};
 
 /// A body shaped like Consul's, 10,000 entries on 1,000 nodes, each with the
 /// node's serfHealth check and one service check.
@@ -50,6 +56,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse_snapshot_diff", |b| {
         b.iter(|| {
             let set = EndpointSet::new(parse_health(black_box(&after)).unwrap());
+            let changes = previous.diff(&set);
+            assert_eq!(changes.len(), 1);
+            changes
+        })
+    });
+    g.bench_function("update", |b| {
+        b.iter(|| parse_health_update(black_box(&after), &previous).unwrap())
+    });
+    g.bench_function("update_snapshot_diff", |b| {
+        b.iter(|| {
+            let set = EndpointSet::new(parse_health_update(black_box(&after), &previous).unwrap());
             let changes = previous.diff(&set);
             assert_eq!(changes.len(), 1);
             changes

@@ -1,12 +1,15 @@
 //! Property tests for the Consul health-response parser: whatever the body,
 //! `parse_health` never panics and fails only with a typed `Decode` error;
 //! well-formed answers give exactly their usable instances, and the parser
-//! agrees with the typed `HealthEntry` model. The cargo-fuzz target
+//! agrees with the typed `HealthEntry` model; a body that is not JSON is
+//! always rejected; and reading against a previous snapshot
+//! (`parse_health_update`) gives the same endpoints as a cold read, reusing the
+//! unchanged ones. The cargo-fuzz target
 //! `fuzz/fuzz_targets/consul_health.rs` explores the same contract further.
 
 use mesh_core::Endpoint;
-use mesh_discovery::ErrorKind;
-use mesh_discovery::consul::{HealthEntry, parse_health};
+use mesh_discovery::consul::{HealthEntry, parse_health, parse_health_update};
+use mesh_discovery::{EndpointSet, ErrorKind};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -82,6 +85,33 @@ fn to_json(instances: &[Instance]) -> Value {
     )
 }
 
+/// True when every struct of the typed model is a JSON object, not serde's
+/// array-of-fields form (which Consul never sends and `parse_health` rejects).
+fn object_form(body: &Value) -> bool {
+    let object = |v: Option<&Value>| v.is_none_or(Value::is_object);
+    let Some(entries) = body.as_array() else {
+        return true;
+    };
+    entries.iter().all(|e| {
+        let Some(e) = e.as_object() else {
+            return false;
+        };
+        let service = e.get("Service");
+        object(e.get("Node"))
+            && object(service)
+            && service
+                .and_then(|s| s.get("Weights"))
+                .is_none_or(|w| w.is_object() || w.is_null())
+            && service
+                .and_then(|s| s.get("TaggedAddresses"))
+                .and_then(Value::as_object)
+                .is_none_or(|t| t.values().all(Value::is_object))
+            && e.get("Checks")
+                .and_then(Value::as_array)
+                .is_none_or(|c| c.iter().all(Value::is_object))
+    })
+}
+
 fn usable(i: &Instance) -> bool {
     let host = if i.address.is_empty() {
         &i.node_address
@@ -137,9 +167,42 @@ proptest! {
             body[at] = byte;
         }
         for body in [&body[..], &body[..cut.index(body.len())]] {
-            match parse_health(body) {
+            let parsed = parse_health(body);
+            match &parsed {
                 Ok(endpoints) => prop_assert!(endpoints.iter().all(|e| e.address().port() != 0)),
                 Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Decode),
+            }
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                prop_assert!(parsed.is_err(), "not JSON, yet parsed");
+            }
+            // Still an answer Consul could send: both readers agree.
+            if let Ok(typed) = serde_json::from_slice::<Vec<HealthEntry>>(body)
+                && serde_json::from_slice::<Value>(body).is_ok_and(|v| object_form(&v))
+            {
+                let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
+                prop_assert_eq!(parsed.ok(), Some(typed));
+            }
+        }
+    }
+
+    #[test]
+    fn updates_read_the_same_endpoints_and_reuse_unchanged_ones(
+        before in proptest::collection::vec(instance(), 0..8),
+        after in proptest::collection::vec(instance(), 0..8),
+        keep in any::<prop::sample::Index>(),
+    ) {
+        // `after` shares a prefix of `before`'s instances, unchanged.
+        let kept = keep.index(before.len() + 1);
+        let after: Vec<Instance> = before[..kept].iter().cloned().chain(after).collect();
+        let old = parse_health(&serde_json::to_vec(&to_json(&before)).unwrap()).unwrap();
+        let previous = EndpointSet::new(old);
+        let body = serde_json::to_vec(&to_json(&after)).unwrap();
+        let cold = parse_health(&body).unwrap();
+        let warm = parse_health_update(&body, &previous).unwrap();
+        prop_assert_eq!(&warm, &cold);
+        for e in &warm {
+            if let Some(p) = previous.get(e.key()) && p == e {
+                prop_assert!(p.ptr_eq(e), "an unchanged endpoint is reused: {:?}", e);
             }
         }
     }

@@ -6,7 +6,8 @@
 //! - [`Registration`]: register, keep TTL checks alive, deregister on shutdown.
 //! - [`ConsulDiscovery`] / [`WatchConfig`]: the blocking-query watch, fail
 //!   static, publishing [`EndpointSet`](crate::EndpointSet)s.
-//! - [`parse_health`]: the health-response parser on its own.
+//! - [`parse_health`] / [`parse_health_update`]: the health-response parser
+//!   on its own (the second reuses unchanged endpoints of the last snapshot).
 //!
 //! # Example
 //!
@@ -24,15 +25,19 @@
 
 mod client;
 mod config;
+mod health;
+mod json;
 mod model;
 mod registration;
 mod watch;
 
 pub use client::{CheckStatus, Consistency, ConsulClient, HealthAnswer, HealthQuery};
 pub use config::{ConsulConfig, ConsulToken};
+pub use health::{parse_health, parse_health_update};
+pub use json::InvalidJson;
 pub use model::{
     CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,
-    ServiceRegistration, TaggedAddress, Weights, parse_health,
+    ServiceRegistration, TaggedAddress, Weights,
 };
 pub use registration::Registration;
 pub use watch::{ConsulDiscovery, EmptyPolicy, WatchConfig};

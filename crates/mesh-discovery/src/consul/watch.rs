@@ -9,8 +9,9 @@
 //! 3. on an answer: an index lower than the last one resets to 0 (snapshot
 //!    restore), an index of 0 is treated as 1 (never block on 0); a missing
 //!    `X-Consul-Index` or an unparsable body is an error; otherwise the
-//!    endpoints are published, and the [`Publisher`] drops them if their
-//!    content did not change;
+//!    endpoints are parsed against the set published last (unchanged
+//!    instances keep their [`Endpoint`](mesh_core::Endpoint)) and published,
+//!    and the [`Publisher`] drops them if their content did not change;
 //! 4. on an error: keep the endpoints (fail static), record the error in the
 //!    source's health, reset the index, and sleep a capped, jittered backoff.
 
@@ -21,7 +22,7 @@ use mesh_core::config::InvalidConfig;
 use tokio::time::Instant;
 
 use super::client::{ConsulClient, HealthQuery};
-use super::model::parse_health_report;
+use super::health::parse_health_report;
 use crate::error::DiscoveryError;
 use crate::source::{Discovery, EndpointSet, Publisher};
 
@@ -208,7 +209,9 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
             let new_index = a
                 .index
                 .ok_or_else(|| DiscoveryError::invalid_response("answer has no X-Consul-Index"))?;
-            let (endpoints, report) = parse_health_report(&a.body)?;
+            // Unchanged instances come back as the endpoints already
+            // published: no allocation, and a pointer compare in `publish`.
+            let (endpoints, report) = parse_health_report(&a.body, Some(&publisher.current()))?;
             Ok((new_index, endpoints, report))
         });
         match parsed {

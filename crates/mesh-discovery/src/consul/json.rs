@@ -1,0 +1,656 @@
+//! A small validating JSON reader for Consul's health answers.
+//!
+//! Why not serde_json alone: a health answer of 10,000 instances is about
+//! 10 MB, of which discovery needs perhaps 5% (node name and address, service
+//! ID, address, port, tags, meta, weights, check statuses). Through serde's
+//! derive every skipped field still costs a key match, a visitor call and an
+//! `IgnoredAny` walk. This reader lets the parser pull the few fields it needs
+//! and skip everything else with a tight scanner (eight bytes at a time through
+//! strings), while still checking the whole body against the JSON grammar
+//! (RFC 8259), so a garbage body is a typed error naming what was wrong and
+//! where, never a half-read answer.
+//!
+//! It follows serde_json where the two could disagree: the same whitespace,
+//! escapes (paired surrogates in strings that are read), number grammar,
+//! integer ranges, and nesting limit (128).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// How deep arrays and objects may nest, as in serde_json.
+const MAX_DEPTH: u32 = 128;
+
+/// A health answer that is not the JSON Consul sends: what was wrong and at
+/// which byte offset of the body.
+///
+/// The source of a [`DiscoveryError`](crate::DiscoveryError) of kind
+/// [`Decode`](crate::ErrorKind::Decode); find it with `downcast_ref`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidJson {
+    offset: usize,
+    reason: Cow<'static, str>,
+}
+
+impl InvalidJson {
+    pub(crate) fn new(offset: usize, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// The byte offset in the body where reading stopped.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// What was wrong (`"expected ',' or '}'"`, `"missing field `Node`"`, ...).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for InvalidJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.reason, self.offset)
+    }
+}
+
+impl std::error::Error for InvalidJson {}
+
+pub(crate) type Result<T> = std::result::Result<T, InvalidJson>;
+
+/// A cursor over a JSON text that is already known to be valid UTF-8.
+pub(crate) struct Reader<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Self { text, pos: 0 }
+    }
+
+    pub(crate) fn error(&self, reason: impl Into<Cow<'static, str>>) -> InvalidJson {
+        InvalidJson::new(self.pos, reason)
+    }
+
+    #[inline]
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// The next byte that is not whitespace, without consuming it.
+    #[inline]
+    pub(crate) fn peek(&mut self) -> Option<u8> {
+        let b = self.bytes();
+        while let Some(&c) = b.get(self.pos) {
+            if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(c);
+            }
+            self.pos += 1;
+        }
+        None
+    }
+
+    /// Consumes `want` (after whitespace) or fails with `reason`.
+    #[inline]
+    pub(crate) fn expect(&mut self, want: u8, reason: &'static str) -> Result<()> {
+        match self.peek() {
+            Some(c) if c == want => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(_) => Err(self.error(reason)),
+            None => Err(self.error("unexpected end of input")),
+        }
+    }
+
+    /// Consumes a `null` if one comes next.
+    #[inline]
+    pub(crate) fn null(&mut self) -> Result<bool> {
+        if self.peek() == Some(b'n') {
+            self.literal("null")?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn literal(&mut self, word: &'static str) -> Result<()> {
+        if self.bytes()[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(self.error("expected a JSON value"))
+        }
+    }
+
+    /// After the opening bracket or the previous element: true when another
+    /// element follows (its `,` consumed), false at the closing `close`.
+    #[inline]
+    pub(crate) fn more(&mut self, first: &mut bool, close: u8) -> Result<bool> {
+        match self.peek() {
+            Some(c) if c == close => {
+                self.pos += 1;
+                Ok(false)
+            }
+            Some(b',') if !*first => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(_) if *first => {
+                *first = false;
+                Ok(true)
+            }
+            Some(_) if close == b']' => Err(self.error("expected ',' or ']'")),
+            Some(_) => Err(self.error("expected ',' or '}'")),
+            None => Err(self.error("unexpected end of input")),
+        }
+    }
+
+    /// The next key of an object and its `:`, or `None` at the closing `}`.
+    ///
+    /// One pass over `,`, the key and `:`: this runs for every member of
+    /// every object discovery reads (about fifty per instance).
+    #[inline]
+    pub(crate) fn key(&mut self, first: &mut bool) -> Result<Option<Cow<'a, str>>> {
+        if !self.more(first, b'}')? {
+            return Ok(None);
+        }
+        let b = self.bytes();
+        let at = self.pos;
+        if b.get(at) == Some(&b'"') {
+            let end = self.string_run(at + 1);
+            // The common case: no escape, and `:` right after the key.
+            if b.get(end) == Some(&b'"') && b.get(end + 1) == Some(&b':') {
+                self.pos = end + 2;
+                return Ok(Some(Cow::Borrowed(&self.text[at + 1..end])));
+            }
+        } else if self.peek() != Some(b'"') {
+            return Err(self.error("expected a string key"));
+        }
+        let key = self.string()?;
+        self.expect(b':', "expected ':'")?;
+        Ok(Some(key))
+    }
+
+    /// A string, borrowed from the text unless it holds escapes.
+    #[inline]
+    pub(crate) fn string(&mut self) -> Result<Cow<'a, str>> {
+        match self.peek() {
+            Some(b'"') => {}
+            Some(_) => return Err(self.error("expected a string")),
+            None => return Err(self.error("unexpected end of input")),
+        }
+        let start = self.pos + 1;
+        let end = self.string_run(start);
+        self.pos = end;
+        if self.bytes().get(end) == Some(&b'"') {
+            self.pos += 1;
+            return Ok(Cow::Borrowed(&self.text[start..end]));
+        }
+        self.escaped_string(start)
+    }
+
+    /// The rest of [`Reader::string`] for a string that holds escapes (or is
+    /// broken): `start` is its first byte, the cursor where the fast scan
+    /// stopped.
+    #[cold]
+    fn escaped_string(&mut self, start: usize) -> Result<Cow<'a, str>> {
+        let mut out = self.text[start..self.pos].to_owned();
+        self.escaped_tail(&mut out)?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// Reads the rest of a string that holds escapes into `out`, through the
+    /// closing quote.
+    fn escaped_tail(&mut self, out: &mut String) -> Result<()> {
+        loop {
+            match self.bytes().get(self.pos) {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.pos += 1;
+                    let c = self.escape(true)?;
+                    out.push(c.unwrap_or('\u{fffd}'));
+                }
+                Some(_) => {
+                    self.control_check()?;
+                    let end = self.string_run(self.pos);
+                    out.push_str(&self.text[self.pos..end]);
+                    self.pos = end;
+                }
+                None => return Err(self.error("unterminated string")),
+            }
+        }
+    }
+
+    /// Fails on a raw control character at the cursor.
+    fn control_check(&self) -> Result<()> {
+        match self.bytes().get(self.pos) {
+            Some(&c) if c < 0x20 => Err(self.error("control character in a string")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The escape after a `\`. With `decode`, returns the character (a
+    /// `\u` escape must then be a whole code point, surrogates paired, as
+    /// serde_json requires of strings it reads); otherwise only checks the
+    /// form, as serde_json does for strings it skips.
+    fn escape(&mut self, decode: bool) -> Result<Option<char>> {
+        let Some(&c) = self.bytes().get(self.pos) else {
+            return Err(self.error("unterminated string"));
+        };
+        self.pos += 1;
+        let simple = match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => return self.unicode_escape(decode),
+            _ => {
+                self.pos -= 1;
+                return Err(self.error("invalid escape in a string"));
+            }
+        };
+        Ok(Some(simple))
+    }
+
+    fn hex4(&mut self) -> Result<u32> {
+        let digits = self.bytes().get(self.pos..self.pos + 4);
+        let value = digits.and_then(|d| {
+            d.iter()
+                .try_fold(0u32, |acc, &h| Some(acc * 16 + (h as char).to_digit(16)?))
+        });
+        match value {
+            Some(v) => {
+                self.pos += 4;
+                Ok(v)
+            }
+            None => Err(self.error("invalid \\u escape in a string")),
+        }
+    }
+
+    fn unicode_escape(&mut self, decode: bool) -> Result<Option<char>> {
+        let n = self.hex4()?;
+        if !decode {
+            return Ok(None);
+        }
+        if (0xDC00..=0xDFFF).contains(&n) {
+            return Err(self.error("lone surrogate in a \\u escape"));
+        }
+        if !(0xD800..=0xDBFF).contains(&n) {
+            return Ok(char::from_u32(n));
+        }
+        if !self.bytes()[self.pos..].starts_with(b"\\u") {
+            return Err(self.error("lone surrogate in a \\u escape"));
+        }
+        self.pos += 2;
+        let low = self.hex4()?;
+        if !(0xDC00..=0xDFFF).contains(&low) {
+            return Err(self.error("lone surrogate in a \\u escape"));
+        }
+        Ok(char::from_u32(
+            0x10000 + ((n - 0xD800) << 10) + (low - 0xDC00),
+        ))
+    }
+
+    /// The index of the first `"`, `\` or control character at or after
+    /// `from` (or the end of the text): eight bytes per step.
+    #[inline]
+    fn string_run(&self, mut from: usize) -> usize {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let b = self.bytes();
+        while let Some(chunk) = b.get(from..from + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            // The classic "has a zero byte" test; its lowest set bit is exact.
+            let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+            let hit = zero(x ^ (ONES * u64::from(b'"')))
+                | zero(x ^ (ONES * u64::from(b'\\')))
+                | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+            if hit != 0 {
+                return from + (hit.trailing_zeros() / 8) as usize;
+            }
+            from += 8;
+        }
+        while let Some(&c) = b.get(from) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                return from;
+            }
+            from += 1;
+        }
+        from
+    }
+
+    /// Skips the string that opens at `at`, checking its escapes; returns
+    /// the index after its closing quote.
+    #[inline]
+    fn skip_string_at(&self, at: usize) -> Result<usize> {
+        let b = self.bytes();
+        let mut i = at + 1; // the opening quote
+        loop {
+            i = self.string_run(i);
+            match b.get(i) {
+                Some(b'"') => return Ok(i + 1),
+                Some(b'\\') => i = self.skip_escape(i + 1)?,
+                Some(_) => return Err(InvalidJson::new(i, "control character in a string")),
+                None => return Err(InvalidJson::new(i, "unterminated string")),
+            }
+        }
+    }
+
+    /// Checks the escape after a `\` at `at` - 1 without decoding it, as
+    /// serde_json does for strings it skips; returns the index after it.
+    #[cold]
+    fn skip_escape(&self, at: usize) -> Result<usize> {
+        let mut r = Reader {
+            text: self.text,
+            pos: at,
+        };
+        r.escape(false)?;
+        Ok(r.pos)
+    }
+
+    /// An unsigned integer that fits in `max`, as serde_json reads `u16` and
+    /// `u32`: no sign, fraction or exponent, no leading zero.
+    pub(crate) fn unsigned(&mut self, max: u64) -> Result<u64> {
+        let start = match self.peek() {
+            Some(b'0'..=b'9') => self.pos,
+            Some(b'-') => return Err(self.error("expected an unsigned integer")),
+            Some(_) => return Err(self.error("expected an unsigned integer")),
+            None => return Err(self.error("unexpected end of input")),
+        };
+        let b = self.bytes();
+        let mut value: u64 = 0;
+        let mut end = start;
+        while let Some(&c @ b'0'..=b'9') = b.get(end) {
+            value = value.saturating_mul(10).saturating_add(u64::from(c - b'0'));
+            end += 1;
+        }
+        if b[start] == b'0' && end > start + 1 {
+            return Err(self.error("invalid number (leading zero)"));
+        }
+        if matches!(b.get(end), Some(b'.' | b'e' | b'E')) {
+            return Err(self.error("expected an integer, found a fraction or exponent"));
+        }
+        if value > max {
+            return Err(self.error(format!("integer out of range (at most {max})")));
+        }
+        self.pos = end;
+        Ok(value)
+    }
+
+    fn skip_number(&mut self) -> Result<()> {
+        let b = self.bytes();
+        let mut i = self.pos;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => i = digits(i + 1),
+            _ => {
+                self.pos = i;
+                return Err(self.error("invalid number"));
+            }
+        }
+        if b.get(i).is_some_and(u8::is_ascii_digit) {
+            self.pos = i;
+            return Err(self.error("invalid number (leading zero)"));
+        }
+        if b.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            if end == i + 1 {
+                self.pos = end;
+                return Err(self.error("invalid number (no digit after '.')"));
+            }
+            i = end;
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            if end == i {
+                self.pos = end;
+                return Err(self.error("invalid number (no digit in the exponent)"));
+            }
+            i = end;
+        }
+        self.pos = i;
+        Ok(())
+    }
+
+    /// Skips one value of any kind, checking it. `depth` is the nesting level
+    /// a container here would have (the top level is 1).
+    #[inline]
+    pub(crate) fn skip(&mut self, depth: u32) -> Result<()> {
+        match self.peek() {
+            Some(b'"') => {
+                self.pos = self.skip_string_at(self.pos)?;
+                Ok(())
+            }
+            Some(b'{' | b'[') => self.skip_container(depth),
+            Some(b't') => self.literal("true"),
+            Some(b'f') => self.literal("false"),
+            Some(b'n') => self.literal("null"),
+            Some(b'-' | b'0'..=b'9') => self.skip_number(),
+            Some(_) => Err(self.error("expected a JSON value")),
+            None => Err(self.error("unexpected end of input")),
+        }
+    }
+
+    /// Skips the array or object at the cursor with one loop over a small
+    /// state machine and a bit stack of open containers: no recursion, and
+    /// every byte outside strings looked at once.
+    fn skip_container(&mut self, depth: u32) -> Result<()> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Want {
+            Value,
+            ValueOrClose,
+            KeyOrClose,
+            Key,
+            Colon,
+            CommaOrClose,
+        }
+        let b = self.bytes();
+        let mut i = self.pos;
+        let mut want = Want::Value;
+        // Bit `n` set: the container at relative level `n + 1` is an object.
+        let mut objects: u128 = 0;
+        let mut level: u32 = 0;
+        let err = |i: usize, why: &'static str| Err(InvalidJson::new(i, why));
+        loop {
+            let Some(&c) = b.get(i) else {
+                return err(i, "unexpected end of input");
+            };
+            if matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                i += 1;
+                continue;
+            }
+            let in_object = level > 0 && objects & (1 << (level - 1)) != 0;
+            let close = if in_object { b'}' } else { b']' };
+            match want {
+                Want::Colon if c == b':' => {
+                    i += 1;
+                    want = Want::Value;
+                    continue;
+                }
+                Want::Colon => return err(i, "expected ':'"),
+                Want::Key | Want::KeyOrClose if c == b'"' => {
+                    i = self.skip_string_at(i)?;
+                    want = Want::Colon;
+                    continue;
+                }
+                Want::CommaOrClose if c == b',' => {
+                    i += 1;
+                    want = if in_object { Want::Key } else { Want::Value };
+                    continue;
+                }
+                Want::KeyOrClose | Want::ValueOrClose | Want::CommaOrClose if c == close => {
+                    i += 1;
+                    level -= 1;
+                    if level == 0 {
+                        self.pos = i;
+                        return Ok(());
+                    }
+                    want = Want::CommaOrClose;
+                    continue;
+                }
+                Want::Key | Want::KeyOrClose => return err(i, "expected a string key"),
+                Want::CommaOrClose if in_object => return err(i, "expected ',' or '}'"),
+                Want::CommaOrClose => return err(i, "expected ',' or ']'"),
+                Want::Value | Want::ValueOrClose => {}
+            }
+            // A value.
+            match c {
+                b'"' => i = self.skip_string_at(i)?,
+                b'{' | b'[' => {
+                    if depth + level >= MAX_DEPTH {
+                        return err(i, "nested too deeply");
+                    }
+                    if c == b'{' {
+                        objects |= 1 << level;
+                        want = Want::KeyOrClose;
+                    } else {
+                        objects &= !(1 << level);
+                        want = Want::ValueOrClose;
+                    }
+                    level += 1;
+                    i += 1;
+                    continue;
+                }
+                _ => {
+                    self.pos = i;
+                    match c {
+                        b't' => self.literal("true")?,
+                        b'f' => self.literal("false")?,
+                        b'n' => self.literal("null")?,
+                        b'-' | b'0'..=b'9' => self.skip_number()?,
+                        _ => return Err(self.error("expected a JSON value")),
+                    }
+                    i = self.pos;
+                }
+            }
+            want = Want::CommaOrClose;
+        }
+    }
+
+    /// Fails unless only whitespace is left.
+    pub(crate) fn end(&mut self) -> Result<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters after the JSON value")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip_all(text: &str) -> Result<()> {
+        let mut r = Reader::new(text);
+        r.skip(1)?;
+        r.end()
+    }
+
+    #[test]
+    fn skips_exactly_what_serde_json_accepts() {
+        let cases = [
+            r#"{"a":[1,-2.5e+3,0,0.0,1E9,true,false,null,"x\"\\\/\b\f\n\r\tq\u00e9"],"b":{}}"#,
+            " [ ] ",
+            r#""\ud83d\ude00""#,
+            "-0",
+            "[01]",
+            "[1.]",
+            "[1e]",
+            "[-]",
+            "[.5]",
+            r#"{"a" 1}"#,
+            r#"{"a":1,}"#,
+            "[1,]",
+            "[1 2]",
+            r#"{1:2}"#,
+            "\"a\u{1}b\"",
+            r#""\x""#,
+            r#""\u12g4""#,
+            "tru",
+            "nul",
+            "[",
+            "\"abc",
+            "1 2",
+            "",
+            "{\"é\":\"ü\"}",
+        ];
+        for text in cases {
+            let serde_ok = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+            assert_eq!(skip_all(text).is_ok(), serde_ok, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = "[".repeat(100_000);
+        let e = skip_all(&deep).unwrap_err();
+        assert_eq!(e.reason(), "nested too deeply");
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        skip_all(&ok).unwrap();
+    }
+
+    #[test]
+    fn strings_decode_like_serde_json() {
+        for text in [
+            r#""plain""#,
+            r#""tab\there \"q\" \\ \/ \u00e9 \ud83d\ude00 end""#,
+            r#""a long string that crosses several eight-byte chunks \n and ends""#,
+            "\"été\"",
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\ud83dx""#,
+            r#""\ud83d\u0041""#,
+        ] {
+            let want = serde_json::from_str::<String>(text).ok();
+            let got = Reader::new(text).string().ok().map(Cow::into_owned);
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn unsigned_follows_serde_json() {
+        for text in [
+            "0", "8080", "65535", "65536", "-1", "-0", "08", "1.0", "1e3", "x",
+        ] {
+            let want = serde_json::from_str::<u16>(text).ok();
+            let mut r = Reader::new(text);
+            let got = r.unsigned(u64::from(u16::MAX)).ok().and_then(|v| {
+                r.end().ok()?;
+                u16::try_from(v).ok()
+            });
+            assert_eq!(got, want, "{text:?}");
+        }
+        let huge = "99999999999999999999999";
+        assert!(Reader::new(huge).unsigned(u64::from(u32::MAX)).is_err());
+    }
+
+    #[test]
+    fn errors_say_what_and_where() {
+        let e = skip_all(r#"{"a":1 "b":2}"#).unwrap_err();
+        assert_eq!(e.to_string(), "expected ',' or '}' at byte 7");
+        assert_eq!(e.offset(), 7);
+    }
+}
