@@ -51,6 +51,14 @@ impl LoadGuard {
         self.state.endpoint.key()
     }
 
+    /// The chosen endpoint's key id ([`EndpointKey::id`]), read from the
+    /// accounting the pick already touched: cheaper than `key().id()`,
+    /// which reads the endpoint's own allocation (a cache miss in large sets).
+    #[inline]
+    pub fn key_id(&self) -> u64 {
+        self.state.id
+    }
+
     /// The chosen endpoint's availability signal (the one its breaker
     /// publishes into).
     pub fn availability(&self) -> &Availability {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use mesh_balance::LoadGuard;
@@ -88,43 +88,78 @@ pin_project! {
     where
         T: Service<R>,
     {
-        service: T,
-        request: Option<R>,
         guard: Option<LoadGuard>,
         classifier: C,
-        ready_timeout: Duration,
-        // Created only if the stack is not ready at once (a breaker in
-        // readiness mode, a concurrency limit): no timer on the fast path.
-        not_ready: Option<Pin<Box<Sleep>>>,
         #[pin]
-        state: State<T::Future>,
+        state: State<T, R, T::Future>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
-        Ready,
+    enum State<T, R, F> {
+        // The stack was not ready when the request was dispatched.
+        NotReady {
+            service: T,
+            request: Option<R>,
+            ready_timeout: Duration,
+            // Created only if the stack stays not ready after the first
+            // poll: no timer on the fast path.
+            sleep: Option<Pin<Box<Sleep>>>,
+        },
         Called { #[pin] future: F },
+        // The stack refused before sending (its `poll_ready` failed).
+        Refused { error: Option<BoxError> },
     }
 }
 
-impl<T: Service<R>, R, C> Dispatch<T, R, C> {
-    pub(crate) fn new(
-        service: T,
+impl<T, R, C> Dispatch<T, R, C>
+where
+    T: Service<R>,
+    T::Error: Into<BoxError>,
+{
+    /// Starts the attempt at once when the stack is ready (the usual case),
+    /// so the request goes straight to the stack and only its response
+    /// future is kept: readiness is asked with a no-op waker, and a stack
+    /// that is not ready is asked again, with the caller's waker, when the
+    /// future is polled (`poll_ready` may be called any number of times).
+    #[inline]
+    pub(crate) fn start(
+        mut service: T,
         request: R,
         guard: LoadGuard,
         classifier: C,
         ready_timeout: Duration,
     ) -> Self {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (guard, state) = match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => (
+                Some(guard),
+                State::Called {
+                    future: service.call(request),
+                },
+            ),
+            // Not the server's doing: no outcome to record.
+            Poll::Ready(Err(e)) => (
+                None,
+                State::Refused {
+                    error: Some(e.into()),
+                },
+            ),
+            Poll::Pending => (
+                Some(guard),
+                State::NotReady {
+                    service,
+                    request: Some(request),
+                    ready_timeout,
+                    sleep: None,
+                },
+            ),
+        };
         Self {
-            service,
-            request: Some(request),
-            guard: Some(guard),
+            guard,
             classifier,
-            ready_timeout,
-            not_ready: None,
-            state: State::Ready,
+            state,
         }
     }
 }
@@ -137,18 +172,31 @@ where
 {
     type Output = Result<T::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Ready => match this.service.poll_ready(cx) {
+                StateProj::Called { future } => {
+                    let result = ready!(future.poll(cx));
+                    if let Some(guard) = this.guard.take() {
+                        guard.record(this.classifier.classify(&result));
+                    }
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::NotReady {
+                    service,
+                    request,
+                    ready_timeout,
+                    sleep,
+                } => match service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        let Some(request) = this.request.take() else {
+                        let Some(request) = request.take() else {
                             return Poll::Ready(
                                 Err("router future polled after completion".into()),
                             );
                         };
-                        let future = this.service.call(request);
+                        let future = service.call(request);
                         this.state.set(State::Called { future });
                     }
                     Poll::Ready(Err(e)) => {
@@ -157,10 +205,9 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     Poll::Pending => {
-                        let timeout = *this.ready_timeout;
-                        let sleep = this
-                            .not_ready
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        let timeout = *ready_timeout;
+                        let sleep =
+                            sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                         ready!(sleep.as_mut().poll(cx));
                         let endpoint = this
                             .guard
@@ -174,12 +221,10 @@ where
                         .into()));
                     }
                 },
-                StateProj::Called { future } => {
-                    let result = ready!(future.poll(cx));
-                    if let Some(guard) = this.guard.take() {
-                        guard.record(this.classifier.classify(&result));
-                    }
-                    return Poll::Ready(result.map_err(Into::into));
+                StateProj::Refused { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "router future polled after completion".into())));
                 }
             }
         }

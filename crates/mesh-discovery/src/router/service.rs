@@ -278,18 +278,18 @@ where
         let mut guard = picker.pick(tried)?;
         // An endpoint the balancer just learned may not have its stack yet
         // (a rebuild is in progress): the caller waits and looks again.
-        let mut stack = table.stacks.get(&guard.key().id())?;
+        let mut stack = table.stacks.get(&guard.key_id())?;
         if !stack.availability.is_available() {
             // `None`: every endpoint is unavailable; the caller's wait path
             // decides whether waiting can help.
-            let (g, s) = self.pick_available(picker, table, tried, guard.key().id())?;
+            let (g, s) = self.pick_available(picker, table, tried, guard.key_id())?;
             guard = g;
             stack = s;
         }
         let service = stack.service.clone();
         // Into the request's record, or (a first attempt sent without one)
         // into the retry layer's attempt scope.
-        TriedEndpoints::record_attempt(tried, guard.key());
+        TriedEndpoints::record_attempt_id(tried, guard.key_id());
         Some((guard, service))
     }
 
@@ -315,7 +315,7 @@ where
         let mut already_tried = None;
         for _ in 0..table.stacks.len() {
             let guard = picker.pick(Some(&avoid))?;
-            let id = guard.key().id();
+            let id = guard.key_id();
             if avoid.contains_id(id) {
                 // Every candidate has been looked at.
                 break;
@@ -413,7 +413,7 @@ where
             .shared
             .pick(&mut self.picker, table, request.tried_endpoints())
         {
-            Some((guard, service)) => ResponseFuture::dispatch(Dispatch::new(
+            Some((guard, service)) => ResponseFuture::dispatch(Dispatch::start(
                 service,
                 request,
                 guard,
@@ -455,7 +455,7 @@ where
         let picked = shared.pick(&mut picker, &shared.table.load(), request.tried_endpoints());
         if let Some((guard, service)) = picked {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            return Dispatch::new(
+            return Dispatch::start(
                 service,
                 request,
                 guard,
