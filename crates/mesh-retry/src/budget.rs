@@ -380,8 +380,9 @@ impl RetryBudget {
         let (e, net) = unpack(slot.load(Ordering::Relaxed));
         // A thread whose epoch lags may find its slot already recycled for a
         // newer epoch: it counts there.
+        // `d` is at most 1000 retries' worth, far below `NET_MAX`: no overflow.
         let word = if e == want || is_newer(e, want) {
-            pack(e, net.saturating_add(d).min(NET_MAX))
+            pack(e, (net + d).min(NET_MAX))
         } else {
             pack(want, d.min(NET_MAX))
         };

@@ -37,9 +37,16 @@
 //! request is kept and shared by every attempt.
 //!
 //! The no-retry path (a retryable request that succeeds at once) allocates
-//! nothing: besides the budget deposit it costs a cheap copy of the request
-//! kept for a retry (`Bytes`-backed parts and bodies are shared, empty maps
-//! are not cloned).
+//! nothing and takes no lock. The budget deposit is a plain load and store
+//! into the calling thread's own stripe of the budget (no atomic
+//! read-modify-write); the copy kept for a retry is not an `http::Request`
+//! but its parts (`Bytes`-backed parts and bodies are shared, empty header
+//! maps are neither built nor dropped), and it is made only when a retry is
+//! possible (a retryable method, `max_retries > 0`). The first attempt cannot
+//! go out without that copy: the inner service takes the request by value
+//! and gives nothing back once it has tried to send it. What remains is the
+//! copy, the shared policy's reference count (one increment, one
+//! decrement) and the future's moves.
 //!
 //! # How
 //!

@@ -764,13 +764,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
-        let seen = seen.lock().unwrap();
-        assert!(seen[0].is_none());
-        let (second, third) = (seen[1].as_ref().unwrap(), seen[2].as_ref().unwrap());
-        assert!(third.contains_id(2) && third.contains_id(3));
-        assert_eq!(second.len(), third.len());
+        {
+            let seen = seen.lock().unwrap();
+            assert!(seen[0].is_none());
+            let (second, third) = (seen[1].as_ref().unwrap(), seen[2].as_ref().unwrap());
+            assert!(third.contains_id(2) && third.contains_id(3));
+            assert_eq!(second.len(), third.len());
+        }
         // A request that succeeds at once leaves no record on the next one.
-        drop(seen);
         let mut ok = tower::retry::Retry::new(
             RetryPolicy::new(config()).unwrap(),
             tower::service_fn(|req: Request<Full<Bytes>>| {
