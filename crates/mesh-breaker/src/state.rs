@@ -847,4 +847,55 @@ mod tests {
         assert!(CircuitState::Disabled.admits_all() && !CircuitState::HalfOpen.admits_all());
         assert_eq!(CircuitState::HalfOpen.to_string(), "half_open");
     }
+
+    fn shared(config: &BreakerConfig) -> Shared {
+        Shared::new(config, Availability::new(), None, None, u64::MAX)
+    }
+
+    /// The steady-state shortcut: only where a success changes nothing.
+    #[test]
+    fn a_success_is_a_noop_only_where_it_changes_nothing() {
+        use CircuitState::*;
+        let s = shared(&BreakerConfig::default());
+        let at = |state| pack(7, state);
+        for (state, noop) in [
+            (Closed, true),
+            (Disabled, true),
+            (ForcedClosed, true),
+            (Open, false),
+            (HalfOpen, false),
+            (ForcedOpen, false),
+        ] {
+            assert_eq!(s.success_is_noop(at(state)), noop, "{state}");
+        }
+        // A failure in a row: the next success must clear it...
+        s.consecutive.0.store(1, Ordering::Relaxed);
+        assert!(!s.success_is_noop(at(Closed)) && !s.success_is_noop(at(Disabled)));
+        // ...except where nothing is counted.
+        assert!(s.success_is_noop(at(ForcedClosed)));
+
+        // A count window that is not yet full must count the success.
+        let s = shared(&BreakerConfig {
+            consecutive_failures: None,
+            window: Some(crate::WindowConfig::count(2, 1, 0.5)),
+            ..BreakerConfig::default()
+        });
+        assert!(!s.success_is_noop(at(Closed)));
+        for _ in 0..2 {
+            s.window.as_ref().unwrap().record(false, false);
+        }
+        assert!(s.success_is_noop(at(Closed)));
+
+        // A slow-call policy needs every call's start time.
+        let s = shared(&BreakerConfig {
+            window: Some(
+                crate::WindowConfig::count(2, 1, 0.5).with_slow_calls(Duration::from_secs(1), 0.5),
+            ),
+            ..BreakerConfig::default()
+        });
+        assert!(s.needs_start());
+        for state in [Closed, Disabled, ForcedClosed] {
+            assert!(!s.success_is_noop(at(state)), "{state}");
+        }
+    }
 }
