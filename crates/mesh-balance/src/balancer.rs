@@ -273,6 +273,7 @@ impl Balancer {
         Some(LoadGuard::new(
             &snap.slots[index].state,
             if timed { ctx.now } else { None },
+            index,
         ))
     }
 
@@ -286,7 +287,8 @@ impl Balancer {
         self.len() == 0
     }
 
-    /// The endpoints in the set (allocates; not for the request path).
+    /// The endpoints in the set, in the order of [`LoadGuard::slot`]
+    /// (allocates; not for the request path).
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.shared
             .snapshot

@@ -25,17 +25,20 @@ pub struct LoadGuard {
     /// When the request started (ns since the balancer's epoch), if this
     /// strategy uses latency.
     started_ns: Option<u64>,
+    /// Where the endpoint sits in the set it was picked from.
+    slot: usize,
 }
 
 impl LoadGuard {
     /// Counts one more request in flight to `state`.
     #[inline]
-    pub(crate) fn new(state: &Arc<EndpointState>, started_ns: Option<u64>) -> Self {
+    pub(crate) fn new(state: &Arc<EndpointState>, started_ns: Option<u64>, slot: usize) -> Self {
         #[cfg(feature = "metrics")]
         state.picks.increment(1);
         Self {
             state: Arc::clone(state),
             started_ns,
+            slot,
         }
     }
 
@@ -57,6 +60,16 @@ impl LoadGuard {
     #[inline]
     pub fn key_id(&self) -> u64 {
         self.state.id
+    }
+
+    /// The chosen endpoint's position in the set it was picked from: its
+    /// index in [`Balancer::endpoints`](crate::Balancer::endpoints) as long
+    /// as no update replaced that set. A caller that keeps per-endpoint data
+    /// in the same order finds it without a lookup (check the key id: the
+    /// set may have changed since).
+    #[inline]
+    pub fn slot(&self) -> usize {
+        self.slot
     }
 
     /// The chosen endpoint's availability signal (the one its breaker

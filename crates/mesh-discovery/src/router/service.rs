@@ -87,12 +87,40 @@ where
     host: HostHeader,
 }
 
-/// Every endpoint's stack, by endpoint-key id.
+/// Every endpoint's stack, in the order of the balancer's set it was built
+/// with, so a pick finds its stack at the slot the balancer chose (one
+/// cache line, no hashing) and falls back to the key-id index only when the
+/// two sets are not the same (an update in progress).
 pub(crate) struct Table<T> {
-    stacks: HashMap<u64, EndpointStack<T>, BuildHasherDefault<IdHasher>>,
+    stacks: Vec<EndpointStack<T>>,
+    /// Key id -> position in `stacks`.
+    index: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
+}
+
+impl<T> Table<T> {
+    fn empty() -> Self {
+        Self {
+            stacks: Vec::new(),
+            index: HashMap::default(),
+        }
+    }
+
+    /// The stack of the endpoint the balancer chose at `slot`, `id` its key id.
+    #[inline]
+    fn get(&self, slot: usize, id: u64) -> Option<&EndpointStack<T>> {
+        match self.stacks.get(slot) {
+            Some(stack) if stack.id == id => Some(stack),
+            _ => self.by_id(id),
+        }
+    }
+
+    fn by_id(&self, id: u64) -> Option<&EndpointStack<T>> {
+        self.index.get(&id).map(|&i| &self.stacks[i])
+    }
 }
 
 struct EndpointStack<T> {
+    id: u64,
     endpoint: Endpoint,
     availability: Availability,
     service: T,
@@ -143,9 +171,7 @@ where
             layer,
             classifier,
             balancer,
-            table: Arc::new(ArcSwap::from_pointee(Table {
-                stacks: HashMap::default(),
-            })),
+            table: Arc::new(ArcSwap::from_pointee(Table::empty())),
             applied: Mutex::new(None),
             ready_timeout,
             host,
@@ -171,9 +197,21 @@ where
             .table
             .load()
             .stacks
-            .values()
+            .iter()
             .map(|s| s.endpoint.clone())
             .collect()
+    }
+
+    /// Whether every stack sits at its endpoint's slot in the balancer's set.
+    #[cfg(test)]
+    pub(crate) fn table_matches_slots(&self) -> bool {
+        let table = self.shared.table.load();
+        let endpoints = self.shared.balancer.endpoints();
+        endpoints.len() == table.stacks.len()
+            && endpoints
+                .iter()
+                .zip(&table.stacks)
+                .all(|(ep, stack)| ep.key().id() == stack.id)
     }
 
     /// Applies the source's latest set if it changed since this clone last
@@ -217,7 +255,8 @@ where
             .update(targets.iter().map(|t| t.endpoint().clone()));
 
         let old = self.table.load_full();
-        let mut stacks = HashMap::with_capacity_and_hasher(targets.len(), Default::default());
+        let mut built: HashMap<u64, EndpointStack<L::Service>, BuildHasherDefault<IdHasher>> =
+            HashMap::with_capacity_and_hasher(targets.len(), Default::default());
         for target in targets {
             let ep = target.endpoint();
             let Some(availability) = self.balancer.availability(ep.key()) else {
@@ -225,11 +264,11 @@ where
             };
             let id = ep.key().id();
             let kept = old
-                .stacks
-                .get(&id)
+                .by_id(id)
                 .filter(|s| s.availability.ptr_eq(&availability) && same_route(&s.endpoint, ep));
             let stack = match kept {
                 Some(s) => EndpointStack {
+                    id,
                     endpoint: ep.clone(),
                     availability,
                     service: s.service.clone(),
@@ -242,17 +281,18 @@ where
                     let rewrite = Rewrite::new(Arc::clone(&target), self.host, self.inner.clone());
                     let service = availability.scope(|| self.layer.layer(rewrite));
                     EndpointStack {
+                        id,
                         endpoint: ep.clone(),
                         availability,
                         service,
                     }
                 }
             };
-            stacks.insert(id, stack);
+            built.insert(id, stack);
         }
-        for (id, old_stack) in &old.stacks {
-            let replaced = stacks
-                .get(id)
+        for old_stack in &old.stacks {
+            let replaced = built
+                .get(&old_stack.id)
                 .is_some_and(|s| s.availability.ptr_eq(&old_stack.availability));
             if !replaced {
                 tracing::info!(
@@ -261,7 +301,17 @@ where
                 );
             }
         }
-        self.table.store(Arc::new(Table { stacks }));
+        // In the balancer's slot order (an update made meanwhile by someone
+        // else only costs picks the fallback lookup by key id).
+        let mut stacks = Vec::with_capacity(built.len());
+        for ep in self.balancer.endpoints() {
+            if let Some(stack) = built.remove(&ep.key().id()) {
+                stacks.push(stack);
+            }
+        }
+        stacks.extend(built.into_values());
+        let index = stacks.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        self.table.store(Arc::new(Table { stacks, index }));
         *applied = Some(set.version());
     }
 
@@ -278,7 +328,7 @@ where
         let mut guard = picker.pick(tried)?;
         // An endpoint the balancer just learned may not have its stack yet
         // (a rebuild is in progress): the caller waits and looks again.
-        let mut stack = table.stacks.get(&guard.key_id())?;
+        let mut stack = table.get(guard.slot(), guard.key_id())?;
         if !stack.availability.is_available() {
             // `None`: every endpoint is unavailable; the caller's wait path
             // decides whether waiting can help.
@@ -321,7 +371,7 @@ where
                 break;
             }
             avoid.record_id(id);
-            let Some(stack) = table.stacks.get(&id) else {
+            let Some(stack) = table.by_id(id) else {
                 continue;
             };
             if !stack.availability.is_available() {
@@ -348,7 +398,7 @@ where
         table.stacks.is_empty()
             || table
                 .stacks
-                .values()
+                .iter()
                 .any(|s| s.availability.may_be_available_by(deadline))
     }
 
@@ -358,7 +408,7 @@ where
         let table = self.table.load();
         let unavailable = table
             .stacks
-            .values()
+            .iter()
             .filter(|s| !s.availability.is_available())
             .count();
         NoReadyEndpoint {

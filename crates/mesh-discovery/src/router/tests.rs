@@ -85,6 +85,34 @@ async fn removal_is_applied_before_the_next_request() {
     assert_eq!(svc.endpoints().len(), 1);
 }
 
+#[tokio::test]
+async fn stacks_follow_the_balancer_slots_through_churn() {
+    let (source, discovery) = ChannelSource::new("users");
+    let all: Vec<_> = (1..=12).map(|i| ep(&format!("10.0.0.{i}:80"))).collect();
+    source.set(all.clone());
+    let layer = DiscoveryLayer::builder(discovery).build().unwrap();
+    let mut svc = layer.layer(echo());
+    for round in 0..30usize {
+        // Drop some, reorder the rest, then route.
+        let mut set: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i + round) % 4 != 0)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let n = set.len();
+        set.rotate_left(round % n);
+        let expected: std::collections::HashSet<String> =
+            set.iter().map(|e| e.address().to_string()).collect();
+        source.set(set);
+        for _ in 0..10 {
+            let got = send(&mut svc).await.unwrap();
+            assert!(expected.contains(&got), "round {round}: {got}");
+        }
+        assert!(svc.table_matches_slots(), "round {round}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_endpoint_fails_fast_with_a_typed_error() {
     let (_source, discovery) = ChannelSource::new("users");
