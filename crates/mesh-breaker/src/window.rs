@@ -303,11 +303,11 @@ impl TimeWindow {
         (index, slot as usize)
     }
 
-    /// This thread's ring.
+    /// Slot `slot` (below `len`) of this thread's ring: one bounds check.
     #[inline]
-    fn ring(&self) -> &[Bucket] {
-        let start = STRIPE_GAP + (thread_stripe() & self.stripe_mask) * self.stride;
-        &self.buckets[start..start + self.len as usize]
+    fn slot_of_this_thread(&self, slot: usize) -> &Bucket {
+        debug_assert!((slot as u64) < self.len);
+        &self.buckets[STRIPE_GAP + (thread_stripe() & self.stripe_mask) * self.stride + slot]
     }
 
     /// The bucket `index` falls in (its ring slot is `slot`), recycled first
@@ -316,7 +316,7 @@ impl TimeWindow {
     #[inline]
     fn bucket(&self, index: u64, slot: usize) -> Option<&Bucket> {
         let tag = index + 1;
-        let bucket = &self.ring()[slot];
+        let bucket = self.slot_of_this_thread(slot);
         let epoch = bucket.epoch.load(Relaxed);
         if epoch != tag {
             if epoch > tag {
@@ -337,13 +337,13 @@ impl TimeWindow {
 
     /// Counts a call when it is let through: its result then only needs
     /// recording if it is a failure or slow, so a success touches nothing.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn admit(&self) {
         self.admit_at(self.clock.elapsed_nanos());
     }
 
     /// [`admit`](Self::admit) at `now_nanos` on the window's clock.
-    #[inline]
+    #[inline(always)]
     fn admit_at(&self, now_nanos: u64) {
         let (index, slot) = self.locate(now_nanos);
         if let Some(b) = self.bucket(index, slot) {
