@@ -24,6 +24,11 @@
 //!   connection pool, warmed up before the first round.
 //! - Rounds alternate (bare, mesh, then mesh, bare, ...), so drifting machine
 //!   load hits both alike; medians of the rounds are reported.
+//! - Each round also reports the CPU time the whole process (client and
+//!   server threads) spent per call, from `/proc/self/task/*/schedstat`. On a
+//!   machine that other work shares, req/s follows everyone's load; the CPU
+//!   a call costs moves much less, and bare/mesh of it is the throughput
+//!   ratio a CPU-bound machine would see.
 //!
 //! Client and server share the machine's cores: on a 2-core machine each gets
 //! about one, and the figures are a comparison, not a capacity figure.
@@ -36,7 +41,9 @@
 //! `--rounds 5` (`HTTP_LOAD_ROUNDS`), `--warmup 1s` (`HTTP_LOAD_WARMUP`),
 //! `--concurrency 32` (`HTTP_LOAD_CONCURRENCY`), `--servers 2`
 //! (`HTTP_LOAD_SERVERS`), `--client-threads 1`, `--server-threads 1`
-//! (`HTTP_LOAD_CLIENT_THREADS`, `HTTP_LOAD_SERVER_THREADS`), and
+//! (`HTTP_LOAD_CLIENT_THREADS`, `HTTP_LOAD_SERVER_THREADS`),
+//! `--variants bare,mesh` (`HTTP_LOAD_VARIANTS`; one variant alone is for
+//! profiling it, e.g. under `perf stat`), and
 //! `--json PATH` (`HTTP_LOAD_JSON`) to write the results as JSON (what
 //! `bench-report` reads to write `BENCHMARKS.md`). Criterion's flags, which
 //! `cargo bench -p mesh-bench -- ...` passes to every bench, are ignored; a
@@ -82,12 +89,14 @@ struct Settings {
     client_threads: usize,
     server_threads: usize,
     json: Option<String>,
+    /// The variants to run (both by default; one alone is for profiling).
+    variants: Vec<Variant>,
     /// A bench-name filter given to every bench by `cargo bench -- NAME`.
     filter: Option<String>,
 }
 
 /// The flags this bench reads; every other flag is ignored with a warning.
-const OWN_FLAGS: [&str; 8] = [
+const OWN_FLAGS: [&str; 9] = [
     "duration",
     "warmup",
     "rounds",
@@ -96,6 +105,7 @@ const OWN_FLAGS: [&str; 8] = [
     "client-threads",
     "server-threads",
     "json",
+    "variants",
 ];
 
 /// Criterion's flags that take no value (the others' values are skipped too).
@@ -123,6 +133,7 @@ impl Settings {
             client_threads: 1,
             server_threads: 1,
             json: env("HTTP_LOAD_JSON"),
+            variants: vec![Variant::Bare, Variant::Mesh],
             filter: None,
         };
         let mut pairs: Vec<(String, String)> = [
@@ -133,6 +144,7 @@ impl Settings {
             ("servers", "HTTP_LOAD_SERVERS"),
             ("client-threads", "HTTP_LOAD_CLIENT_THREADS"),
             ("server-threads", "HTTP_LOAD_SERVER_THREADS"),
+            ("variants", "HTTP_LOAD_VARIANTS"),
         ]
         .into_iter()
         .filter_map(|(flag, var)| env(var).map(|v| (flag.to_owned(), v)))
@@ -182,11 +194,15 @@ impl Settings {
                 "client-threads" => s.client_threads = parse_count(&value, 1, 256).map_err(bad)?,
                 "server-threads" => s.server_threads = parse_count(&value, 1, 256).map_err(bad)?,
                 "json" => s.json = Some(value),
+                "variants" => s.variants = parse_variants(&value).map_err(bad)?,
                 other => return Err(format!("unknown flag --{other}")),
             }
         }
         if s.duration.is_zero() {
             return Err("--duration must be above zero".into());
+        }
+        if s.json.is_some() && s.variants.len() < 2 {
+            return Err("--json needs both variants".into());
         }
         Ok(s)
     }
@@ -212,6 +228,25 @@ fn parse_duration(v: &str) -> Result<Duration, String> {
         return Err("must be between 0 and 1h".into());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `bare,mesh` (the default), `bare` or `mesh`.
+fn parse_variants(v: &str) -> Result<Vec<Variant>, String> {
+    let mut out = Vec::new();
+    for name in v.split(',').map(str::trim) {
+        let variant = match name {
+            "bare" => Variant::Bare,
+            "mesh" => Variant::Mesh,
+            _ => return Err(format!("unknown variant {name:?} (bare, mesh)")),
+        };
+        if !out.contains(&variant) {
+            out.push(variant);
+        }
+    }
+    if out.is_empty() {
+        return Err("names no variant".into());
+    }
+    Ok(out)
 }
 
 fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
@@ -441,6 +476,8 @@ struct Round {
     p99_us: f64,
     p999_us: f64,
     max_us: f64,
+    /// CPU time of the whole process (client and server) per call.
+    cpu_us_per_call: f64,
 }
 
 async fn run_round(
@@ -452,6 +489,7 @@ async fn run_round(
     concurrency: usize,
 ) -> Result<Round, BoxError> {
     let hits_before = servers.hits();
+    let cpu_before = cpu_ns();
     let start = Instant::now();
     let end = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -501,6 +539,12 @@ async fn run_round(
         }
     }
     let secs = (finished - start).as_secs_f64();
+    let cpu_us_per_call = match (cpu_before, cpu_ns()) {
+        (Some(before), Some(after)) if ok + errors > 0 => {
+            after.saturating_sub(before) as f64 / 1_000.0 / (ok + errors) as f64
+        }
+        _ => f64::NAN,
+    };
     let us = |ns: u64| ns as f64 / 1_000.0;
     Ok(Round {
         variant,
@@ -514,7 +558,27 @@ async fn run_round(
         p99_us: us(histogram.value_at_quantile(0.99)),
         p999_us: us(histogram.value_at_quantile(0.999)),
         max_us: us(histogram.max()),
+        cpu_us_per_call,
     })
+}
+
+/// The CPU time this process's threads have run so far, in nanoseconds
+/// (Linux: the sum of `/proc/self/task/*/schedstat`; `None` elsewhere).
+///
+/// Throughput on a shared machine moves with everyone else's load; the CPU
+/// each call costs does much less, so it is the steadier comparison.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let mut path = task.ok()?.path();
+        path.push("schedstat");
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 // ===== report =====
@@ -538,6 +602,7 @@ struct Summary {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    cpu_us_per_call: f64,
     ok: u64,
     errors: u64,
     retries: u64,
@@ -551,6 +616,7 @@ fn summarize(rounds: &[Round], variant: Variant) -> Summary {
         p50_us: pick(|r| r.p50_us),
         p99_us: pick(|r| r.p99_us),
         p999_us: pick(|r| r.p999_us),
+        cpu_us_per_call: pick(|r| r.cpu_us_per_call),
         ok: mine.iter().map(|r| r.ok).sum(),
         errors: mine.iter().map(|r| r.errors).sum(),
         retries: mine
@@ -612,7 +678,7 @@ fn run(s: &Settings) -> Result<(), BoxError> {
     let rounds = rt.block_on(async {
         let contenders = Contenders::new(&servers.addrs)?;
         if !s.warmup.is_zero() {
-            for variant in [Variant::Bare, Variant::Mesh] {
+            for &variant in &s.variants {
                 let w =
                     run_round(&contenders, &servers, variant, 0, s.warmup, s.concurrency).await?;
                 if w.ok == 0 {
@@ -627,7 +693,7 @@ fn run(s: &Settings) -> Result<(), BoxError> {
         }
         println!();
         println!(
-            "  {:<7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+            "  {:<7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>8} {:>8}",
             "variant",
             "round",
             "calls",
@@ -635,16 +701,16 @@ fn run(s: &Settings) -> Result<(), BoxError> {
             "p50 us",
             "p99 us",
             "p99.9 us",
+            "cpu us/call",
             "errors",
             "retries"
         );
         let mut rounds = Vec::with_capacity(2 * s.rounds);
         for round in 1..=s.rounds {
-            let order = if round % 2 == 1 {
-                [Variant::Bare, Variant::Mesh]
-            } else {
-                [Variant::Mesh, Variant::Bare]
-            };
+            let mut order = s.variants.clone();
+            if round % 2 == 0 {
+                order.reverse();
+            }
             for variant in order {
                 let r = run_round(
                     &contenders,
@@ -656,7 +722,7 @@ fn run(s: &Settings) -> Result<(), BoxError> {
                 )
                 .await?;
                 println!(
-                    "  {:<7} {:>5} {:>10} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>8} {:>8}",
+                    "  {:<7} {:>5} {:>10} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>8} {:>8}",
                     variant.name(),
                     round,
                     r.ok,
@@ -664,6 +730,7 @@ fn run(s: &Settings) -> Result<(), BoxError> {
                     r.p50_us,
                     r.p99_us,
                     r.p999_us,
+                    r.cpu_us_per_call,
                     r.errors,
                     r.server_hits.saturating_sub(r.ok + r.errors)
                 );
@@ -686,14 +753,25 @@ fn run(s: &Settings) -> Result<(), BoxError> {
     println!();
     println!("  medians of {} rounds:", s.rounds);
     println!(
-        "  {:<7} {:>10} {:>10} {:>10} {:>10}",
-        "variant", "req/s", "p50 us", "p99 us", "p99.9 us"
+        "  {:<7} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "variant", "req/s", "p50 us", "p99 us", "p99.9 us", "cpu us/call"
     );
-    for (name, v) in [("bare", bare), ("mesh", mesh)] {
-        println!(
-            "  {name:<7} {:>10.0} {:>10.1} {:>10.1} {:>10.1}",
-            v.rps, v.p50_us, v.p99_us, v.p999_us
-        );
+    for (variant, v) in [(Variant::Bare, bare), (Variant::Mesh, mesh)] {
+        if s.variants.contains(&variant) {
+            println!(
+                "  {:<7} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>11.2}",
+                variant.name(),
+                v.rps,
+                v.p50_us,
+                v.p99_us,
+                v.p999_us,
+                v.cpu_us_per_call
+            );
+        }
+    }
+    if s.variants.len() < 2 {
+        // One variant alone (for a profiler): nothing to compare.
+        return Ok(());
     }
     println!(
         "  mesh throughput {:.1} % of bare (target >= 95 %: {}); p99 {:+.1} us (target <= +50 us: {})",
@@ -701,6 +779,16 @@ fn run(s: &Settings) -> Result<(), BoxError> {
         yes_no(throughput_met),
         p99_delta,
         yes_no(p99_met)
+    );
+    // What the throughput ratio would be if the CPU were the only limit:
+    // steadier than req/s when other work shares the machine.
+    let cpu_ratio = bare.cpu_us_per_call / mesh.cpu_us_per_call;
+    println!(
+        "  CPU per call (client + server): bare {:.2} us, mesh {:.2} us (+{:.2} us); bare/mesh {:.1} %",
+        bare.cpu_us_per_call,
+        mesh.cpu_us_per_call,
+        mesh.cpu_us_per_call - bare.cpu_us_per_call,
+        cpu_ratio * 100.0
     );
     println!(
         "  errors: bare {}, mesh {}; mesh retries seen by the server: {}; load average at end {load_end}",
@@ -713,12 +801,13 @@ fn run(s: &Settings) -> Result<(), BoxError> {
                 "variant": r.variant.name(), "round": r.round, "ok": r.ok, "errors": r.errors,
                 "server_hits": r.server_hits, "secs": r.secs, "rps": r.rps,
                 "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us, "max_us": r.max_us,
+                "cpu_us_per_call": r.cpu_us_per_call,
             })
         };
         let summary_json = |v: Summary| {
             serde_json::json!({
                 "rps": v.rps, "p50_us": v.p50_us, "p99_us": v.p99_us, "p999_us": v.p999_us,
-                "ok": v.ok, "errors": v.errors, "retries": v.retries,
+                "cpu_us_per_call": v.cpu_us_per_call, "ok": v.ok, "errors": v.errors, "retries": v.retries,
             })
         };
         let doc = serde_json::json!({
@@ -734,6 +823,7 @@ fn run(s: &Settings) -> Result<(), BoxError> {
             "mesh": summary_json(mesh),
             "throughput_ratio": ratio,
             "p99_delta_us": p99_delta,
+            "cpu_ratio": cpu_ratio,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         println!("  results written to {path}");

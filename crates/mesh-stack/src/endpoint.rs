@@ -1,7 +1,6 @@
 //! [`EndpointLayer`]: what every endpoint of a service gets.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_breaker::{CircuitBreaker, CircuitBreakerLayer};
@@ -15,14 +14,17 @@ use tower_layer::Layer;
 /// appears, inside the endpoint's availability scope, so each endpoint has
 /// its own breaker and the balancer sees its state. A timed-out attempt is a
 /// failure for the breaker.
+///
+/// `C` is the breaker's classifier, cloned into each call's future: keep it
+/// small (a zero-sized `DefaultHttpClassifier`, or an `Arc`).
 pub struct EndpointLayer<C> {
-    breaker: CircuitBreakerLayer<Arc<C>>,
+    breaker: CircuitBreakerLayer<C>,
     attempt_timeout: Duration,
 }
 
 impl<C> EndpointLayer<C> {
     /// A breaker built by `breaker` over a timeout of `attempt_timeout`.
-    pub fn new(breaker: CircuitBreakerLayer<Arc<C>>, attempt_timeout: Duration) -> Self {
+    pub fn new(breaker: CircuitBreakerLayer<C>, attempt_timeout: Duration) -> Self {
         Self {
             breaker,
             attempt_timeout,
@@ -35,7 +37,7 @@ impl<C> EndpointLayer<C> {
     }
 }
 
-impl<C> Clone for EndpointLayer<C> {
+impl<C: Clone> Clone for EndpointLayer<C> {
     fn clone(&self) -> Self {
         Self {
             breaker: self.breaker.clone(),
@@ -53,8 +55,8 @@ impl<C: fmt::Debug> fmt::Debug for EndpointLayer<C> {
     }
 }
 
-impl<S, C> Layer<S> for EndpointLayer<C> {
-    type Service = CircuitBreaker<Timeout<S>, Arc<C>>;
+impl<S, C: Clone> Layer<S> for EndpointLayer<C> {
+    type Service = CircuitBreaker<Timeout<S>, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         self.breaker

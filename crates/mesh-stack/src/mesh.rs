@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mesh_breaker::CircuitBreakerLayer;
-use mesh_core::classify::{GrpcClassifier, HttpClassifier};
+use mesh_core::classify::{DefaultHttpClassifier, GrpcClassifier};
 use mesh_core::config::InvalidConfig;
 use mesh_discovery::consul::{
     ConsulClient, ConsulConfig, ConsulDiscovery, HealthQuery, WatchConfig,
@@ -21,8 +21,13 @@ use crate::endpoint::EndpointLayer;
 /// The ready-made client stack of one service over the inner client `S`:
 /// retry, then the discovery router, then per endpoint a breaker and a
 /// timeout. `Clone` and cheap to clone; no `Buffer`.
-pub type MeshService<S, C = HttpClassifier> =
-    RetryService<DiscoveryService<S, EndpointLayer<C>, C>, Arc<C>>;
+///
+/// `C` is the classifier every layer holds. The router and the breaker clone
+/// it into each call's future, so it is small: the default,
+/// [`DefaultHttpClassifier`], is zero-sized (a configured `HttpClassifier`
+/// is 280 bytes: share one through an `Arc`, see [`Mesh::layer`]).
+pub type MeshService<S, C = DefaultHttpClassifier> =
+    RetryService<DiscoveryService<S, EndpointLayer<C>, C>, C>;
 
 /// The gRPC stack: [`MeshService`] with gRPC classification, behind a
 /// [`ReplayBodyLayer`] so streaming tonic bodies can be retried.
@@ -216,21 +221,27 @@ impl Mesh {
     /// The stack of the service `name` as a layer, classifying with
     /// `classifier` (for [`ServiceBuilderExt::mesh`](crate::ServiceBuilderExt::mesh)
     /// or to wrap several inner clients).
+    ///
+    /// The router and every endpoint's breaker clone `classifier` into each
+    /// call's future: pass a small one, such as [`DefaultHttpClassifier`]
+    /// (zero-sized; what [`http_client`](Self::http_client) uses) or a
+    /// [`GrpcClassifier`] (32 bytes), and share a configured
+    /// [`HttpClassifier`](mesh_core::classify::HttpClassifier) (280 bytes)
+    /// through an `Arc`.
     pub fn layer<C: Clone>(&self, name: &str, classifier: C) -> Result<MeshLayer<C>, MeshError> {
         let config = self.service_config(name)?;
         let discovery = self.discovery(name)?;
-        let classifier_arc = Arc::new(classifier.clone());
         let breaker = CircuitBreakerLayer::new(config.endpoint_breaker_config())
             .map_err(|e| e.nest(&format!("services.{name}.breaker")))?
-            .with_classifier(Arc::clone(&classifier_arc))
+            .with_classifier(classifier.clone())
             .name(name.to_owned());
         let router = DiscoveryLayer::builder(discovery)
             .config(config.router_config())
             .endpoint_layer(EndpointLayer::new(breaker, config.attempt_timeout))
-            .classifier(classifier)
+            .classifier(classifier.clone())
             .build()
             .map_err(|e| e.nest(&format!("services.{name}")))?;
-        let retry = RetryLayer::with_classifier(config.retry.clone(), classifier_arc)
+        let retry = RetryLayer::with_classifier(config.retry.clone(), classifier)
             .map_err(|e| e.nest(&format!("services.{name}.retry")))?;
         Ok(MeshLayer { retry, router })
     }
@@ -244,7 +255,7 @@ impl Mesh {
     where
         S: Clone,
     {
-        Ok(self.layer(name, HttpClassifier::default())?.layer(inner))
+        Ok(self.layer(name, DefaultHttpClassifier)?.layer(inner))
     }
 
     /// The stack of the service `name` over an HTTP/2 client for a generated
@@ -277,8 +288,8 @@ impl Mesh {
 
 /// The ready-made stack of one service as a [`Layer`]: wraps an inner client
 /// in a [`MeshService`]. From [`Mesh::layer`].
-pub struct MeshLayer<C = HttpClassifier> {
-    retry: RetryLayer<Arc<C>>,
+pub struct MeshLayer<C = DefaultHttpClassifier> {
+    retry: RetryLayer<C>,
     router: DiscoveryLayer<EndpointLayer<C>, C>,
 }
 
@@ -289,7 +300,7 @@ impl<C> MeshLayer<C> {
     }
 
     /// The retry layer (its policy and budget).
-    pub fn retry(&self) -> &RetryLayer<Arc<C>> {
+    pub fn retry(&self) -> &RetryLayer<C> {
         &self.retry
     }
 }
@@ -427,7 +438,9 @@ mod tests {
             MeshConfig::new().service("users", ServiceConfig::with_static([ep("10.0.0.2:80")])),
         )
         .unwrap();
-        let layer = mesh.layer("users", HttpClassifier::default()).unwrap();
+        // A configured classifier is shared through an `Arc`.
+        let classifier = Arc::new(mesh_core::classify::HttpClassifier::default());
+        let layer = mesh.layer("users", classifier).unwrap();
         assert_eq!(layer.router().discovery().name(), "users");
         let users = tower::ServiceBuilder::new().mesh(layer).service(echo());
         assert_eq!(call(&users).await, "10.0.0.2:80");
