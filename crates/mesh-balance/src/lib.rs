@@ -48,9 +48,24 @@
 //! from `fastrand`'s thread-local generator (seed it with `fastrand::seed`
 //! in tests).
 //!
+//! A caller that picks often from one place (the discovery router's
+//! services, a worker) takes a [`Picker`] from [`Balancer::picker`]: it
+//! caches the set and sees every update at once, with one plain atomic load
+//! per pick instead of the `ArcSwap` load (two atomic read-modify-writes).
+//!
+//! What a p2c peak-EWMA pick + record costs, and why: two reads of the
+//! monotonic clock (when the request started and when it ended; 31-45 ns
+//! each on a virtual machine, the floor of this design, since tokio's clock
+//! must be used for tests with paused time to work), one atomic increment
+//! and one decrement (the guard's reference, which is the in-flight count),
+//! and a few dozen instructions: one random number gives both candidates,
+//! the latency sample is stored without a compare-and-swap loop, and the
+//! decay of an idle endpoint's estimate calls `exp` only when it was idle
+//! for more than a thousandth of the decay time.
+//!
 //! The crate does no I/O and knows no discovery source or service type: the
 //! discovery router feeds it endpoints and maps each pick to the endpoint's
-//! own stack.
+//! own stack ([`LoadGuard::slot`] says where the endpoint sits in the set).
 //!
 //! # Example
 //!

@@ -23,7 +23,9 @@
 //! - **Rewrite.** The request's scheme and authority become the endpoint's
 //!   (`http::Request`, with no allocation), or its URL's host and port
 //!   (`reqwest::Request`). The `Host` header is kept unless
-//!   configured otherwise ([`HostHeader`]).
+//!   configured otherwise ([`HostHeader`]). Each endpoint's `host:port` text
+//!   is interned once per distinct address for the life of the process, so
+//!   writing it into a request costs no atomic reference count.
 //! - **Pick.** The balancer's strategy, honouring availability, weights, slow
 //!   start and the [`TriedEndpoints`](mesh_core::TriedEndpoints) record that
 //!   retry puts in the request (the router records each endpoint it sends an
@@ -43,7 +45,23 @@
 //!
 //! `poll_ready` is always ready: readiness belongs to each endpoint, and a
 //! router that reported "not ready" because one endpoint was would stall the
-//! healthy ones.
+//! healthy ones. `call` asks the chosen endpoint's stack whether it is ready
+//! (with a no-op waker) and, when it is (the usual case), sends the request
+//! at once, so the returned future holds only the stack's response future;
+//! a stack that is not ready is asked again, with the caller's waker, when
+//! the future is polled.
+//!
+//! # Cost per call
+//!
+//! Each service clone caches its views of the balancer's set
+//! ([`Picker`](mesh_balance::Picker)) and of the stacks, and checks them with
+//! one plain atomic load each; the stacks are kept in the balancer's slot
+//! order, so the picked endpoint's stack is found at its slot without a
+//! lookup. What remains: the p2c pick and the record of its outcome (two
+//! clock reads, 31-45 ns each on a virtual machine, and one atomic increment
+//! and decrement), one clone of the endpoint's stack (an atomic increment and
+//! decrement for [`Rewrite`]), and the URI rewrite. The cost barely depends
+//! on the number of endpoints.
 //!
 //! # Example
 //!

@@ -30,10 +30,12 @@ pub enum HostHeader {
 /// One endpoint, ready to be written into requests: the authority is built
 /// once, when the endpoint arrives, not per request.
 ///
-/// The authority text is interned (see [`intern`]), so the `Authority` and
-/// `Host` value written into each request are static: cloning them into a
-/// request costs no atomic reference count, where a heap-backed one costs two
-/// atomic read-modify-writes per request (~18 ns here) and a cache line.
+/// The authority text is interned: one `'static` copy per distinct address
+/// for the life of the process (a few dozen bytes each, never freed; made
+/// when an endpoint joins, never per request). So the `Authority` and `Host`
+/// value written into each request are static: cloning them into a request
+/// costs no atomic reference count, where a heap-backed one costs two atomic
+/// read-modify-writes per request (~18 ns here) and a cache line.
 #[derive(Clone)]
 pub struct EndpointTarget {
     endpoint: Endpoint,
