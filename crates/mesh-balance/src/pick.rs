@@ -303,16 +303,24 @@ impl Balancer {
     }
 
     /// `(pushed back, latency × (in-flight + 1) / effective weight)`.
+    ///
+    /// The slow-start factor and the pushback deadline are looked at only
+    /// when the snapshot has a ramping endpoint or this endpoint was ever
+    /// pushed back: the common case is a few loads and three multiplications.
     #[inline]
     fn latency_cost(&self, ctx: &mut Ctx<'_>, i: usize) -> (bool, f64) {
-        let slot = &ctx.snap.slots[i];
+        let snap = ctx.snap;
+        let slot = &snap.slots[i];
+        let state = &*slot.state;
         let in_flight = in_flight(&slot.state);
-        let rtt = slot.state.rtt_view(ctx.now(), in_flight);
-        let weight = f64::from(slot.weight) * self.ramp(ctx, i);
-        (
-            Self::pushed_back(ctx, i),
-            rtt * f64::from(in_flight + 1) / weight,
-        )
+        let now = ctx.now();
+        let rtt = state.rtt_view(now, in_flight);
+        let mut weight = f64::from(slot.weight);
+        if snap.ramp_until.load(Ordering::Relaxed) != 0 {
+            weight *= self.ramp(ctx, i);
+        }
+        let pushed_back = state.may_be_pushed_back() && state.pushed_back(now);
+        (pushed_back, rtt * f64::from(in_flight + 1) / weight)
     }
 
     /// `(pushed back, (in-flight + 1) / effective weight)`.
