@@ -247,19 +247,19 @@ impl<'a> Parser<'a, '_> {
         self.reader.expect(b'{', "expected a health entry object")?;
         let (mut node, mut service, mut checks) = (false, false, false);
         let mut first = true;
-        while let Some(key) = self.reader.key(&mut first)? {
+        while let Some(key) = self.reader.name(&mut first)? {
             match &*key {
-                "Node" => {
+                b"Node" => {
                     dup(node, &self.reader, "Node")?;
                     node = true;
                     self.node()?;
                 }
-                "Service" => {
+                b"Service" => {
                     dup(service, &self.reader, "Service")?;
                     service = true;
                     self.service()?;
                 }
-                "Checks" => {
+                b"Checks" => {
                     dup(checks, &self.reader, "Checks")?;
                     checks = true;
                     self.checks()?;
@@ -281,13 +281,13 @@ impl<'a> Parser<'a, '_> {
         r.expect(b'{', "expected the `Node` object")?;
         let mut seen = Seen::default();
         let mut first = true;
-        while let Some(key) = r.key(&mut first)? {
+        while let Some(key) = r.name(&mut first)? {
             match &*key {
-                "Node" => {
+                b"Node" => {
                     let v = r.string()?;
                     once(&mut self.entry.node, v, r, "Node")?;
                 }
-                "Address" => {
+                b"Address" => {
                     seen.mark(1, r, "Address")?;
                     self.entry.node_address = r.string()?;
                 }
@@ -305,22 +305,22 @@ impl<'a> Parser<'a, '_> {
         r.expect(b'{', "expected the `Service` object")?;
         let mut seen = Seen::default();
         let mut first = true;
-        while let Some(key) = r.key(&mut first)? {
+        while let Some(key) = r.name(&mut first)? {
             match &*key {
-                "ID" => {
+                b"ID" => {
                     let v = r.string()?;
                     once(&mut self.entry.id, v, r, "ID")?;
                 }
-                "Address" => {
+                b"Address" => {
                     seen.mark(1, r, "Address")?;
                     self.entry.address = r.string()?;
                 }
-                "Port" => {
+                b"Port" => {
                     seen.mark(2, r, "Port")?;
                     // `unsigned` rejects anything above the bound.
                     self.entry.port = r.unsigned(u64::from(u16::MAX))? as u16;
                 }
-                "Tags" => {
+                b"Tags" => {
                     seen.mark(4, r, "Tags")?;
                     if !r.null()? {
                         r.expect(b'[', "expected `Tags` to be an array or null")?;
@@ -330,7 +330,7 @@ impl<'a> Parser<'a, '_> {
                         }
                     }
                 }
-                "Meta" => {
+                b"Meta" => {
                     seen.mark(8, r, "Meta")?;
                     if !r.null()? {
                         r.expect(b'{', "expected `Meta` to be an object or null")?;
@@ -341,7 +341,7 @@ impl<'a> Parser<'a, '_> {
                         }
                     }
                 }
-                "Weights" => {
+                b"Weights" => {
                     seen.mark(16, r, "Weights")?;
                     if !r.null()? {
                         let (passing, warning) = weights(r)?;
@@ -369,8 +369,8 @@ impl<'a> Parser<'a, '_> {
             r.expect(b'{', "expected a check object")?;
             let mut status = false;
             let mut first = true;
-            while let Some(key) = r.key(&mut first)? {
-                if key == "Status" {
+            while let Some(key) = r.name(&mut first)? {
+                if *key == *b"Status" {
                     dup(status, r, "Status")?;
                     status = true;
                     if r.string()? == "warning" {
@@ -472,10 +472,10 @@ fn weights(r: &mut Reader<'_>) -> Result<(u32, u32)> {
     r.expect(b'{', "expected `Weights` to be an object or null")?;
     let (mut passing, mut warning) = (None, None);
     let mut first = true;
-    while let Some(key) = r.key(&mut first)? {
-        let slot = match &*key {
-            "Passing" => &mut passing,
-            "Warning" => &mut warning,
+    while let Some(key) = r.name(&mut first)? {
+        let (slot, name) = match &*key {
+            b"Passing" => (&mut passing, "Passing"),
+            b"Warning" => (&mut warning, "Warning"),
             _ => {
                 r.skip(INNER + 1)?;
                 continue;
@@ -483,7 +483,7 @@ fn weights(r: &mut Reader<'_>) -> Result<(u32, u32)> {
         };
         // `unsigned` rejects anything above the bound.
         let v = r.unsigned(u64::from(u32::MAX))? as u32;
-        once(slot, v, r, &key)?;
+        once(slot, v, r, name)?;
     }
     match (passing, warning) {
         (Some(p), Some(w)) => Ok((p, w)),
