@@ -4,11 +4,13 @@ use std::fmt;
 use std::time::Duration;
 
 use mesh_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use tower::timeout::Timeout;
 use tower_layer::Layer;
 
+use crate::timeout::AttemptTimeout;
+
 /// The per-endpoint stack of a mesh service: a circuit breaker in readiness
-/// mode (an open endpoint is routed around), over a per-attempt timeout.
+/// mode (an open endpoint is routed around), over a per-attempt timeout
+/// ([`AttemptTimeout`], which reuses its timers from one attempt to the next).
 ///
 /// The discovery router applies it to each endpoint when the endpoint
 /// appears, inside the endpoint's availability scope, so each endpoint has
@@ -56,10 +58,10 @@ impl<C: fmt::Debug> fmt::Debug for EndpointLayer<C> {
 }
 
 impl<S, C: Clone> Layer<S> for EndpointLayer<C> {
-    type Service = CircuitBreaker<Timeout<S>, C>;
+    type Service = CircuitBreaker<AttemptTimeout<S>, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         self.breaker
-            .layer(Timeout::new(inner, self.attempt_timeout))
+            .layer(AttemptTimeout::new(inner, self.attempt_timeout))
     }
 }

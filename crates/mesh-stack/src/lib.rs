@@ -74,11 +74,13 @@ pub mod endpoint;
 pub mod mesh;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+pub mod timeout;
 
 pub use builder::ServiceBuilderExt;
 pub use config::{ConfigError, ConsulSourceConfig, DiscoveryConfig, MeshConfig, ServiceConfig};
 pub use endpoint::EndpointLayer;
 pub use mesh::{GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService};
+pub use timeout::AttemptTimeout;
 
 // The layers and their configs, so that `mesh-stack` alone is enough.
 pub use mesh_balance::{BalanceConfig, Strategy};
