@@ -1,4 +1,6 @@
-//! Consul's JSON, as serde types: health entries (what discovery reads) and
+//! Consul's JSON, as serde types: health entries (the documented model of
+//! what discovery reads; the hot path, [`parse_health`](super::parse_health),
+//! reads the same fields without serde and is held to agree with it) and
 //! service registrations (what [`Registration`](super::Registration) writes).
 //!
 //! Parsing is lenient where Consul is inconsistent: `null` `Tags` and `Meta`
