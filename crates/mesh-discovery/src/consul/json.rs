@@ -614,6 +614,11 @@ mod tests {
             "1 2",
             "",
             "{\"é\":\"ü\"}",
+            // Past the first chunks of the fast scan.
+            "\"0123456789abcdefghijklmnop\u{1}x\"",
+            "\"0123456789abcdefghijklmnop\\\\x\"",
+            "\"0123456789abcdefghijklmnop\\qx\"",
+            "\"0123456789abcdefghijklmnop",
         ];
         for text in cases {
             let serde_ok = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
