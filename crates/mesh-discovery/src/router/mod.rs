@@ -23,9 +23,8 @@
 //! - **Rewrite.** The request's scheme and authority become the endpoint's
 //!   (`http::Request`, with no allocation), or its URL's host and port
 //!   (`reqwest::Request`). The `Host` header is kept unless
-//!   configured otherwise ([`HostHeader`]). Each endpoint's `host:port` text
-//!   is interned once per distinct address for the life of the process, so
-//!   writing it into a request costs no atomic reference count.
+//!   configured otherwise ([`HostHeader`]). Each endpoint's authority is built
+//!   once, when the endpoint arrives.
 //! - **Pick.** The balancer's strategy, honouring availability, weights, slow
 //!   start and the [`TriedEndpoints`](mesh_core::TriedEndpoints) record that
 //!   retry puts in the request (the router records each endpoint it sends an
