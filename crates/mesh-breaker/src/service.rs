@@ -36,17 +36,31 @@ pub(crate) struct Local {
 /// A circuit breaker around `S`. Build it with
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
 ///
-/// Clones share one breaker. Cloning allocates (each clone has its own small
-/// handle for its futures, so clones on different cores never contend on a
-/// reference count); clone once per task, not once per call.
+/// Clones share one breaker, and cloning never allocates. A clone's futures
+/// first use the handle of the breaker it was cloned from; a clone that
+/// makes a second call gets a small handle of its own (one allocation), so
+/// long-lived clones on different cores never contend on a reference count,
+/// while a router that clones an endpoint's stack for every call pays no
+/// allocation per call.
 pub struct CircuitBreaker<S, C = DefaultHttpClassifier> {
     inner: S,
     /// The breaker itself, one pointer away (`local.shared` is two).
     shared: Arc<Shared>,
     local: Arc<Local>,
+    /// Whose handle `local` is.
+    handle: LocalHandle,
     classifier: C,
     ready: Option<Ready>,
     wait: Option<Wait>,
+}
+
+/// Whether a clone's futures use a handle of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalHandle {
+    /// Made for this clone.
+    Own,
+    /// Its parent's, shared until this clone's second call.
+    Parent { called: bool },
 }
 
 /// What a [`OpenBehavior::NotReady`] breaker waits on while refusing: a
@@ -63,6 +77,7 @@ impl<S, C> CircuitBreaker<S, C> {
             local: Arc::new(Local {
                 shared: Arc::clone(&shared),
             }),
+            handle: LocalHandle::Own,
             shared,
             classifier,
             ready: None,
@@ -105,9 +120,8 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            local: Arc::new(Local {
-                shared: Arc::clone(&self.shared),
-            }),
+            local: Arc::clone(&self.local),
+            handle: LocalHandle::Parent { called: false },
             classifier: self.classifier.clone(),
             ready: None,
             wait: None,
@@ -217,6 +231,25 @@ impl<S, C> CircuitBreaker<S, C> {
         }
     }
 
+    /// A clone shares its parent's handle for its first tracked call and
+    /// makes its own at the second: a clone made per call never allocates,
+    /// a long-lived one stops sharing a reference count with other cores.
+    #[cold]
+    fn take_own_handle_on_second_call(&mut self) {
+        match self.handle {
+            LocalHandle::Own => {}
+            LocalHandle::Parent { called: false } => {
+                self.handle = LocalHandle::Parent { called: true };
+            }
+            LocalHandle::Parent { called: true } => {
+                self.local = Arc::new(Local {
+                    shared: Arc::clone(&self.shared),
+                });
+                self.handle = LocalHandle::Own;
+            }
+        }
+    }
+
     /// A call that needs the breaker: a probe, a refusal, or a result that
     /// would change the counters.
     fn call_slow<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, C>
@@ -244,6 +277,9 @@ impl<S, C> CircuitBreaker<S, C> {
         };
         shared.on_admitted();
         let start = shared.needs_start().then(Instant::now);
+        if self.handle != LocalHandle::Own {
+            self.take_own_handle_on_second_call();
+        }
         ResponseFuture::new(
             self.inner.call(request),
             self.classifier.clone(),
@@ -286,5 +322,62 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
             .field("classifier", &self.classifier)
             .field("ready", &self.ready)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Response;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+    use crate::{BreakerConfig, CircuitBreakerLayer, CircuitState};
+
+    /// Failures, so every call is tracked (a steady-state success is not).
+    fn failing_breaker() -> CircuitBreaker<
+        impl Service<(), Response = Response<()>, Error = BoxError, Future: Send> + Clone,
+    > {
+        let inner = tower::service_fn(|()| async {
+            Ok::<_, BoxError>(Response::builder().status(500).body(()).unwrap())
+        });
+        CircuitBreakerLayer::new(BreakerConfig {
+            consecutive_failures: Some(5),
+            ..BreakerConfig::default()
+        })
+        .unwrap()
+        .layer(inner)
+    }
+
+    #[tokio::test]
+    async fn a_clone_per_call_shares_its_parents_handle_and_the_breaker() {
+        let parent = failing_breaker();
+        for _ in 0..4 {
+            let mut clone = parent.clone();
+            clone.ready().await.unwrap().call(()).await.unwrap();
+            assert!(Arc::ptr_eq(&clone.local, &parent.local), "no allocation");
+        }
+        assert_eq!(parent.handle().state(), CircuitState::Closed);
+        let mut clone = parent.clone();
+        clone.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(parent.handle().state(), CircuitState::Open, "5 failures");
+    }
+
+    #[tokio::test]
+    async fn a_long_lived_clone_takes_its_own_handle_at_its_second_tracked_call() {
+        let parent = failing_breaker();
+        let mut clone = parent.clone();
+        clone.ready().await.unwrap().call(()).await.unwrap();
+        assert!(Arc::ptr_eq(&clone.local, &parent.local));
+        // The first call may take the steady-state path, which needs no
+        // handle: two more are tracked for sure.
+        for _ in 0..2 {
+            clone.ready().await.unwrap().call(()).await.unwrap();
+        }
+        assert!(!Arc::ptr_eq(&clone.local, &parent.local));
+        assert!(
+            Arc::ptr_eq(&clone.local.shared, &parent.shared),
+            "one breaker"
+        );
+        assert_eq!(clone.handle, LocalHandle::Own);
     }
 }
