@@ -98,19 +98,25 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<T, R, F> {
-        // The stack was not ready when the request was dispatched.
-        NotReady {
-            service: T,
-            request: Option<R>,
-            ready_timeout: Duration,
-            // Created only if the stack stays not ready after the first
-            // poll: no timer on the fast path.
-            sleep: Option<Pin<Box<Sleep>>>,
-        },
+        // The stack was not ready when the request was dispatched. Boxed:
+        // the rare path, and unboxed the stack and the request would make
+        // every call's future (moved several times on its way to the
+        // executor) hundreds of bytes larger.
+        NotReady { waiting: Box<NotReady<T, R>> },
         Called { #[pin] future: F },
         // The stack refused before sending (its `poll_ready` failed).
         Refused { error: Option<BoxError> },
     }
+}
+
+/// A request waiting for its stack to become ready.
+pub(crate) struct NotReady<T, R> {
+    service: T,
+    request: Option<R>,
+    ready_timeout: Duration,
+    // Created only if the stack stays not ready after the first poll: no
+    // timer on the fast path.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T, R, C> Dispatch<T, R, C>
@@ -149,10 +155,12 @@ where
             Poll::Pending => (
                 Some(guard),
                 State::NotReady {
-                    service,
-                    request: Some(request),
-                    ready_timeout,
-                    sleep: None,
+                    waiting: Box::new(NotReady {
+                        service,
+                        request: Some(request),
+                        ready_timeout,
+                        sleep: None,
+                    }),
                 },
             ),
         };
@@ -184,19 +192,14 @@ where
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                StateProj::NotReady {
-                    service,
-                    request,
-                    ready_timeout,
-                    sleep,
-                } => match service.poll_ready(cx) {
+                StateProj::NotReady { waiting } => match waiting.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        let Some(request) = request.take() else {
+                        let Some(request) = waiting.request.take() else {
                             return Poll::Ready(
                                 Err("router future polled after completion".into()),
                             );
                         };
-                        let future = service.call(request);
+                        let future = waiting.service.call(request);
                         this.state.set(State::Called { future });
                     }
                     Poll::Ready(Err(e)) => {
@@ -205,9 +208,10 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     Poll::Pending => {
-                        let timeout = *ready_timeout;
-                        let sleep =
-                            sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        let timeout = waiting.ready_timeout;
+                        let sleep = waiting
+                            .sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                         ready!(sleep.as_mut().poll(cx));
                         let endpoint = this
                             .guard
