@@ -387,17 +387,23 @@ async fn deadline_cuts_a_hung_request() {
     assert_eq!(backend.hits(), 1);
 }
 
-#[tokio::test]
-async fn every_attempt_shares_one_tried_endpoints_record() {
-    let backend = Backend::builder()
-        .behavior(Behavior::fail_first(2, 503))
-        .start()
-        .await
-        .unwrap();
-    // Stands in for the discovery router: reports an endpoint per attempt,
-    // into the request's record or, on a first attempt sent without one,
-    // into retry's attempt scope.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// What each attempt carried as its tried-endpoints record, in order.
+type SeenRecords = std::sync::Arc<std::sync::Mutex<Vec<Option<TriedEndpoints>>>>;
+
+/// Stands in for the discovery router over the real client: reports an
+/// endpoint per attempt (ids 1, 2, ...), into the request's record or, on a
+/// first attempt sent without one, into retry's attempt scope, and logs the
+/// record each attempt carried.
+fn recording_router() -> (
+    impl Service<
+        Request<Full<Bytes>>,
+        Response = http::Response<hyper::body::Incoming>,
+        Error = hyper_util::client::legacy::Error,
+        Future: Send,
+    > + Clone,
+    SeenRecords,
+) {
+    let seen = SeenRecords::default();
     let log = seen.clone();
     let inner = client::<Full<Bytes>>();
     let router = tower::service_fn(move |req: Request<Full<Bytes>>| {
@@ -407,6 +413,17 @@ async fn every_attempt_shares_one_tried_endpoints_record() {
         log.push(tried);
         inner.clone().call(req)
     });
+    (router, seen)
+}
+
+#[tokio::test]
+async fn every_attempt_shares_one_tried_endpoints_record() {
+    let backend = Backend::builder()
+        .behavior(Behavior::fail_first(2, 503))
+        .start()
+        .await
+        .unwrap();
+    let (router, seen) = recording_router();
     let mut svc = ServiceBuilder::new()
         .layer(RetryLayer::new(fast_config()).unwrap())
         .service(router);
@@ -434,16 +451,7 @@ async fn a_record_the_caller_put_in_the_request_is_shared_by_every_attempt() {
         .start()
         .await
         .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let inner = client::<Full<Bytes>>();
-    let router = tower::service_fn(move |req: Request<Full<Bytes>>| {
-        let tried = req.extensions().get::<TriedEndpoints>().cloned();
-        let mut log = log.lock().unwrap();
-        TriedEndpoints::record_attempt_id(tried.as_ref(), log.len() as u64 + 1);
-        log.push(tried);
-        inner.clone().call(req)
-    });
+    let (router, seen) = recording_router();
     let mut svc = ServiceBuilder::new()
         .layer(RetryLayer::new(fast_config()).unwrap())
         .service(router);
