@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::body::TryCloneBody;
 use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
-use crate::copy::RetryRequest;
+use crate::copy::{RequestCopy, RetryRequest};
 use crate::error::{BudgetExhausted, DeadlineExceeded};
 use crate::metrics;
 
@@ -478,22 +478,12 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Clones an `http::Request` whose body can be cloned. Empty header and
-/// extension maps are not cloned (a clone of an empty map still walks it).
+/// Clones an `http::Request` whose body can be cloned, the way
+/// [`RequestCopy`] copies one (an empty header map is neither cloned nor
+/// walked).
 #[inline]
 pub(crate) fn clone_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
-    let body = req.body().try_clone_body()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    if !req.headers().is_empty() {
-        *copy.headers_mut() = req.headers().clone();
-    }
-    if !req.extensions().is_empty() {
-        *copy.extensions_mut() = req.extensions().clone();
-    }
-    Some(copy)
+    RequestCopy::of(req).map(RequestCopy::into_request)
 }
 
 // ===== impl Policy =====
