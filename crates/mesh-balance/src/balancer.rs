@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
+use mesh_core::clock::Clock;
 use mesh_core::config::InvalidConfig;
 use mesh_core::{Availability, Endpoint, EndpointKey, TriedEndpoints};
 
@@ -15,7 +16,7 @@ use crate::config::{BalanceConfig, Strategy};
 use crate::guard::LoadGuard;
 use crate::pick::Ctx;
 use crate::snapshot::{Slot, Snapshot};
-use crate::state::{Clock, EndpointState, Params, in_flight};
+use crate::state::{EndpointState, Params, in_flight};
 
 /// Chooses an endpoint for each request and keeps every endpoint's load.
 ///
@@ -108,7 +109,7 @@ impl Balancer {
     ) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let service: Arc<str> = service.into();
-        let params = Params::new(&config, Clock::new());
+        let params = Params::new(&config, Clock::precise());
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Vec::new(),
             config.strategy,
@@ -154,7 +155,7 @@ impl Balancer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = shared.snapshot.load_full();
-        let now = shared.params.clock.now_ns();
+        let now = shared.params.clock.elapsed_nanos();
         let ramp = shared.seeded.load(Ordering::Relaxed);
 
         let mut order: Vec<Endpoint> = Vec::new();
@@ -261,7 +262,7 @@ impl Balancer {
         let mut ctx = Ctx {
             snap,
             shared: &self.shared,
-            now: timed.then(|| self.shared.params.clock.now_ns()),
+            now: timed.then(|| self.shared.params.clock.elapsed_nanos()),
         };
         let avoid = avoid.filter(|t| !t.is_empty());
         let index = match avoid {

@@ -97,12 +97,12 @@ impl LoadGuard {
         let Some(started) = self.started_ns else {
             // Latency-blind strategy: only pushback needs the clock.
             if let Some(delay) = pushback {
-                let now = self.state.params.clock.now_ns();
+                let now = self.state.params.clock.elapsed_nanos();
                 self.state.push_back(now, delay);
             }
             return;
         };
-        let now = self.state.params.clock.now_ns();
+        let now = self.state.params.clock.elapsed_nanos();
         self.state
             .observe(now.saturating_sub(started), now, outcome.is_failure());
         if let Some(delay) = pushback {

@@ -37,7 +37,7 @@ impl Ctx<'_> {
     #[inline]
     fn now(&mut self) -> u64 {
         let clock = self.shared.params.clock;
-        *self.now.get_or_insert_with(|| clock.now_ns())
+        *self.now.get_or_insert_with(|| clock.elapsed_nanos())
     }
 }
 

@@ -6,40 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use mesh_core::clock::Clock;
 use mesh_core::{Availability, Endpoint};
-use tokio::time::Instant;
 
 use crate::config::BalanceConfig;
 
 /// `admitted_at` when the endpoint is not ramping up.
 pub(crate) const NOT_RAMPING: u64 = u64::MAX;
-
-/// Nanoseconds since the balancer was created: one clock read, then integer
-/// arithmetic everywhere else.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    epoch: Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-        }
-    }
-
-    /// One clock read. The conversion avoids `u128` arithmetic: it costs a
-    /// few instructions next to the read itself (31-45 ns on a VM).
-    #[inline]
-    pub(crate) fn now_ns(&self) -> u64 {
-        let d = Instant::now()
-            .checked_duration_since(self.epoch)
-            .unwrap_or_default();
-        d.as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()))
-    }
-}
 
 #[inline]
 pub(crate) fn duration_ns(d: Duration) -> u64 {
@@ -289,7 +262,7 @@ mod tests {
     use super::*;
 
     fn state(config: &BalanceConfig) -> EndpointState {
-        let params = Params::new(config, Clock::new());
+        let params = Params::new(config, Clock::precise());
         EndpointState::new(
             Endpoint::new("a", "127.0.0.1:1".parse().unwrap()),
             params,
