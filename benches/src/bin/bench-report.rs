@@ -725,6 +725,128 @@ fn checks(r: &Results<'_>, http: Option<&Value>) -> Vec<Check> {
     out
 }
 
+/// One absolute-nanosecond target set against the reference figure its issue
+/// measured on the issue author's machine, and the same reference measured
+/// in this run.
+struct Calibration {
+    issue: &'static str,
+    what: &'static str,
+    target_ns: f64,
+    /// The reference the issue quotes, in its words.
+    reference: &'static str,
+    /// The reference's figure in the issue, in ns.
+    issue_ns: f64,
+    /// The same reference in this run, in ns.
+    here_ns: Option<f64>,
+    /// Our figure the target applies to, in this run.
+    ours_ns: Option<f64>,
+}
+
+/// The issues state absolute nanosecond targets beside a peer's figure
+/// measured on the machine they were written on. This run measures the same
+/// peer: the ratio says how much slower (or faster) this machine is, and the
+/// target scaled by it is what the target means here. Informative only; the
+/// verdicts above stay on the absolute figures.
+fn calibrations(r: &Results<'_>) -> Vec<Calibration> {
+    let over = |bench, group, variant, base| {
+        Some(r.get(bench, group, variant)? - r.get(bench, group, base)?)
+    };
+    let bc = |v| over("breaker", "breaker_closed", v, "bare");
+    let rt = |v| over("retry", "retry_no_retry_path", v, "bare");
+    let tower_p2c = r.get(
+        "balance",
+        "balance_p2c_pick_record",
+        "tower_p2c_pending_requests/16",
+    );
+    vec![
+        Calibration {
+            issue: "3",
+            what: "breaker, consecutive policy, over bare",
+            target_ns: 15.0,
+            reference: "recloser +24 ns",
+            issue_ns: 24.0,
+            here_ns: bc("recloser"),
+            ours_ns: bc("mesh_consecutive"),
+        },
+        Calibration {
+            issue: "3",
+            what: "breaker, count window, over bare",
+            target_ns: 15.0,
+            reference: "recloser +24 ns",
+            issue_ns: 24.0,
+            here_ns: bc("recloser"),
+            ours_ns: bc("mesh_count_window"),
+        },
+        Calibration {
+            issue: "4",
+            what: "retry, no-retry path, over bare",
+            target_ns: 25.0,
+            reference: "tower-resilience retry +55 ns",
+            issue_ns: 55.0,
+            here_ns: rt("tower_resilience_retry"),
+            ours_ns: rt("mesh_retry_layer"),
+        },
+        Calibration {
+            issue: "5",
+            what: "balance, p2c pick + record at 16",
+            target_ns: 40.0,
+            reference: "tower p2c `Balance<PendingRequests>`/16, 172 ns",
+            issue_ns: 172.0,
+            here_ns: tower_p2c,
+            ours_ns: r.get(
+                "balance",
+                "balance_p2c_pick_record",
+                "mesh_p2c_peak_ewma_picker/16",
+            ),
+        },
+        Calibration {
+            issue: "7",
+            what: "router, p2c over 16, over bare",
+            target_ns: 60.0,
+            reference: "tower p2c `Balance`/16 called directly, 172 ns",
+            issue_ns: 172.0,
+            here_ns: tower_p2c,
+            ours_ns: over("router", "router", "mesh_p2c_peak_ewma_16", "bare"),
+        },
+    ]
+}
+
+fn calibration_section(out: &mut String, r: &Results<'_>) {
+    let _ = writeln!(
+        out,
+        "### The absolute targets on this machine\n\n\
+         The issues set some targets in nanoseconds and quote, beside them, a \
+         peer's figure measured on the machine they were written on. This run \
+         measured the same peers; their ratio says how much slower this machine \
+         is, and the target scaled by it is what the target asks of this \
+         machine. This is context for reading the verdicts above, which stay on \
+         the absolute figures. (The p2c rows use the balance bench's tower p2c \
+         over `PendingRequests`, the closest to what the issues measured.)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| issue | what | target | reference in the issue | same reference here | machine factor | target × factor | measured |\n\
+         |---|---|---:|---|---:|---:|---:|---:|"
+    );
+    for c in calibrations(r) {
+        let factor = c.here_ns.map(|h| h / c.issue_ns);
+        let cell = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), fmt_ns);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.issue,
+            c.what,
+            fmt_ns(c.target_ns),
+            c.reference,
+            cell(c.here_ns),
+            factor.map_or_else(|| "—".to_owned(), |f| format!("{f:.2}×")),
+            cell(factor.map(|f| c.target_ns * f)),
+            cell(c.ours_ns),
+        );
+    }
+    out.push('\n');
+}
+
 // ===== report =====
 
 fn http_section(out: &mut String, h: &Value) {
@@ -918,6 +1040,7 @@ fn render(
         );
     }
     out.push('\n');
+    calibration_section(&mut out, &Results(results));
 
     let _ = writeln!(out, "## HTTP load (`benches/benches/http_load.rs`)\n");
     let _ = writeln!(
