@@ -254,19 +254,50 @@ impl fmt::Debug for Address {
 pub const DEFAULT_WEIGHT: u32 = 1;
 
 /// One instance of a service. Cheap to clone.
+///
+/// Tags and metadata sit behind their own reference counts (none at all when
+/// empty), so a source building thousands of endpoints that carry the same
+/// tags and metadata can share one copy: see [`Endpoint::with_tags_of`] and
+/// [`Endpoint::with_metadata_of`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     inner: Arc<Inner>,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 struct Inner {
     key: EndpointKey,
     address: Address,
     weight: u32,
-    tags: Vec<String>,
-    metadata: BTreeMap<String, String>,
+    /// `None` when empty, so an endpoint without tags allocates nothing for them.
+    tags: Option<Arc<[String]>>,
+    /// `None` when empty.
+    metadata: Option<Arc<BTreeMap<String, String>>>,
 }
+
+/// What [`Endpoint::metadata`] shows for an endpoint without metadata.
+static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
+
+/// Equal when both are empty or both share one allocation, else by content.
+fn shared_eq<T: ?Sized + PartialEq>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+        _ => false,
+    }
+}
+
+impl PartialEq for Inner {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.address == other.address
+            && self.weight == other.weight
+            && shared_eq(&self.tags, &other.tags)
+            && shared_eq(&self.metadata, &other.metadata)
+    }
+}
+
+impl Eq for Inner {}
 
 impl Endpoint {
     /// An endpoint with weight 1, no tags and no metadata.
@@ -276,8 +307,8 @@ impl Endpoint {
                 key: key.into(),
                 address,
                 weight: DEFAULT_WEIGHT,
-                tags: Vec::new(),
-                metadata: BTreeMap::new(),
+                tags: None,
+                metadata: None,
             }),
         }
     }
@@ -302,7 +333,30 @@ impl Endpoint {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        Arc::make_mut(&mut self.inner).tags = tags.into_iter().map(Into::into).collect();
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        Arc::make_mut(&mut self.inner).tags = (!tags.is_empty()).then(|| tags.into());
+        self
+    }
+
+    /// The same endpoint with `other`'s tags, shared with it rather than
+    /// copied: no allocation, and comparing the two endpoints' tags is a
+    /// pointer comparison. Equal to `self.with_tags(other.tags().iter().cloned())`.
+    ///
+    /// For sources that build many endpoints with the same tags.
+    ///
+    /// ```
+    /// use mesh_core::Endpoint;
+    ///
+    /// let a = Endpoint::new("n/a", "10.0.0.1:80".parse()?).with_tags(["v1", "primary"]);
+    /// let b = Endpoint::new("n/b", "10.0.0.2:80".parse()?).with_tags_of(&a);
+    /// assert_eq!(b.tags(), ["v1", "primary"]);
+    /// # Ok::<(), mesh_core::endpoint::InvalidEndpoint>(())
+    /// ```
+    #[must_use]
+    pub fn with_tags_of(mut self, other: &Endpoint) -> Self {
+        if !self.ptr_eq(other) {
+            Arc::make_mut(&mut self.inner).tags = other.inner.tags.clone();
+        }
         self
     }
 
@@ -314,10 +368,31 @@ impl Endpoint {
         K: Into<String>,
         V: Into<String>,
     {
-        Arc::make_mut(&mut self.inner).metadata = metadata
+        let metadata: BTreeMap<String, String> = metadata
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
+        Arc::make_mut(&mut self.inner).metadata =
+            (!metadata.is_empty()).then(|| Arc::new(metadata));
+        self
+    }
+
+    /// The same endpoint with `other`'s metadata, shared with it rather than
+    /// copied, as [`Endpoint::with_tags_of`] does for tags.
+    ///
+    /// ```
+    /// use mesh_core::Endpoint;
+    ///
+    /// let a = Endpoint::new("n/a", "10.0.0.1:80".parse()?).with_metadata([("zone", "a")]);
+    /// let b = Endpoint::new("n/b", "10.0.0.2:80".parse()?).with_metadata_of(&a);
+    /// assert_eq!(b.metadata(), a.metadata());
+    /// # Ok::<(), mesh_core::endpoint::InvalidEndpoint>(())
+    /// ```
+    #[must_use]
+    pub fn with_metadata_of(mut self, other: &Endpoint) -> Self {
+        if !self.ptr_eq(other) {
+            Arc::make_mut(&mut self.inner).metadata = other.inner.metadata.clone();
+        }
         self
     }
 
@@ -338,12 +413,12 @@ impl Endpoint {
 
     /// Its tags.
     pub fn tags(&self) -> &[String] {
-        &self.inner.tags
+        self.inner.tags.as_deref().unwrap_or_default()
     }
 
     /// Its metadata.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.inner.metadata
+        self.inner.metadata.as_deref().unwrap_or(&NO_METADATA)
     }
 
     /// True when both handles point at the same allocation (a cheap "nothing
@@ -359,8 +434,8 @@ impl fmt::Debug for Endpoint {
             .field("key", &self.inner.key)
             .field("address", &self.inner.address)
             .field("weight", &self.inner.weight)
-            .field("tags", &self.inner.tags)
-            .field("metadata", &self.inner.metadata)
+            .field("tags", &self.tags())
+            .field("metadata", self.metadata())
             .finish()
     }
 }
@@ -517,6 +592,37 @@ mod tests {
                 .as_str(),
             "10.0.0.2:1"
         );
+    }
+
+    #[test]
+    fn shared_tags_and_metadata_equal_copied_ones() {
+        let addr: Address = "10.0.0.1:80".parse().unwrap();
+        let a = Endpoint::new("n/a", addr.clone())
+            .with_tags(["v1", "primary"])
+            .with_metadata([("zone", "a"), ("version", "1")]);
+        let shared = Endpoint::new("n/a", addr.clone())
+            .with_tags_of(&a)
+            .with_metadata_of(&a);
+        let copied = Endpoint::new("n/a", addr.clone())
+            .with_tags(a.tags().iter().cloned())
+            .with_metadata(a.metadata().clone());
+        assert_eq!(shared, a);
+        assert_eq!(copied, a);
+        assert_eq!(shared.tags(), ["v1", "primary"]);
+        assert_eq!(shared.metadata().get("zone").map(String::as_str), Some("a"));
+        // Empty in any form is empty, and equal.
+        let bare = Endpoint::new("n/a", addr.clone());
+        let emptied = Endpoint::new("n/a", addr.clone())
+            .with_tags(Vec::<String>::new())
+            .with_metadata(Vec::<(String, String)>::new());
+        assert_eq!(bare, emptied);
+        assert_eq!(bare, Endpoint::new("n/a", addr).with_tags_of(&emptied));
+        assert!(bare.tags().is_empty() && bare.metadata().is_empty());
+        assert_ne!(bare, a.clone().with_weight(1).with_tags_of(&bare));
+        assert_ne!(shared.clone().with_metadata_of(&bare), shared);
+        // Sharing with itself changes nothing.
+        assert!(a.clone().with_tags_of(&a).with_metadata_of(&a).ptr_eq(&a));
+        assert_eq!(format!("{bare:?}").matches("{}").count(), 1, "{bare:?}");
     }
 
     #[test]

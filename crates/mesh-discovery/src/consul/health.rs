@@ -161,9 +161,16 @@ impl Entry<'_> {
     fn same_as(&self, ep: &Endpoint, address: &Address) -> bool {
         ep.address() == address
             && ep.weight() == self.weight()
-            && ep.tags().len() == self.tags.len()
-            && ep.tags().iter().zip(&self.tags).all(|(a, b)| a == b)
-            && ep.metadata().len() == self.meta.len()
+            && self.same_tags(ep)
+            && self.same_meta(ep)
+    }
+
+    fn same_tags(&self, ep: &Endpoint) -> bool {
+        ep.tags().len() == self.tags.len() && ep.tags().iter().zip(&self.tags).all(|(a, b)| a == b)
+    }
+
+    fn same_meta(&self, ep: &Endpoint) -> bool {
+        ep.metadata().len() == self.meta.len()
             // Equal only when the body's keys are sorted and unique, as
             // Consul sends them; otherwise the endpoint is simply rebuilt.
             && ep
@@ -413,7 +420,8 @@ impl<'a> Parser<'a, '_> {
                 return;
             }
         };
-        if let Some(prev) = find_previous(self.previous, &mut self.cursor, node, id)
+        let prev = find_previous(self.previous, &mut self.cursor, node, id);
+        if let Some(prev) = prev
             && e.same_as(prev, &address)
         {
             self.out.push(prev.clone());
@@ -423,17 +431,24 @@ impl<'a> Parser<'a, '_> {
         self.key.push_str(node);
         self.key.push('/');
         self.key.push_str(id);
-        let endpoint = Endpoint::new(EndpointKey::new(self.key.as_str()), address)
-            .with_weight(e.weight())
-            .with_tags(e.tags.iter().map(|t| String::from(&**t)));
-        let endpoint = if e.meta.is_empty() {
-            endpoint
-        } else {
-            endpoint.with_metadata(
+        let endpoint =
+            Endpoint::new(EndpointKey::new(self.key.as_str()), address).with_weight(e.weight());
+        // Instances of one service mostly carry the same tags and metadata:
+        // share them with this key's previous endpoint or, failing that, the
+        // one built just before, instead of allocating a copy per instance.
+        let template = prev.or(self.out.last());
+        let endpoint = match template {
+            Some(t) if e.same_tags(t) => endpoint.with_tags_of(t),
+            _ => endpoint.with_tags(e.tags.iter().map(|t| String::from(&**t))),
+        };
+        let endpoint = match template {
+            Some(t) if e.same_meta(t) => endpoint.with_metadata_of(t),
+            _ if e.meta.is_empty() => endpoint,
+            _ => endpoint.with_metadata(
                 e.meta
                     .iter()
                     .map(|(k, v)| (String::from(&**k), String::from(&**v))),
-            )
+            ),
         };
         self.out.push(endpoint);
     }
