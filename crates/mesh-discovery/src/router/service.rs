@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,20 +27,37 @@ const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Routes each request to a live endpoint of one logical service.
 ///
-/// Built by [`DiscoveryLayer`](super::DiscoveryLayer). Cloning is cheap: clones
-/// share the endpoint table, the balancer and every endpoint's stack.
-/// `poll_ready` is always ready; readiness is a property of each endpoint, and
-/// the router only sends to one that is ready (see the [module docs](super)).
+/// Built by [`DiscoveryLayer`](super::DiscoveryLayer). Cloning is cheap (one
+/// atomic increment): clones share the endpoint table, the balancer and every
+/// endpoint's stack. `poll_ready` is always ready; readiness is a property of
+/// each endpoint, and the router only sends to one that is ready (see the
+/// [module docs](super)).
 pub struct DiscoveryService<S, L, C>
 where
     L: Layer<Rewrite<S>>,
 {
     shared: Arc<Shared<S, L, C>>,
+    /// This handle's own views of the source, the balancer's set and the
+    /// stacks, built at its second call: see [`Local`].
+    local: Option<Local<L::Service>>,
+    /// Whether this handle made a call without `local` yet.
+    called: bool,
+}
+
+/// A handle's cached views: its own receiver of the source's sets, and
+/// caches of the balancer's set and of the stacks, each checked with one
+/// plain atomic load per call.
+///
+/// Building them (and dropping them) costs seven atomic read-modify-writes
+/// each way, more than they save on one call. A clone starts without them and
+/// its first call reads the shared state instead (two `ArcSwap` loads and an
+/// uncontended `try_lock`); its second call builds them. A handle that makes
+/// one call, like the service a retry layer clones for every request, never
+/// pays for them; one that keeps calling pays once.
+struct Local<T> {
     updates: watch::Receiver<EndpointSet>,
-    /// This clone's cached views of the balancer's set and of the stacks:
-    /// one plain atomic load each per call to see they are current.
     picker: Picker,
-    table: TableCache<L::Service>,
+    table: TableCache<T>,
 }
 
 type TableCache<T> = Cache<Arc<ArcSwap<Table<T>>>, Arc<Table<T>>>;
@@ -49,12 +66,13 @@ impl<S, L, C> Clone for DiscoveryService<S, L, C>
 where
     L: Layer<Rewrite<S>>,
 {
+    /// One atomic increment: the clone builds its caches at its second call.
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
-            updates: self.updates.clone(),
-            picker: self.picker.clone(),
-            table: self.table.clone(),
+            local: None,
+            called: false,
         }
     }
 }
@@ -81,6 +99,8 @@ where
     pub(crate) classifier: C,
     pub(crate) balancer: Balancer,
     table: Arc<ArcSwap<Table<L::Service>>>,
+    /// The source's sets, for handles without their own receiver.
+    updates: Mutex<watch::Receiver<EndpointSet>>,
     /// The version of the last endpoint set applied; serialises rebuilds.
     applied: Mutex<Option<u64>>,
     pub(crate) ready_timeout: Duration,
@@ -165,6 +185,7 @@ where
         ready_timeout: Duration,
         host: HostHeader,
     ) -> Self {
+        let initial = updates.borrow_and_update().clone();
         let shared = Arc::new(Shared {
             name,
             inner,
@@ -172,17 +193,21 @@ where
             classifier,
             balancer,
             table: Arc::new(ArcSwap::from_pointee(Table::empty())),
+            updates: Mutex::new(updates.clone()),
             applied: Mutex::new(None),
             ready_timeout,
             host,
         });
-        let initial = updates.borrow_and_update().clone();
         shared.apply(&initial);
-        Self {
+        let local = Local {
             picker: shared.balancer.picker(),
             table: Cache::new(Arc::clone(&shared.table)),
-            shared,
             updates,
+        };
+        Self {
+            shared,
+            local: Some(local),
+            called: true,
         }
     }
 
@@ -202,6 +227,12 @@ where
             .collect()
     }
 
+    /// Whether this handle has built its own caches (at its second call).
+    #[cfg(test)]
+    pub(crate) fn has_local_caches(&self) -> bool {
+        self.local.is_some()
+    }
+
     /// Whether every stack sits at its endpoint's slot in the balancer's set.
     #[cfg(test)]
     pub(crate) fn table_matches_slots(&self) -> bool {
@@ -214,13 +245,37 @@ where
                 .all(|(ep, stack)| ep.key().id() == stack.id)
     }
 
-    /// Applies the source's latest set if it changed since this clone last
+    /// This handle's caches, built at its second call (see [`Local`]).
+    #[inline]
+    fn local<'a>(
+        local: &'a mut Option<Local<L::Service>>,
+        called: &mut bool,
+        shared: &Shared<S, L, C>,
+    ) -> Option<&'a mut Local<L::Service>> {
+        if local.is_none() {
+            if !*called {
+                *called = true;
+                return None;
+            }
+            *local = Some(shared.local());
+        }
+        local.as_mut()
+    }
+}
+
+impl<T> Local<T> {
+    /// Applies the source's latest set if it changed since this handle last
     /// looked: one atomic load when nothing changed.
     #[inline]
-    fn refresh(&mut self) {
+    fn refresh<S, L, C>(&mut self, shared: &Shared<S, L, C>)
+    where
+        L: Layer<Rewrite<S>, Service = T>,
+        T: Clone,
+        S: Clone,
+    {
         if self.updates.has_changed().unwrap_or(false) {
             let set = self.updates.borrow_and_update().clone();
-            self.shared.apply(&set);
+            shared.apply(&set);
         }
     }
 }
@@ -231,6 +286,42 @@ where
     L::Service: Clone,
     S: Clone,
 {
+    /// Caches for a handle that keeps calling.
+    #[cold]
+    fn local(&self) -> Local<L::Service> {
+        Local {
+            updates: self.receiver(),
+            picker: self.balancer.picker(),
+            table: Cache::new(Arc::clone(&self.table)),
+        }
+    }
+
+    /// A receiver of the source's sets, as current as the shared one.
+    fn receiver(&self) -> watch::Receiver<EndpointSet> {
+        self.updates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// [`Local::refresh`] for a handle without caches, through the shared
+    /// receiver. If another call holds it, that call is looking already:
+    /// this one routes with the applied set, as it would have a moment
+    /// earlier.
+    #[inline]
+    fn refresh_shared(&self) {
+        let mut updates = match self.updates.try_lock() {
+            Ok(updates) => updates,
+            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        if updates.has_changed().unwrap_or(false) {
+            let set = updates.borrow_and_update().clone();
+            drop(updates);
+            self.apply(&set);
+        }
+    }
+
     /// Makes `set` the routed set: the balancer learns it, endpoints that stay
     /// keep their stack, new or changed ones get a new stack built inside
     /// their availability scope (so their breaker publishes to the balancer),
@@ -316,12 +407,13 @@ where
     }
 
     /// Chooses an endpoint for one attempt and returns its load guard and a
-    /// clone of its stack. `picker` and `table` are the caller's cached views
-    /// of the balancer's set and of the stacks.
+    /// clone of its stack. `picker` picks from the balancer's set (a cached
+    /// [`Picker`] or [`Balancer::pick`]) and `table` is the caller's view of
+    /// the stacks.
     #[inline]
     pub(crate) fn pick(
         &self,
-        picker: &mut Picker,
+        picker: &mut impl Pick,
         table: &Table<L::Service>,
         tried: Option<&TriedEndpoints>,
     ) -> Option<(LoadGuard, L::Service)> {
@@ -355,7 +447,7 @@ where
     #[inline(never)]
     fn pick_available<'t>(
         &self,
-        picker: &mut Picker,
+        picker: &mut impl Pick,
         table: &'t Table<L::Service>,
         tried: Option<&TriedEndpoints>,
         first: u64,
@@ -420,6 +512,26 @@ where
     }
 }
 
+/// Where a pick comes from: a handle's cached [`Picker`], or the balancer
+/// itself for a handle without one.
+pub(crate) trait Pick {
+    fn pick(&mut self, avoid: Option<&TriedEndpoints>) -> Option<LoadGuard>;
+}
+
+impl Pick for Picker {
+    #[inline]
+    fn pick(&mut self, avoid: Option<&TriedEndpoints>) -> Option<LoadGuard> {
+        Picker::pick(self, avoid)
+    }
+}
+
+impl Pick for &Balancer {
+    #[inline]
+    fn pick(&mut self, avoid: Option<&TriedEndpoints>) -> Option<LoadGuard> {
+        Balancer::pick(self, avoid)
+    }
+}
+
 /// Whether a new version of an endpoint can keep the old stack: everything
 /// the stack may depend on is unchanged (a weight change is the balancer's
 /// business only).
@@ -457,12 +569,20 @@ where
 
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
-        self.refresh();
-        let table = self.table.load();
-        match self
-            .shared
-            .pick(&mut self.picker, table, request.tried_endpoints())
-        {
+        let shared = &*self.shared;
+        let tried = request.tried_endpoints();
+        let picked = match Self::local(&mut self.local, &mut self.called, shared) {
+            Some(local) => {
+                local.refresh(shared);
+                let table = local.table.load();
+                shared.pick(&mut local.picker, table, tried)
+            }
+            None => {
+                shared.refresh_shared();
+                shared.pick(&mut &shared.balancer, &shared.table.load(), tried)
+            }
+        };
+        match picked {
             Some((guard, service)) => ResponseFuture::dispatch(Dispatch::start(
                 service,
                 request,
@@ -472,7 +592,6 @@ where
             )),
             None => ResponseFuture::waiting(Box::pin(wait_then_dispatch(
                 Arc::clone(&self.shared),
-                self.updates.clone(),
                 request,
             ))),
         }
@@ -483,7 +602,6 @@ where
 /// publish one or for a breaker to re-admit one, at most `ready_timeout`.
 async fn wait_then_dispatch<S, L, C, R>(
     shared: Arc<Shared<S, L, C>>,
-    mut updates: watch::Receiver<EndpointSet>,
     request: R,
 ) -> Result<<L::Service as Service<R>>::Response, BoxError>
 where
@@ -496,6 +614,7 @@ where
 {
     let start = Instant::now();
     let deadline = start + shared.ready_timeout;
+    let mut updates = shared.receiver();
     let mut picker = shared.balancer.picker();
     loop {
         // `changed()` below marks the value seen, so look at the latest set

@@ -85,6 +85,54 @@ async fn removal_is_applied_before_the_next_request() {
     assert_eq!(svc.endpoints().len(), 1);
 }
 
+/// The retry layer's pattern: every request goes through a fresh clone,
+/// which routes through the shared state (no caches of its own) and must see
+/// every applied change as a long-lived handle does.
+#[tokio::test]
+async fn fresh_clones_route_through_churn_and_build_caches_at_their_second_call() {
+    let (source, discovery) = ChannelSource::new("users");
+    source.set([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
+    let layer = DiscoveryLayer::builder(discovery)
+        .balance(round_robin())
+        .build()
+        .unwrap();
+    let svc = layer.layer(echo());
+    assert!(svc.has_local_caches());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let mut once = svc.clone();
+        assert!(!once.has_local_caches());
+        seen.insert(send(&mut once).await.unwrap());
+        assert!(!once.has_local_caches(), "one call builds no caches");
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Changes reach fresh clones through the shared receiver.
+    source.remove(ep("10.0.0.2:80").key());
+    for _ in 0..10 {
+        assert_eq!(send(&mut svc.clone()).await.unwrap(), "10.0.0.1:80");
+    }
+    source.insert(ep("10.0.0.3:80"));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        seen.insert(send(&mut svc.clone()).await.unwrap());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // A clone that keeps calling builds its caches at its second call and
+    // still sees later changes.
+    let mut kept = svc.clone();
+    send(&mut kept).await.unwrap();
+    send(&mut kept).await.unwrap();
+    assert!(kept.has_local_caches());
+    source.remove(ep("10.0.0.1:80").key());
+    for _ in 0..10 {
+        assert_eq!(send(&mut kept).await.unwrap(), "10.0.0.3:80");
+        assert_eq!(send(&mut svc.clone()).await.unwrap(), "10.0.0.3:80");
+    }
+    assert!(svc.table_matches_slots());
+}
+
 #[tokio::test]
 async fn stacks_follow_the_balancer_slots_through_churn() {
     let (source, discovery) = ChannelSource::new("users");
