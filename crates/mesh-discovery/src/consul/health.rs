@@ -26,7 +26,7 @@ use std::cmp::Ordering;
 
 use mesh_core::{Address, Endpoint, EndpointKey};
 
-use super::json::{InvalidJson, Reader, Result};
+use super::json::{InvalidJson, Reader, Result, Shape};
 use crate::error::{DiscoveryError, ErrorKind};
 use crate::source::EndpointSet;
 
@@ -107,6 +107,7 @@ pub(crate) fn parse_health_report(
         cursor: 0,
         key: String::new(),
         entry: Entry::default(),
+        shapes: Shapes::default(),
         out: Vec::new(),
         report: ParseReport::default(),
     };
@@ -219,6 +220,16 @@ fn cmp_key(key: &str, node: &str, id: &str) -> Ordering {
 
 // ===== the parser =====
 
+/// The member names of the last entry, node, service and check read: the
+/// next one most likely repeats them (see [`Reader::member`]).
+#[derive(Default)]
+struct Shapes<'a> {
+    entry: Shape<'a>,
+    node: Shape<'a>,
+    service: Shape<'a>,
+    check: Shape<'a>,
+}
+
 // Nesting levels, for the reader's depth limit: the answer's array is 1, an
 // entry 2, its `Node`, `Service` and `Checks` 3, what they hold 4.
 const PART: u32 = 3;
@@ -232,6 +243,7 @@ struct Parser<'a, 'p> {
     cursor: usize,
     key: String,
     entry: Entry<'a>,
+    shapes: Shapes<'a>,
     out: Vec<Endpoint>,
     report: ParseReport,
 }
@@ -254,7 +266,8 @@ impl<'a> Parser<'a, '_> {
         self.reader.expect(b'{', "expected a health entry object")?;
         let (mut node, mut service, mut checks) = (false, false, false);
         let mut first = true;
-        while let Some(key) = self.reader.name(&mut first)? {
+        self.shapes.entry.start();
+        while let Some(key) = self.reader.member(&mut first, &mut self.shapes.entry)? {
             match &*key {
                 b"Node" => {
                     dup(node, &self.reader, "Node")?;
@@ -288,7 +301,9 @@ impl<'a> Parser<'a, '_> {
         r.expect(b'{', "expected the `Node` object")?;
         let mut seen = Seen::default();
         let mut first = true;
-        while let Some(key) = r.name(&mut first)? {
+        let shape = &mut self.shapes.node;
+        shape.start();
+        while let Some(key) = r.member(&mut first, shape)? {
             match &*key {
                 b"Node" => {
                     let v = r.string()?;
@@ -312,7 +327,9 @@ impl<'a> Parser<'a, '_> {
         r.expect(b'{', "expected the `Service` object")?;
         let mut seen = Seen::default();
         let mut first = true;
-        while let Some(key) = r.name(&mut first)? {
+        let shape = &mut self.shapes.service;
+        shape.start();
+        while let Some(key) = r.member(&mut first, shape)? {
             match &*key {
                 b"ID" => {
                     let v = r.string()?;
@@ -376,7 +393,9 @@ impl<'a> Parser<'a, '_> {
             r.expect(b'{', "expected a check object")?;
             let mut status = false;
             let mut first = true;
-            while let Some(key) = r.name(&mut first)? {
+            let shape = &mut self.shapes.check;
+            shape.start();
+            while let Some(key) = r.member(&mut first, shape)? {
                 if *key == *b"Status" {
                     dup(status, r, "Status")?;
                     status = true;

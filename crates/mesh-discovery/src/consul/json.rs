@@ -60,6 +60,90 @@ impl std::error::Error for InvalidJson {}
 
 pub(crate) type Result<T> = std::result::Result<T, InvalidJson>;
 
+/// The member names of the last object of one kind, for [`Reader::member`]:
+/// each as it appeared in the text, `"Name":` for the first member and
+/// `,"Name":` for the others.
+#[derive(Debug, Default)]
+pub(crate) struct Shape<'a> {
+    names: Vec<Seen<'a>>,
+    /// The index of the next member in the current object.
+    at: usize,
+}
+
+/// One remembered member name, with the words [`Seen::is_at`] compares.
+#[derive(Debug, Clone, Copy)]
+struct Seen<'a> {
+    text: &'a [u8],
+    /// The first, second and last eight bytes of `text` (four when shorter
+    /// than eight; the words overlap when it is shorter than 24).
+    head: u64,
+    mid: u64,
+    tail: u64,
+}
+
+/// The little-endian word of the `N` (4 or 8) bytes at `at`, if there are.
+#[inline]
+fn word<const N: usize>(b: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; N] = b.get(at..at.checked_add(N)?)?.try_into().ok()?;
+    let mut w = [0; 8];
+    w[..N].copy_from_slice(&bytes);
+    Some(u64::from_le_bytes(w))
+}
+
+impl<'a> Seen<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        let n = text.len();
+        let (head, mid, tail) = if n >= 8 {
+            let mid = if n > 16 { 8 } else { n - 8 };
+            (
+                word::<8>(text, 0),
+                word::<8>(text, mid),
+                word::<8>(text, n - 8),
+            )
+        } else if n >= 4 {
+            (
+                word::<4>(text, 0),
+                word::<4>(text, 0),
+                word::<4>(text, n - 4),
+            )
+        } else {
+            (None, None, None)
+        };
+        Self {
+            text,
+            head: head.unwrap_or(0),
+            mid: mid.unwrap_or(0),
+            tail: tail.unwrap_or(0),
+        }
+    }
+
+    /// True when `b` repeats this name at `at`: two or three word
+    /// comparisons for names up to 24 bytes, no call to `memcmp`.
+    #[inline]
+    fn is_at(&self, b: &[u8], at: usize) -> bool {
+        let n = self.text.len();
+        if n >= 8 {
+            let mid = if n > 16 { 8 } else { n - 8 };
+            word::<8>(b, at) == Some(self.head)
+                && word::<8>(b, at + n - 8) == Some(self.tail)
+                && word::<8>(b, at + mid) == Some(self.mid)
+                && (n <= 24 || b.get(at + 16..at + n - 8) == Some(&self.text[16..n - 8]))
+        } else if n >= 4 {
+            word::<4>(b, at) == Some(self.head) && word::<4>(b, at + n - 4) == Some(self.tail)
+        } else {
+            b.get(at..).is_some_and(|rest| rest.starts_with(self.text))
+        }
+    }
+}
+
+impl Shape<'_> {
+    /// Before the first member of an object.
+    #[inline]
+    pub(crate) fn start(&mut self) {
+        self.at = 0;
+    }
+}
+
 /// A cursor over a JSON text that is already known to be valid UTF-8.
 pub(crate) struct Reader<'a> {
     text: &'a str,
@@ -172,6 +256,64 @@ impl<'a> Reader<'a> {
             Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
             Cow::Owned(s) => Cow::Owned(s.into_bytes()),
         }))
+    }
+
+    /// [`Reader::name`] for objects that come in a repeated shape, such as
+    /// the 10,000 entries of a health answer: `shape` remembers the member
+    /// names of the previous object of its kind, each with the `,` before it
+    /// and the `:` after it, exactly as they appeared. When the text at the
+    /// cursor repeats the name expected at this position, one comparison
+    /// reads it: that name was already checked to be a plain string (no
+    /// escape, no control character), so the repeated bytes are one too.
+    /// Anything else takes [`Reader::name`]'s path and updates the shape.
+    ///
+    /// Call [`Shape::start`] before the first member of each object.
+    #[inline]
+    pub(crate) fn member(
+        &mut self,
+        first: &mut bool,
+        shape: &mut Shape<'a>,
+    ) -> Result<Option<Cow<'a, [u8]>>> {
+        if let Some(seen) = shape.names.get(shape.at)
+            && seen.is_at(self.bytes(), self.pos)
+        {
+            let seen = seen.text;
+            self.pos += seen.len();
+            *first = false;
+            shape.at += 1;
+            let lead = usize::from(seen[0] == b',') + 1;
+            return Ok(Some(Cow::Borrowed(&seen[lead..seen.len() - 2])));
+        }
+        self.member_slow(first, shape)
+    }
+
+    fn member_slow(
+        &mut self,
+        first: &mut bool,
+        shape: &mut Shape<'a>,
+    ) -> Result<Option<Cow<'a, [u8]>>> {
+        let comma = usize::from(!*first);
+        let start = self.pos;
+        let name = self.name(first)?;
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        let span = &self.bytes()[start..self.pos];
+        // Remembered only when written without whitespace, escapes or
+        // anything else between `,` and `:`.
+        let plain = matches!(name, Cow::Borrowed(_))
+            && span.len() == comma + name.len() + 3
+            && span[comma] == b'"';
+        let at = shape.at;
+        shape.at += 1;
+        if plain && at < shape.names.len() {
+            shape.names[at] = Seen::new(span);
+        } else if plain && at == shape.names.len() {
+            shape.names.push(Seen::new(span));
+        } else if at < shape.names.len() {
+            shape.names.truncate(at);
+        }
+        Ok(Some(name))
     }
 
     /// The next key of an object and its `:`, or `None` at the closing `}`.
@@ -623,6 +765,74 @@ mod tests {
         for text in cases {
             let serde_ok = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
             assert_eq!(skip_all(text).is_ok(), serde_ok, "{text:?}");
+        }
+    }
+
+    /// The members of the objects in `text`, read with [`Reader::name`] or
+    /// with [`Reader::member`] and one shape carried from object to object.
+    fn members(text: &str, shaped: bool) -> Vec<Result<Vec<Vec<u8>>>> {
+        let mut r = Reader::new(text);
+        let mut shape = Shape::default();
+        let mut out = Vec::new();
+        while r.peek().is_some() {
+            let mut object = || {
+                r.expect(b'{', "expected an object")?;
+                let mut names = Vec::new();
+                let mut first = true;
+                shape.start();
+                loop {
+                    let name = if shaped {
+                        r.member(&mut first, &mut shape)?
+                    } else {
+                        r.name(&mut first)?
+                    };
+                    let Some(name) = name else {
+                        return Ok(names);
+                    };
+                    names.push(name.into_owned());
+                    r.skip(2)?;
+                }
+            };
+            let object = object();
+            let failed = object.is_err();
+            out.push(object);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn members_read_like_names_whatever_the_shape() {
+        let long =
+            r#"{"Node":1,"ID":2,"TaggedAddresses":3,"AVeryLongMemberNameIndeed_xyz":4,"":5,"a":6}"#;
+        let objects = [
+            long,
+            long,
+            r#"{"Node":1,"IDx":2,"TaggedAddresseS":3,"AVeryLongMemberNameIndeed_xyZ":4,"b":5,"":6}"#,
+            long,
+            r#"{"Node":1,"ID":2,"TaggedAddresses":3}"#,
+            long,
+            r#"{ "Node" : 1 , "ID":2,"TaggedAddresses" :3}"#,
+            r#"{"Node":1,"ID":2,"TaggedAddresses":3}"#,
+            r#"{"No\u0064e":1,"I\"D":2,"TaggedAddresses":3}"#,
+            r#"{"Node":1,"ID\"":2}"#,
+            "{}",
+            r#"{"Node":1}"#,
+            r#"{"Node":1,"ID":2,"TaggedAddresses":3,"AVeryLongMemberNameIndeed_xyz":4,"":5,"a":6,"z":7}"#,
+            long,
+            r#"{"Node":1,"ID":2,"TaggedAddresses":3,"AVeryLongMemberNameIndeed_xyz":4,"":5 "a":6}"#,
+        ];
+        let text = objects.join(" ");
+        let plain = members(&text, false);
+        assert_eq!(plain.len(), objects.len());
+        assert!(plain.last().unwrap().is_err());
+        assert_eq!(members(&text, true), plain);
+        // A truncated repeat of the last shape.
+        for cut in 1..long.len() {
+            let text = format!("{long}{}", &long[..cut]);
+            assert_eq!(members(&text, true), members(&text, false), "{text}");
         }
     }
 
