@@ -31,16 +31,28 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // The per-attempt timeout while an attempt runs, the backoff delay
-        // between attempts. Boxed: created only when configured or on a
-        // retry, and a `Sleep` inline would triple the future's size, which
-        // costs the no-retry path in moves.
-        timer: Option<Pin<Box<Sleep>>>,
-        deadline: Option<Pin<Box<Sleep>>>,
+        // Boxed: created only when configured or on a retry, and two `Sleep`s
+        // inline would triple the future's size, which costs the no-retry
+        // path in moves. One box rather than two: one pointer to move, test
+        // and drop.
+        timers: Option<Pin<Box<Timers>>>,
         service: S,
         // The copy for the next attempts; `None` when no retry is possible.
         request: Option<RequestCopy<B>>,
         policy: RetryPolicy<C>,
+    }
+}
+
+pin_project! {
+    /// The timers of one request.
+    struct Timers {
+        // The per-attempt timeout while an attempt runs, the backoff delay
+        // between attempts.
+        #[pin]
+        timer: Option<Sleep>,
+        // The overall deadline.
+        #[pin]
+        deadline: Option<Sleep>,
     }
 }
 
@@ -82,14 +94,17 @@ where
         policy: RetryPolicy<C>,
     ) -> Self {
         let config = policy.config();
-        let timer = config
-            .attempt_timeout
-            .map(|t| Box::pin(tokio::time::sleep(t)));
-        let deadline = policy.deadline().map(|d| Box::pin(sleep_until(d)));
+        let timers = if config.attempt_timeout.is_none() && config.deadline.is_none() {
+            None
+        } else {
+            Some(Box::pin(Timers {
+                timer: config.attempt_timeout.map(tokio::time::sleep),
+                deadline: policy.deadline().map(sleep_until),
+            }))
+        };
         Self {
             state: State::Called { future },
-            timer,
-            deadline,
+            timers,
             service,
             request,
             policy,
@@ -121,14 +136,13 @@ where
                     let result = match polled {
                         Poll::Ready(r) => r.map_err(Into::into),
                         Poll::Pending => {
-                            if deadline_passed(this.deadline, cx) {
+                            if deadline_passed(this.timers, cx) {
                                 return Poll::Ready(Err(deadline_exceeded(this.policy)));
                             }
+                            // Without an attempt timeout the timer is the
+                            // last backoff delay, long past.
                             let timed_out = this.policy.config().attempt_timeout.is_some()
-                                && this
-                                    .timer
-                                    .as_mut()
-                                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                                && timer_elapsed(this.timers, cx);
                             if !timed_out {
                                 return Poll::Pending;
                             }
@@ -147,11 +161,7 @@ where
                     match this.policy.decide(req, &result) {
                         Decision::Retry(delay) => {
                             drop(result);
-                            let at = Instant::now() + delay;
-                            match this.timer.as_mut() {
-                                Some(t) => t.as_mut().reset(at),
-                                None => *this.timer = Some(Box::pin(sleep_until(at))),
-                            }
+                            set_timer(this.timers, Instant::now() + delay);
                             this.state.set(State::Waiting);
                         }
                         Decision::Stop(None) => return Poll::Ready(result),
@@ -162,8 +172,10 @@ where
                 }
                 StateProj::Waiting => {
                     // `decide` only waits when the wait ends before the deadline.
-                    if let Some(t) = this.timer.as_mut() {
-                        ready!(t.as_mut().poll(cx));
+                    if let Some(t) = this.timers.as_mut()
+                        && let Some(sleep) = t.as_mut().project().timer.as_pin_mut()
+                    {
+                        ready!(sleep.poll(cx));
                     }
                     this.state.set(State::Retrying);
                 }
@@ -171,7 +183,7 @@ where
                     if let Poll::Ready(r) = this.service.poll_ready(cx) {
                         r.map_err(Into::into)?;
                     } else {
-                        if deadline_passed(this.deadline, cx) {
+                        if deadline_passed(this.timers, cx) {
                             return Poll::Ready(Err(deadline_exceeded(this.policy)));
                         }
                         return Poll::Pending;
@@ -191,10 +203,7 @@ where
                         None => copy.into_request(),
                     };
                     if let Some(timeout) = this.policy.config().attempt_timeout {
-                        let at = Instant::now() + timeout;
-                        if let Some(t) = this.timer.as_mut() {
-                            t.as_mut().reset(at);
-                        }
+                        set_timer(this.timers, Instant::now() + timeout);
                     }
                     let future = this.service.call(req);
                     this.state.set(State::Called { future });
@@ -204,10 +213,46 @@ where
     }
 }
 
-fn deadline_passed(deadline: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
-    deadline
-        .as_mut()
-        .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+/// Whether the overall deadline, if any, has passed.
+fn deadline_passed(timers: &mut Option<Pin<Box<Timers>>>, cx: &mut Context<'_>) -> bool {
+    timers.as_mut().is_some_and(|t| {
+        t.as_mut()
+            .project()
+            .deadline
+            .as_pin_mut()
+            .is_some_and(|d| d.poll(cx).is_ready())
+    })
+}
+
+/// Whether the timer (attempt timeout or backoff delay), if any, has elapsed.
+fn timer_elapsed(timers: &mut Option<Pin<Box<Timers>>>, cx: &mut Context<'_>) -> bool {
+    timers.as_mut().is_some_and(|t| {
+        t.as_mut()
+            .project()
+            .timer
+            .as_pin_mut()
+            .is_some_and(|s| s.poll(cx).is_ready())
+    })
+}
+
+/// Sets the timer to `at`, creating the timers on the first retry of a
+/// request that had none.
+fn set_timer(timers: &mut Option<Pin<Box<Timers>>>, at: Instant) {
+    match timers {
+        Some(t) => {
+            let mut timer = t.as_mut().project().timer;
+            match timer.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(at),
+                None => timer.set(Some(sleep_until(at))),
+            }
+        }
+        None => {
+            *timers = Some(Box::pin(Timers {
+                timer: Some(sleep_until(at)),
+                deadline: None,
+            }));
+        }
+    }
 }
 
 fn deadline_exceeded<C>(policy: &RetryPolicy<C>) -> BoxError {
