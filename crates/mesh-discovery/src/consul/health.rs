@@ -220,15 +220,20 @@ fn cmp_key(key: &str, node: &str, id: &str) -> Ordering {
 
 // ===== the parser =====
 
-/// The member names of the last entry, node, service and check read: the
-/// next one most likely repeats them (see [`Reader::member`]).
+/// The members of the last entry, node, service and check read: the next
+/// one most likely repeats their names and many of the values skipped (see
+/// [`Reader::member`]). Checks keep one shape per position in `Checks`
+/// (Consul lists the node's checks, then the service's, in a stable order),
+/// the last one shared by any further checks.
 #[derive(Default)]
 struct Shapes<'a> {
     entry: Shape<'a>,
     node: Shape<'a>,
     service: Shape<'a>,
-    check: Shape<'a>,
+    check: [Shape<'a>; CHECK_SHAPES],
 }
+
+const CHECK_SHAPES: usize = 4;
 
 // Nesting levels, for the reader's depth limit: the answer's array is 1, an
 // entry 2, its `Node`, `Service` and `Checks` 3, what they hold 4.
@@ -284,7 +289,7 @@ impl<'a> Parser<'a, '_> {
                     checks = true;
                     self.checks()?;
                 }
-                _ => self.reader.skip(PART)?,
+                _ => self.reader.skip_member(PART, &mut self.shapes.entry)?,
             }
         }
         if !node {
@@ -313,7 +318,7 @@ impl<'a> Parser<'a, '_> {
                     seen.mark(1, r, "Address")?;
                     self.entry.node_address = r.string()?;
                 }
-                _ => r.skip(INNER)?,
+                _ => r.skip_member(INNER, shape)?,
             }
         }
         if self.entry.node.is_none() {
@@ -373,7 +378,7 @@ impl<'a> Parser<'a, '_> {
                         self.entry.warning_weight = warning;
                     }
                 }
-                _ => r.skip(INNER)?,
+                _ => r.skip_member(INNER, shape)?,
             }
         }
         if self.entry.id.is_none() {
@@ -389,11 +394,13 @@ impl<'a> Parser<'a, '_> {
         }
         r.expect(b'[', "expected `Checks` to be an array or null")?;
         let mut first = true;
+        let mut index = 0;
         while r.more(&mut first, b']')? {
             r.expect(b'{', "expected a check object")?;
             let mut status = false;
             let mut first = true;
-            let shape = &mut self.shapes.check;
+            let shape = &mut self.shapes.check[index];
+            index = (index + 1).min(CHECK_SHAPES - 1);
             shape.start();
             while let Some(key) = r.member(&mut first, shape)? {
                 if *key == *b"Status" {
@@ -403,7 +410,7 @@ impl<'a> Parser<'a, '_> {
                         self.entry.warning = true;
                     }
                 } else {
-                    r.skip(INNER + 1)?;
+                    r.skip_member(INNER + 1, shape)?;
                 }
             }
         }

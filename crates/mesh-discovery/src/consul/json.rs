@@ -68,6 +68,8 @@ pub(crate) struct Shape<'a> {
     names: Vec<Seen<'a>>,
     /// The index of the next member in the current object.
     at: usize,
+    /// Where the member last read began (its `,`, or its name's `"`).
+    member_start: usize,
 }
 
 /// One remembered member name, with the words [`Seen::is_at`] compares.
@@ -79,6 +81,9 @@ struct Seen<'a> {
     head: u64,
     mid: u64,
     tail: u64,
+    /// The whole member, name and value, when the caller skipped its value
+    /// (see [`Reader::skip_member`]) and a `,` or `}` followed it.
+    skipped: Option<&'a [u8]>,
 }
 
 /// The little-endian word of the `N` (4 or 8) bytes at `at`, if there are.
@@ -114,6 +119,7 @@ impl<'a> Seen<'a> {
             head: head.unwrap_or(0),
             mid: mid.unwrap_or(0),
             tail: tail.unwrap_or(0),
+            skipped: None,
         }
     }
 
@@ -267,6 +273,14 @@ impl<'a> Reader<'a> {
     /// escape, no control character), so the repeated bytes are one too.
     /// Anything else takes [`Reader::name`]'s path and updates the shape.
     ///
+    /// A member whose value the caller skipped last time with
+    /// [`Reader::skip_member`] and that repeats byte for byte (name, value,
+    /// and a `,` or `}` after it) is passed over without returning it: many
+    /// members of a health answer repeat from instance to instance
+    /// (`"Datacenter":"dc1"`, `"Notes":""`, `"Type":"http"`, ...). The bytes
+    /// are the same valid JSON, at the same nesting level, as those checked
+    /// the first time.
+    ///
     /// Call [`Shape::start`] before the first member of each object.
     #[inline]
     pub(crate) fn member(
@@ -274,9 +288,21 @@ impl<'a> Reader<'a> {
         first: &mut bool,
         shape: &mut Shape<'a>,
     ) -> Result<Option<Cow<'a, [u8]>>> {
-        if let Some(seen) = shape.names.get(shape.at)
-            && seen.is_at(self.bytes(), self.pos)
-        {
+        let b = self.bytes();
+        while let Some(seen) = shape.names.get(shape.at) {
+            if let Some(whole) = seen.skipped {
+                let end = self.pos + whole.len();
+                if matches!(b.get(end), Some(b',' | b'}')) && b.get(self.pos..end) == Some(whole) {
+                    self.pos = end;
+                    *first = false;
+                    shape.at += 1;
+                    continue;
+                }
+            }
+            if !seen.is_at(b, self.pos) {
+                break;
+            }
+            shape.member_start = self.pos;
             let seen = seen.text;
             self.pos += seen.len();
             *first = false;
@@ -284,7 +310,25 @@ impl<'a> Reader<'a> {
             let lead = usize::from(seen[0] == b',') + 1;
             return Ok(Some(Cow::Borrowed(&seen[lead..seen.len() - 2])));
         }
+        shape.member_start = self.pos;
         self.member_slow(first, shape)
+    }
+
+    /// Skips the value of the member [`Reader::member`] just returned, as
+    /// [`Reader::skip`] does, and remembers the whole member so that
+    /// `member` can pass over an exact repeat of it.
+    #[inline]
+    pub(crate) fn skip_member(&mut self, depth: u32, shape: &mut Shape<'a>) -> Result<()> {
+        self.skip(depth)?;
+        let b = self.bytes();
+        let end = self.pos;
+        // The member just read is `names[at - 1]` when it was remembered
+        // (`member_slow` drops what it cannot remember).
+        if let Some(seen) = shape.at.checked_sub(1).and_then(|i| shape.names.get_mut(i)) {
+            seen.skipped =
+                matches!(b.get(end), Some(b',' | b'}')).then(|| &b[shape.member_start..end]);
+        }
+        Ok(())
     }
 
     fn member_slow(
@@ -768,16 +812,22 @@ mod tests {
         }
     }
 
-    /// The members of the objects in `text`, read with [`Reader::name`] or
-    /// with [`Reader::member`] and one shape carried from object to object.
-    fn members(text: &str, shaped: bool) -> Vec<Result<Vec<Vec<u8>>>> {
+    /// The names and value texts of an object's members that were read.
+    type Kept = Vec<(Vec<u8>, String)>;
+
+    /// The members of the objects in `text` whose names do not start with
+    /// `s`, with their values' text, read with [`Reader::name`] and
+    /// [`Reader::skip`], or with [`Reader::member`] and
+    /// [`Reader::skip_member`] and one shape carried from object to object
+    /// (members starting with `s` are the ones "skipped").
+    fn members(text: &str, shaped: bool) -> Vec<Result<Kept>> {
         let mut r = Reader::new(text);
         let mut shape = Shape::default();
         let mut out = Vec::new();
         while r.peek().is_some() {
             let mut object = || {
                 r.expect(b'{', "expected an object")?;
-                let mut names = Vec::new();
+                let mut kept = Vec::new();
                 let mut first = true;
                 shape.start();
                 loop {
@@ -787,10 +837,20 @@ mod tests {
                         r.name(&mut first)?
                     };
                     let Some(name) = name else {
-                        return Ok(names);
+                        return Ok(kept);
                     };
-                    names.push(name.into_owned());
+                    if name.starts_with(b"s") {
+                        if shaped {
+                            r.skip_member(2, &mut shape)?;
+                        } else {
+                            r.skip(2)?;
+                        }
+                        continue;
+                    }
+                    r.peek();
+                    let start = r.pos;
                     r.skip(2)?;
+                    kept.push((name.into_owned(), text[start..r.pos].to_owned()));
                 }
             };
             let object = object();
@@ -807,6 +867,8 @@ mod tests {
     fn members_read_like_names_whatever_the_shape() {
         let long =
             r#"{"Node":1,"ID":2,"TaggedAddresses":3,"AVeryLongMemberNameIndeed_xyz":4,"":5,"a":6}"#;
+        let skipped =
+            r#"{"s1":"dc1","Node":"n","s2":5,"s3":{"a":[1,{"b":null}]},"s4":[],"s5":true}"#;
         let objects = [
             long,
             long,
@@ -820,19 +882,27 @@ mod tests {
             r#"{"Node":1,"ID\"":2}"#,
             "{}",
             r#"{"Node":1}"#,
-            r#"{"Node":1,"ID":2,"TaggedAddresses":3,"AVeryLongMemberNameIndeed_xyz":4,"":5,"a":6,"z":7}"#,
-            long,
-            r#"{"Node":1,"ID":2,"TaggedAddresses":3,"AVeryLongMemberNameIndeed_xyz":4,"":5 "a":6}"#,
+            skipped,
+            skipped,
+            r#"{"s1":"dc1","Node":"m","s2":50,"s3":{"a":[1,{"b":null}]},"s4":[],"s5":true}"#,
+            skipped,
+            r#"{"s1":"dc1","Node":"n","s2":5,"s3":{"a":[1,{"b":null}]},"s4":[] ,"s5":true}"#,
+            skipped,
+            r#"{"s1":"dc1","Node":"n","s2":5,"s3":{"a":[1,{"b":null}]},"s4":[],"s5":truer}"#,
         ];
         let text = objects.join(" ");
         let plain = members(&text, false);
         assert_eq!(plain.len(), objects.len());
-        assert!(plain.last().unwrap().is_err());
+        assert!(plain[..plain.len() - 1].iter().all(Result::is_ok));
+        assert!(plain[plain.len() - 1].is_err());
         assert_eq!(members(&text, true), plain);
-        // A truncated repeat of the last shape.
-        for cut in 1..long.len() {
-            let text = format!("{long}{}", &long[..cut]);
-            assert_eq!(members(&text, true), members(&text, false), "{text}");
+        for end in [long, skipped] {
+            // A repeat of the last shape, cut anywhere.
+            let text = format!("{skipped} {long} {skipped} {long}");
+            for cut in 1..end.len() {
+                let text = format!("{text} {}", &end[..cut]);
+                assert_eq!(members(&text, true), members(&text, false), "{text}");
+            }
         }
     }
 
