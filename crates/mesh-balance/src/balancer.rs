@@ -109,7 +109,7 @@ impl Balancer {
     ) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let service: Arc<str> = service.into();
-        let params = Params::new(&config, Clock::precise());
+        let params = Params::new(&config, Clock::for_latency());
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Vec::new(),
             config.strategy,
