@@ -658,85 +658,54 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Skips the array or object at the cursor with one loop over a small
-    /// state machine and a bit stack of open containers: no recursion, and
-    /// every byte outside strings looked at once.
+    /// Skips the array or object at the cursor: no recursion (a bit stack
+    /// of open containers), every byte outside strings looked at once, and
+    /// each byte handled by the code for what may come there (a value, a
+    /// key, what follows a value) rather than a state dispatched per byte.
     fn skip_container(&mut self, depth: u32) -> Result<()> {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Want {
-            Value,
-            ValueOrClose,
-            KeyOrClose,
-            Key,
-            Colon,
-            CommaOrClose,
-        }
         let b = self.bytes();
-        let mut i = self.pos;
-        let mut want = Want::Value;
+        let err = |i: usize, why: &'static str| Err(InvalidJson::new(i, why));
         // Bit `n` set: the container at relative level `n + 1` is an object.
         let mut objects: u128 = 0;
         let mut level: u32 = 0;
-        let err = |i: usize, why: &'static str| Err(InvalidJson::new(i, why));
+        // `i` is where a value may start (whitespace skipped).
+        let mut i = self.pos;
         loop {
             let Some(&c) = b.get(i) else {
                 return err(i, "unexpected end of input");
             };
-            if matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
-                i += 1;
-                continue;
-            }
-            let in_object = level > 0 && objects & (1 << (level - 1)) != 0;
-            let close = if in_object { b'}' } else { b']' };
-            match want {
-                Want::Colon if c == b':' => {
-                    i += 1;
-                    want = Want::Value;
-                    continue;
-                }
-                Want::Colon => return err(i, "expected ':'"),
-                Want::Key | Want::KeyOrClose if c == b'"' => {
-                    i = self.skip_string_at(i)?;
-                    want = Want::Colon;
-                    continue;
-                }
-                Want::CommaOrClose if c == b',' => {
-                    i += 1;
-                    want = if in_object { Want::Key } else { Want::Value };
-                    continue;
-                }
-                Want::KeyOrClose | Want::ValueOrClose | Want::CommaOrClose if c == close => {
-                    i += 1;
-                    level -= 1;
-                    if level == 0 {
-                        self.pos = i;
-                        return Ok(());
-                    }
-                    want = Want::CommaOrClose;
-                    continue;
-                }
-                Want::Key | Want::KeyOrClose => return err(i, "expected a string key"),
-                Want::CommaOrClose if in_object => return err(i, "expected ',' or '}'"),
-                Want::CommaOrClose => return err(i, "expected ',' or ']'"),
-                Want::Value | Want::ValueOrClose => {}
-            }
-            // A value.
             match c {
                 b'"' => i = self.skip_string_at(i)?,
                 b'{' | b'[' => {
                     if depth + level >= MAX_DEPTH {
                         return err(i, "nested too deeply");
                     }
-                    if c == b'{' {
+                    let object = c == b'{';
+                    if object {
                         objects |= 1 << level;
-                        want = Want::KeyOrClose;
                     } else {
                         objects &= !(1 << level);
-                        want = Want::ValueOrClose;
                     }
                     level += 1;
-                    i += 1;
-                    continue;
+                    i = skip_ws(b, i + 1);
+                    let close = if object { b'}' } else { b']' };
+                    match b.get(i) {
+                        Some(&c) if c == close => {
+                            // An empty container: a value that just ended.
+                            i += 1;
+                            level -= 1;
+                            if level == 0 {
+                                self.pos = i;
+                                return Ok(());
+                            }
+                        }
+                        Some(_) if object => {
+                            i = self.skip_key(i)?;
+                            continue;
+                        }
+                        Some(_) => continue,
+                        None => return err(i, "unexpected end of input"),
+                    }
                 }
                 _ => {
                     self.pos = i;
@@ -750,7 +719,50 @@ impl<'a> Reader<'a> {
                     i = self.pos;
                 }
             }
-            want = Want::CommaOrClose;
+            // After a value: a `,` and the next member or element, or the
+            // closing bracket (and then the same question one level up).
+            loop {
+                i = skip_ws(b, i);
+                let in_object = objects & (1 << (level - 1)) != 0;
+                match b.get(i) {
+                    Some(b',') => {
+                        i = skip_ws(b, i + 1);
+                        if in_object {
+                            i = self.skip_key(i)?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if in_object => {}
+                    Some(b']') if !in_object => {}
+                    Some(_) if in_object => return err(i, "expected ',' or '}'"),
+                    Some(_) => return err(i, "expected ',' or ']'"),
+                    None => return err(i, "unexpected end of input"),
+                }
+                i += 1;
+                level -= 1;
+                if level == 0 {
+                    self.pos = i;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Skips an object key at `i` and its `:`; returns where its value may
+    /// start (whitespace skipped).
+    #[inline]
+    fn skip_key(&self, i: usize) -> Result<usize> {
+        let b = self.bytes();
+        match b.get(i) {
+            Some(b'"') => {}
+            Some(_) => return Err(InvalidJson::new(i, "expected a string key")),
+            None => return Err(InvalidJson::new(i, "unexpected end of input")),
+        }
+        let i = skip_ws(b, self.skip_string_at(i)?);
+        match b.get(i) {
+            Some(b':') => Ok(skip_ws(b, i + 1)),
+            Some(_) => Err(InvalidJson::new(i, "expected ':'")),
+            None => Err(InvalidJson::new(i, "unexpected end of input")),
         }
     }
 
@@ -761,6 +773,18 @@ impl<'a> Reader<'a> {
             Some(_) => Err(self.error("trailing characters after the JSON value")),
         }
     }
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(&c) = b.get(i) {
+        if c > b' ' || !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 #[cfg(test)]
@@ -800,6 +824,22 @@ mod tests {
             "1 2",
             "",
             "{\"é\":\"ü\"}",
+            // Containers in every position, and every way to break them.
+            r#"{"a":[],"b":{},"c":[{}],"d":{"e":[{"f":[]}]}}"#,
+            " { \"a\" : 1 , \"b\" : [ 1 , 2 ] } ",
+            r#"{"a":1,"b"}"#,
+            r#"{"a":}"#,
+            "[}",
+            "{]",
+            r#"{"a":1]"#,
+            "[1}",
+            "{,}",
+            "[,]",
+            "[[],]",
+            r#"{"a":[]"#,
+            r#"{"a""#,
+            "[[",
+            "{\"a\":1,",
             // Past the first chunks of the fast scan.
             "\"0123456789abcdefghijklmnop\u{1}x\"",
             "\"0123456789abcdefghijklmnop\\\\x\"",
