@@ -57,29 +57,64 @@ impl<B: TryCloneBody> RequestCopy<B> {
     /// when the body can no longer be cloned.
     pub(crate) fn to_request(&self) -> Option<Request<B>> {
         let body = self.body.try_clone_body()?;
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        if let Some(h) = &self.headers {
-            *req.headers_mut() = HeaderMap::clone(h);
-        }
-        *req.extensions_mut() = self.extensions.clone();
-        Some(req)
+        Some(assemble(
+            body,
+            self.method.clone(),
+            self.uri.clone(),
+            self.version,
+            self.headers.as_deref().cloned(),
+            self.extensions.clone(),
+        ))
     }
 
     /// The copy as the request to send on the last attempt.
     pub(crate) fn into_request(self) -> Request<B> {
-        let mut req = Request::new(self.body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        if let Some(h) = self.headers {
-            *req.headers_mut() = *h;
-        }
-        *req.extensions_mut() = self.extensions;
-        req
+        assemble(
+            self.body,
+            self.method,
+            self.uri,
+            self.version,
+            self.headers.map(|h| *h),
+            self.extensions,
+        )
     }
+}
+
+/// Clones an `http::Request` whose body can be cloned, part by part as
+/// [`RequestCopy::of`] copies one (an empty header map is neither cloned nor
+/// walked), without boxing the headers.
+#[inline]
+pub(crate) fn clone_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
+    let body = req.body().try_clone_body()?;
+    Some(assemble(
+        body,
+        req.method().clone(),
+        req.uri().clone(),
+        req.version(),
+        (!req.headers().is_empty()).then(|| req.headers().clone()),
+        req.extensions().clone(),
+    ))
+}
+
+/// A request of these parts; `None` headers leave its (empty) map unbuilt.
+#[inline]
+fn assemble<B>(
+    body: B,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: Option<HeaderMap>,
+    extensions: Extensions,
+) -> Request<B> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    if let Some(h) = headers {
+        *req.headers_mut() = h;
+    }
+    *req.extensions_mut() = extensions;
+    req
 }
 
 /// What deciding a retry reads and stamps on the request that a retry will

@@ -46,7 +46,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::TryCloneBody;
-use crate::policy::{RetryPolicy, clone_request};
+use crate::copy::clone_request;
+use crate::policy::RetryPolicy;
 
 /// Sends a second attempt of an idempotent request that has not answered
 /// after `delay`, paid from the policy's budget. See the [module docs](self).

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::body::TryCloneBody;
 use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
-use crate::copy::{RequestCopy, RetryRequest};
+use crate::copy::{RetryRequest, clone_request};
 use crate::error::{BudgetExhausted, DeadlineExceeded};
 use crate::metrics;
 
@@ -476,14 +476,6 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Clones an `http::Request` whose body can be cloned, the way
-/// [`RequestCopy`] copies one (an empty header map is neither cloned nor
-/// walked).
-#[inline]
-pub(crate) fn clone_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
-    RequestCopy::of(req).map(RequestCopy::into_request)
 }
 
 // ===== impl Policy =====
