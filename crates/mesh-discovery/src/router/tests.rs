@@ -133,6 +133,33 @@ async fn fresh_clones_route_through_churn_and_build_caches_at_their_second_call(
     assert!(svc.table_matches_slots());
 }
 
+/// A long-lived handle sends through a rebuilt stack (same key, new
+/// address) from the next request on.
+#[tokio::test]
+async fn a_rebuilt_stack_serves_a_long_lived_handles_next_request() {
+    let (source, discovery) = ChannelSource::new("users");
+    let key_a = |addr: &str| Endpoint::new("a", addr.parse().unwrap());
+    source.set([key_a("10.0.0.1:80"), ep("10.0.0.2:80")]);
+    let layer = DiscoveryLayer::builder(discovery)
+        .balance(round_robin())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(send(&mut svc).await.unwrap());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    source.set([key_a("10.0.0.9:80"), ep("10.0.0.2:80")]);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(send(&mut svc).await.unwrap());
+    }
+    let expected: std::collections::HashSet<String> =
+        ["10.0.0.9:80".to_owned(), "10.0.0.2:80".to_owned()].into();
+    assert_eq!(seen, expected);
+}
+
 #[tokio::test]
 async fn stacks_follow_the_balancer_slots_through_churn() {
     let (source, discovery) = ChannelSource::new("users");
