@@ -112,6 +112,71 @@ fn object_form(body: &Value) -> bool {
     })
 }
 
+/// Instances drawn from small pools, so consecutive entries repeat one
+/// another's tags, metadata, weights, ports and skipped members in part, as
+/// the instances of one service do: the parser passes over repeated text
+/// without reading it again, and must still read every entry as the typed
+/// model does.
+fn repeating_instance() -> impl Strategy<Value = (Instance, usize, usize)> {
+    let tags = prop_oneof![
+        Just(None),
+        Just(Some(vec![])),
+        Just(Some(vec!["a".to_owned()])),
+        Just(Some(vec!["a".to_owned(), "b".to_owned()])),
+    ];
+    (
+        prop_oneof![Just("n1"), Just("n2")],
+        prop_oneof![Just("10.0.0.1"), Just(""), Just("10.0.0.10")],
+        "[a-c]{1,2}",
+        prop_oneof![Just(""), Just("10.0.0.2"), Just("web.internal")],
+        prop_oneof![Just(0u16), Just(80), Just(8080), Just(8)],
+        tags,
+        proptest::option::of(prop_oneof![Just((1u32, 1u32)), Just((2, 1)), Just((2, 10))]),
+        any::<bool>(),
+        0usize..3,
+        0usize..3,
+    )
+        .prop_map(
+            |(node, node_address, id, address, port, tags, weights, warning, meta, extra)| {
+                let instance = Instance {
+                    node: node.to_owned(),
+                    node_address: node_address.to_owned(),
+                    id,
+                    address: address.to_owned(),
+                    port,
+                    tags,
+                    weights,
+                    warning,
+                };
+                (instance, meta, extra)
+            },
+        )
+}
+
+/// [`to_json`] with metadata and extra members from small pools.
+fn to_repeating_json(instances: &[(Instance, usize, usize)]) -> Value {
+    let mut body = to_json(
+        &instances
+            .iter()
+            .map(|(i, ..)| i.clone())
+            .collect::<Vec<_>>(),
+    );
+    for (entry, (_, meta, extra)) in body.as_array_mut().unwrap().iter_mut().zip(instances) {
+        entry["Service"]["Meta"] =
+            [json!(null), json!({"k": "v"}), json!({"k": "v", "z": "w"})][*meta].clone();
+        entry["Service"]["EnableTagOverride"] = json!(*extra == 1);
+        entry["Node"]["Datacenter"] = json!(["dc1", "dc2", "dc10"][*extra]);
+        entry["Checks"][0]["Notes"] = json!(["", "x", "x\ty"][*extra]);
+        if *extra == 2 {
+            entry["Checks"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"CheckID": "d", "Status": "passing"}));
+        }
+    }
+    body
+}
+
 fn usable(i: &Instance) -> bool {
     let host = if i.address.is_empty() {
         &i.node_address
@@ -153,6 +218,38 @@ proptest! {
         let typed: Vec<HealthEntry> = serde_json::from_slice(&body).unwrap();
         let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
         prop_assert_eq!(typed, endpoints);
+    }
+
+    #[test]
+    fn repeating_answers_read_like_the_typed_model(
+        instances in proptest::collection::vec(repeating_instance(), 0..12),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        let mut body = serde_json::to_vec(&to_repeating_json(&instances)).unwrap();
+        if edits.is_empty() {
+            let endpoints = parse_health(&body).unwrap();
+            let usable = instances.iter().filter(|(i, ..)| usable(i)).count();
+            prop_assert_eq!(endpoints.len(), usable);
+        }
+        for (at, byte) in edits {
+            if !body.is_empty() {
+                let at = at.index(body.len());
+                body[at] = byte;
+            }
+        }
+        let parsed = parse_health(&body);
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            prop_assert!(parsed.is_err(), "not JSON, yet parsed");
+        }
+        if let Ok(typed) = serde_json::from_slice::<Vec<HealthEntry>>(&body)
+            && serde_json::from_slice::<Value>(&body).is_ok_and(|v| object_form(&v))
+        {
+            let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
+            prop_assert_eq!(parsed.as_ref().ok(), Some(&typed));
+            // And against a snapshot of itself.
+            let previous = EndpointSet::new(typed.iter().cloned());
+            prop_assert_eq!(parse_health_update(&body, &previous).ok(), Some(typed));
+        }
     }
 
     #[test]

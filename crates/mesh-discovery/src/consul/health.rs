@@ -121,6 +121,13 @@ pub(crate) fn parse_health_report(
 
 /// What discovery reads from one health entry, borrowed from the body. Kept
 /// across entries so its vectors are allocated once per answer.
+///
+/// Port, tags, metadata and weights are kept from one entry to the next,
+/// with the text of the value each was read from: the instances of a
+/// service mostly carry the same ones, so when the next entry's value is the
+/// same text ([`Reader::repeats`]) what was read from it still holds.
+/// [`Parser::service`] sets them to their defaults when its object lacks
+/// them.
 #[derive(Default)]
 struct Entry<'a> {
     node: Option<Cow<'a, str>>,
@@ -128,11 +135,15 @@ struct Entry<'a> {
     id: Option<Cow<'a, str>>,
     address: Cow<'a, str>,
     port: u16,
+    port_text: &'a [u8],
     passing: u32,
     warning_weight: u32,
+    weights_text: &'a [u8],
     warning: bool,
     tags: Vec<Cow<'a, str>>,
+    tags_text: &'a [u8],
     meta: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    meta_text: &'a [u8],
 }
 
 impl Entry<'_> {
@@ -141,12 +152,7 @@ impl Entry<'_> {
         self.node_address = Cow::Borrowed("");
         self.id = None;
         self.address = Cow::Borrowed("");
-        self.port = 0;
-        self.passing = 1;
-        self.warning_weight = 1;
         self.warning = false;
-        self.tags.clear();
-        self.meta.clear();
     }
 
     fn weight(&self) -> u32 {
@@ -203,7 +209,18 @@ impl Seen {
         self.0 |= bit;
         Ok(())
     }
+
+    fn has(&self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
 }
+
+// The members of `Service` that `Seen` tracks.
+const ADDRESS: u16 = 1;
+const PORT: u16 = 2;
+const TAGS: u16 = 4;
+const META: u16 = 8;
+const WEIGHTS: u16 = 16;
 
 /// Compares an endpoint key with `node/id` without building it.
 fn cmp_key(key: &str, node: &str, id: &str) -> Ordering {
@@ -341,41 +358,57 @@ impl<'a> Parser<'a, '_> {
                     once(&mut self.entry.id, v, r, "ID")?;
                 }
                 b"Address" => {
-                    seen.mark(1, r, "Address")?;
+                    seen.mark(ADDRESS, r, "Address")?;
                     self.entry.address = r.string()?;
                 }
                 b"Port" => {
-                    seen.mark(2, r, "Port")?;
-                    // `unsigned` rejects anything above the bound.
-                    self.entry.port = r.unsigned(u64::from(u16::MAX))? as u16;
+                    seen.mark(PORT, r, "Port")?;
+                    if !r.repeats(self.entry.port_text) {
+                        let start = r.value_start();
+                        // `unsigned` rejects anything above the bound.
+                        self.entry.port = r.unsigned(u64::from(u16::MAX))? as u16;
+                        self.entry.port_text = r.text_since(start);
+                    }
                 }
                 b"Tags" => {
-                    seen.mark(4, r, "Tags")?;
-                    if !r.null()? {
-                        r.expect(b'[', "expected `Tags` to be an array or null")?;
-                        let mut first = true;
-                        while r.more(&mut first, b']')? {
-                            self.entry.tags.push(r.string()?);
+                    seen.mark(TAGS, r, "Tags")?;
+                    if !r.repeats(self.entry.tags_text) {
+                        let start = r.value_start();
+                        self.entry.tags.clear();
+                        if !r.null()? {
+                            r.expect(b'[', "expected `Tags` to be an array or null")?;
+                            let mut first = true;
+                            while r.more(&mut first, b']')? {
+                                self.entry.tags.push(r.string()?);
+                            }
                         }
+                        self.entry.tags_text = r.text_since(start);
                     }
                 }
                 b"Meta" => {
-                    seen.mark(8, r, "Meta")?;
-                    if !r.null()? {
-                        r.expect(b'{', "expected `Meta` to be an object or null")?;
-                        let mut first = true;
-                        while let Some(k) = r.key(&mut first)? {
-                            let v = r.string()?;
-                            self.entry.meta.push((k, v));
+                    seen.mark(META, r, "Meta")?;
+                    if !r.repeats(self.entry.meta_text) {
+                        let start = r.value_start();
+                        self.entry.meta.clear();
+                        if !r.null()? {
+                            r.expect(b'{', "expected `Meta` to be an object or null")?;
+                            let mut first = true;
+                            while let Some(k) = r.key(&mut first)? {
+                                let v = r.string()?;
+                                self.entry.meta.push((k, v));
+                            }
                         }
+                        self.entry.meta_text = r.text_since(start);
                     }
                 }
                 b"Weights" => {
-                    seen.mark(16, r, "Weights")?;
-                    if !r.null()? {
-                        let (passing, warning) = weights(r)?;
+                    seen.mark(WEIGHTS, r, "Weights")?;
+                    if !r.repeats(self.entry.weights_text) {
+                        let start = r.value_start();
+                        let (passing, warning) = if r.null()? { (1, 1) } else { weights(r)? };
                         self.entry.passing = passing;
                         self.entry.warning_weight = warning;
+                        self.entry.weights_text = r.text_since(start);
                     }
                 }
                 _ => r.skip_member(INNER, shape)?,
@@ -383,6 +416,22 @@ impl<'a> Parser<'a, '_> {
         }
         if self.entry.id.is_none() {
             return Err(r.error("missing field `ID` in `Service`"));
+        }
+        // What the object lacked takes its default (and matches no text).
+        let e = &mut self.entry;
+        if !seen.has(PORT) {
+            (e.port, e.port_text) = (0, b"");
+        }
+        if !seen.has(TAGS) {
+            e.tags.clear();
+            e.tags_text = b"";
+        }
+        if !seen.has(META) {
+            e.meta.clear();
+            e.meta_text = b"";
+        }
+        if !seen.has(WEIGHTS) {
+            (e.passing, e.warning_weight, e.weights_text) = (1, 1, b"");
         }
         Ok(())
     }
@@ -406,7 +455,8 @@ impl<'a> Parser<'a, '_> {
                 if *key == *b"Status" {
                     dup(status, r, "Status")?;
                     status = true;
-                    if r.string()? == "warning" {
+                    // Nearly every check passes: a plain comparison first.
+                    if !r.repeats(br#""passing""#) && r.string()? == "warning" {
                         self.entry.warning = true;
                     }
                 } else {

@@ -314,6 +314,39 @@ impl<'a> Reader<'a> {
         self.member_slow(first, shape)
     }
 
+    /// True, with the value consumed, when the value at the cursor is
+    /// exactly `seen` followed by a `,`, `}` or `]`; `seen` is the text of a
+    /// value read (and so checked) before in the same place of the same
+    /// shape of object, so reading it again would give the same result. An
+    /// empty `seen` never matches.
+    #[inline]
+    pub(crate) fn repeats(&mut self, seen: &[u8]) -> bool {
+        let b = self.bytes();
+        let end = self.pos + seen.len();
+        if !seen.is_empty()
+            && matches!(b.get(end), Some(b',' | b'}' | b']'))
+            && b.get(self.pos..end) == Some(seen)
+        {
+            self.pos = end;
+            return true;
+        }
+        false
+    }
+
+    /// Skips whitespace and returns where the next value starts, for
+    /// [`Reader::text_since`].
+    #[inline]
+    pub(crate) fn value_start(&mut self) -> usize {
+        self.peek();
+        self.pos
+    }
+
+    /// The text from `start` to the cursor.
+    #[inline]
+    pub(crate) fn text_since(&self, start: usize) -> &'a [u8] {
+        &self.bytes()[start..self.pos]
+    }
+
     /// Skips the value of the member [`Reader::member`] just returned, as
     /// [`Reader::skip`] does, and remembers the whole member so that
     /// `member` can pass over an exact repeat of it.
