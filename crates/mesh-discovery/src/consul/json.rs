@@ -10,6 +10,11 @@
 //! (RFC 8259), so a garbage body is a typed error naming what was wrong and
 //! where, never a half-read answer.
 //!
+//! Objects that come in a repeated shape (the entries of an answer) are read
+//! through a [`Shape`]: names and skipped members that repeat the previous
+//! object's text are recognized by comparison instead of being scanned
+//! again (see [`Reader::member`]).
+//!
 //! It follows serde_json where the two could disagree: the same whitespace,
 //! escapes (paired surrogates in strings that are read), number grammar,
 //! integer ranges, and nesting limit (128).
@@ -309,6 +314,11 @@ impl<'a> Reader<'a> {
             shape.at += 1;
             let lead = usize::from(seen[0] == b',') + 1;
             return Ok(Some(Cow::Borrowed(&seen[lead..seen.len() - 2])));
+        }
+        // The closing brace right away (after `{` or a value alike).
+        if b.get(self.pos) == Some(&b'}') {
+            self.pos += 1;
+            return Ok(None);
         }
         shape.member_start = self.pos;
         self.member_slow(first, shape)
