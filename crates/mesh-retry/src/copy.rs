@@ -10,6 +10,9 @@
 //! - not an `http::Request`, whose construction and drop walk an empty
 //!   `HeaderMap` even when the request has no headers: empty header and
 //!   extension maps are neither cloned nor built;
+//! - the headers as a flat list of name and value (one allocation), not a
+//!   `HeaderMap` clone (two, and its hash index copied): a map is built from
+//!   the list only for a retry;
 //! - the method (an inline enum for the standard ones), the `Uri` (whose
 //!   parts are `Bytes`: a static or shared buffer is cloned by reference,
 //!   never copied) and the body (`Full<Bytes>` shares its buffer);
@@ -19,7 +22,7 @@
 //! Each retry sends a clone of the copy and keeps the copy for the next one;
 //! the last allowed attempt sends the copy itself.
 
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use crate::body::TryCloneBody;
 
@@ -28,11 +31,14 @@ pub(crate) struct RequestCopy<B> {
     method: Method,
     uri: Uri,
     version: Version,
-    /// `None` when the request had no headers (and no retry stamped one).
-    /// Boxed: a `HeaderMap` inline would add 88 bytes to every response
-    /// future, moved on every request; a request with headers allocates for
-    /// their copy anyway.
-    headers: Option<Box<HeaderMap>>,
+    /// The request's headers in its map's order, repeated names included;
+    /// `None` when it had none. Copying them so is one allocation (none
+    /// without headers), where a `HeaderMap` clone is two and copies the
+    /// map's hash index too; and most requests never retry.
+    headers: Option<Box<[(HeaderName, HeaderValue)]>>,
+    /// The headers once a retry stamped one, as a map that later attempts
+    /// clone (boxed: the copy stays small); `None` before.
+    stamped: Option<Box<HeaderMap>>,
     extensions: Extensions,
     body: B,
 }
@@ -46,7 +52,8 @@ impl<B: TryCloneBody> RequestCopy<B> {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            headers: (!req.headers().is_empty()).then(|| Box::new(req.headers().clone())),
+            headers: list_of(req.headers()),
+            stamped: None,
             // An empty `Extensions` is a `None` inside: cloning it is free.
             extensions: req.extensions().clone(),
             body,
@@ -62,7 +69,10 @@ impl<B: TryCloneBody> RequestCopy<B> {
             self.method.clone(),
             self.uri.clone(),
             self.version,
-            self.headers.as_deref().cloned(),
+            match &self.stamped {
+                Some(map) => Some(HeaderMap::clone(map)),
+                None => self.headers.as_deref().map(|l| map_of(l.iter().cloned())),
+            },
             self.extensions.clone(),
         ))
     }
@@ -74,10 +84,36 @@ impl<B: TryCloneBody> RequestCopy<B> {
             self.method,
             self.uri,
             self.version,
-            self.headers.map(|h| *h),
+            match self.stamped {
+                Some(map) => Some(*map),
+                None => self.headers.map(|l| map_of(l.into_vec().into_iter())),
+            },
             self.extensions,
         )
     }
+}
+
+/// The headers of `map` as a list, in its order; `None` when it is empty.
+#[inline]
+fn list_of(map: &HeaderMap) -> Option<Box<[(HeaderName, HeaderValue)]>> {
+    if map.is_empty() {
+        return None;
+    }
+    let mut list = Vec::with_capacity(map.len());
+    list.extend(map.iter().map(|(n, v)| (n.clone(), v.clone())));
+    Some(list.into_boxed_slice())
+}
+
+/// A map of these header values, in their order (`append` keeps repeated
+/// names and the order of their values).
+fn map_of(values: impl ExactSizeIterator<Item = (HeaderName, HeaderValue)>) -> HeaderMap {
+    // A hint only, kept well below the capacity `with_capacity` panics past
+    // (values of one name count once there, but every one here).
+    let mut map = HeaderMap::with_capacity(values.len().min(1024));
+    for (name, value) in values {
+        map.append(name, value);
+    }
+    map
 }
 
 /// Clones an `http::Request` whose body can be cloned, part by part as
@@ -149,7 +185,13 @@ impl<B: TryCloneBody> RetryRequest for RequestCopy<B> {
     }
 
     fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.headers.get_or_insert_with(Box::default)
+        let headers = &mut self.headers;
+        self.stamped.get_or_insert_with(|| {
+            Box::new(match headers.take() {
+                Some(l) => map_of(l.into_vec().into_iter()),
+                None => HeaderMap::new(),
+            })
+        })
     }
 
     fn extensions_mut(&mut self) -> &mut Extensions {
@@ -170,7 +212,8 @@ mod tests {
             .body(Full::<Bytes>::default())
             .unwrap();
         let copy = RequestCopy::of(&plain).unwrap();
-        assert!(copy.headers.is_none() && copy.extensions.is_empty());
+        assert!(copy.headers.is_none() && copy.stamped.is_none());
+        assert!(copy.extensions.is_empty());
         let sent = copy.to_request().unwrap();
         assert_eq!(sent.uri(), plain.uri());
         assert_eq!(sent.method(), Method::GET);
@@ -202,6 +245,38 @@ mod tests {
             assert_eq!(sent.extensions().get::<&str>(), Some(&"tried"));
             assert_eq!(sent.extensions().get::<u32>(), Some(&7));
         }
+    }
+
+    #[test]
+    fn the_header_list_keeps_order_repeats_and_sensitivity() {
+        let mut secret = HeaderValue::from_static("Bearer t0k3n");
+        secret.set_sensitive(true);
+        let mut rich = Request::get("http://svc/z").body(()).unwrap();
+        let h = rich.headers_mut();
+        h.append("x-b", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        h.append("x-b", HeaderValue::from_static("3"));
+        h.insert(http::header::AUTHORIZATION, secret);
+        let flat = |m: &HeaderMap| {
+            m.iter()
+                .map(|(n, v)| (n.clone(), v.clone(), v.is_sensitive()))
+                .collect::<Vec<_>>()
+        };
+        let want = flat(rich.headers());
+        let mut copy = RequestCopy::of(&rich).unwrap();
+        assert!(copy.headers.is_some() && copy.stamped.is_none());
+        assert_eq!(flat(copy.to_request().unwrap().headers()), want);
+        // Stamping turns the list into a map with the same headers and more.
+        RetryRequest::headers_mut(&mut copy).insert("x-mesh-attempt", 2.into());
+        assert!(copy.headers.is_none() && copy.stamped.is_some());
+        for sent in [copy.to_request().unwrap(), copy.into_request()] {
+            let mut got = flat(sent.headers());
+            let stamp = got.pop().unwrap();
+            assert_eq!(stamp.0, "x-mesh-attempt");
+            assert_eq!(got, want);
+        }
+        let unstamped = RequestCopy::of(&rich).unwrap().into_request();
+        assert_eq!(flat(unstamped.headers()), want);
     }
 
     #[test]
