@@ -10,7 +10,11 @@
 //!   watch's first answer or after an error;
 //! - `update`, `update_snapshot_diff`: what a running watch does
 //!   (`parse_health_update` against the set it published last, so the 9,999
-//!   unchanged instances come back as the same endpoints).
+//!   unchanged instances come back as the same endpoints);
+//! - `update_snapshot_diff_unique_indexes`: the same with every instance's
+//!   `CreateIndex`/`ModifyIndex` its own, as in a real answer (the parser
+//!   passes over members that repeat the previous entry's text, so the
+//!   constant indexes of the other bodies flatter it a little).
 //!
 //! Run: `cargo bench -p mesh-bench --bench discovery -- --warm-up-time 1 --measurement-time 3`
 
@@ -21,8 +25,9 @@ use mesh_discovery::EndpointSet;
 use mesh_discovery::consul::{parse_health, parse_health_update};
 
 /// A body shaped like Consul's, 10,000 entries on 1,000 nodes, each with the
-/// node's serfHealth check and one service check.
-fn health_body(n: u32, changed: Option<u32>) -> Vec<u8> {
+/// node's serfHealth check and one service check. With `unique_indexes`, each
+/// node and service has its own raft indexes.
+fn health_body(n: u32, changed: Option<u32>, unique_indexes: bool) -> Vec<u8> {
     let mut out = String::from("[");
     for i in 0..n {
         if i > 0 {
@@ -31,8 +36,13 @@ fn health_body(n: u32, changed: Option<u32>) -> Vec<u8> {
         let node = format!("node-{}", i / 10);
         let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
         let port = if Some(i) == changed { 9090 } else { 8080 };
+        let (node_index, index) = if unique_indexes {
+            (100 + i / 10, 20_000 + i)
+        } else {
+            (5, 7)
+        };
         out.push_str(&format!(
-            r#"{{"Node":{{"ID":"00000000-0000-0000-0000-{i:012}","Node":"{node}","Address":"{ip}","Datacenter":"dc1","TaggedAddresses":{{"lan":"{ip}","wan":"{ip}"}},"Meta":{{"consul-network-segment":""}},"CreateIndex":5,"ModifyIndex":5}},"Service":{{"ID":"users-{i}","Service":"users","Tags":["v1","primary"],"Address":"{ip}","TaggedAddresses":{{"lan_ipv4":{{"Address":"{ip}","Port":{port}}},"wan_ipv4":{{"Address":"{ip}","Port":{port}}}}},"Meta":{{"version":"1.2.3","zone":"eu-west-1a"}},"Port":{port},"Weights":{{"Passing":1,"Warning":1}},"EnableTagOverride":false,"Namespace":"default","CreateIndex":7,"ModifyIndex":7}},"Checks":[{{"Node":"{node}","CheckID":"serfHealth","Name":"Serf Health Status","Status":"passing","Notes":"","Output":"Agent alive and reachable","ServiceID":"","ServiceName":"","ServiceTags":[],"Type":""}},{{"Node":"{node}","CheckID":"service:users-{i}","Name":"Service 'users' check","Status":"passing","Notes":"","Output":"HTTP GET http://{ip}:{port}/health: 200 OK","ServiceID":"users-{i}","ServiceName":"users","ServiceTags":["v1","primary"],"Type":"http"}}]}}"#
+            r#"{{"Node":{{"ID":"00000000-0000-0000-0000-{i:012}","Node":"{node}","Address":"{ip}","Datacenter":"dc1","TaggedAddresses":{{"lan":"{ip}","wan":"{ip}"}},"Meta":{{"consul-network-segment":""}},"CreateIndex":{node_index},"ModifyIndex":{node_index}}},"Service":{{"ID":"users-{i}","Service":"users","Tags":["v1","primary"],"Address":"{ip}","TaggedAddresses":{{"lan_ipv4":{{"Address":"{ip}","Port":{port}}},"wan_ipv4":{{"Address":"{ip}","Port":{port}}}}},"Meta":{{"version":"1.2.3","zone":"eu-west-1a"}},"Port":{port},"Weights":{{"Passing":1,"Warning":1}},"EnableTagOverride":false,"Namespace":"default","CreateIndex":{index},"ModifyIndex":{index}}},"Checks":[{{"Node":"{node}","CheckID":"serfHealth","Name":"Serf Health Status","Status":"passing","Notes":"","Output":"Agent alive and reachable","ServiceID":"","ServiceName":"","ServiceTags":[],"Type":""}},{{"Node":"{node}","CheckID":"service:users-{i}","Name":"Service 'users' check","Status":"passing","Notes":"","Output":"HTTP GET http://{ip}:{port}/health: 200 OK","ServiceID":"users-{i}","ServiceName":"users","ServiceTags":["v1","primary"],"Type":"http"}}]}}"#
         ));
     }
     out.push(']');
@@ -40,8 +50,8 @@ fn health_body(n: u32, changed: Option<u32>) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let before = health_body(10_000, None);
-    let after = health_body(10_000, Some(5_000));
+    let before = health_body(10_000, None, false);
+    let after = health_body(10_000, Some(5_000), false);
     let previous = EndpointSet::new(parse_health(&before).unwrap());
     assert_eq!(previous.len(), 10_000);
 
@@ -68,6 +78,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let set = EndpointSet::new(parse_health_update(black_box(&after), &previous).unwrap());
             let changes = previous.diff(&set);
+            assert_eq!(changes.len(), 1);
+            changes
+        })
+    });
+    let before_unique = health_body(10_000, None, true);
+    let after_unique = health_body(10_000, Some(5_000), true);
+    let previous_unique = EndpointSet::new(parse_health(&before_unique).unwrap());
+    g.bench_function("update_snapshot_diff_unique_indexes", |b| {
+        b.iter(|| {
+            let body = black_box(&after_unique);
+            let set = EndpointSet::new(parse_health_update(body, &previous_unique).unwrap());
+            let changes = previous_unique.diff(&set);
             assert_eq!(changes.len(), 1);
             changes
         })
