@@ -100,7 +100,9 @@ fn list_of(map: &HeaderMap) -> Option<Box<[(HeaderName, HeaderValue)]>> {
         return None;
     }
     let mut list = Vec::with_capacity(map.len());
-    list.extend(map.iter().map(|(n, v)| (n.clone(), v.clone())));
+    for (name, value) in map {
+        list.push((name.clone(), value.clone()));
+    }
     Some(list.into_boxed_slice())
 }
 
