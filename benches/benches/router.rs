@@ -4,6 +4,11 @@
 //! balanced service), in one run. Every variant runs the same harness: build a
 //! request, `ready().await`, `call(..).await`, on a current-thread runtime.
 //!
+//! `mesh_p2c_peak_ewma_16_fresh_clone` sends every request through a new
+//! clone of the router, as a retry layer above it does (it keeps a clone
+//! for retries and calls the one it made ready): what the router costs a
+//! handle on its first call.
+//!
 //! Run with `cargo bench -p mesh-bench --bench router`.
 
 use std::time::Duration;
@@ -48,6 +53,21 @@ fn router(c: &mut Criterion) {
         });
     }
 
+    // Every request through a fresh clone (a retry layer's pattern).
+    {
+        let discovery = StaticSource::new(endpoints(16)).discovery();
+        let layer = rt.block_on(async {
+            DiscoveryLayer::builder(discovery)
+                .balance(BalanceConfig::default())
+                .build()
+                .unwrap()
+        });
+        let mut svc = CloneEach(rt.block_on(async { layer.layer(Inner) }));
+        g.bench_function("mesh_p2c_peak_ewma_16_fresh_clone", |b| {
+            b.iter_custom(|iters| run(&rt, &mut svc, iters));
+        });
+    }
+
     // The same router with a strategy that reads no clock: how much of the
     // cost is p2c's latency accounting.
     {
@@ -86,6 +106,31 @@ fn router(c: &mut Criterion) {
         b.iter_custom(|iters| run(&rt, &mut svc, iters));
     });
     g.finish();
+}
+
+/// Calls a new clone of `S` for every request and drops it with the
+/// response future, as `tower::retry::Retry` and mesh's retry layer do.
+struct CloneEach<S>(S);
+
+impl<S, R> tower::Service<R> for CloneEach<S>
+where
+    S: tower::Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        let clone = self.0.clone();
+        std::mem::replace(&mut self.0, clone).call(request)
+    }
 }
 
 criterion_group!(benches, router);
