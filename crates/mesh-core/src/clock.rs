@@ -140,9 +140,11 @@ impl Clock {
 
     /// The cheapest clock precise enough to time single calls (a few
     /// microseconds and up): the CPU's invariant time-stamp counter (through
-    /// [`quanta`], calibrated against the OS clock once per process, which
-    /// takes about a millisecond at the first call) when the CPU has one and
-    /// tokio's clock is not paused; [`precise`](Self::precise) otherwise.
+    /// [`quanta`], calibrated against the OS clock once per process: the
+    /// first call spins about a millisecond, up to 200 ms on a very noisy
+    /// machine) when the CPU has one and tokio's clock is not paused;
+    /// [`precise`](Self::precise) otherwise. Make it where a pause is
+    /// harmless (building a client), not on a request path.
     ///
     /// Nanoseconds, 1 ns resolution, monotonic; it ignores a tokio clock
     /// paused *after* it was made (build it after pausing).
