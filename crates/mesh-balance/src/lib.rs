@@ -54,9 +54,11 @@
 //! per pick instead of the `ArcSwap` load (two atomic read-modify-writes).
 //!
 //! What a p2c peak-EWMA pick + record costs, and why: two reads of the
-//! monotonic clock (when the request started and when it ended; 31-45 ns
-//! each on a virtual machine, the floor of this design, since tokio's clock
-//! must be used for tests with paused time to work), one atomic increment
+//! clock (when the request started and when it ended), through
+//! [`Clock::for_latency`](mesh_core::clock::Clock::for_latency): the CPU's
+//! time-stamp counter, about half the 31-45 ns of a vDSO `clock_gettime` on
+//! a virtual machine, or tokio's clock when it is paused as the balancer is
+//! built (tests that advance time), one atomic increment
 //! and one decrement (the guard's reference, which is the in-flight count),
 //! and a few dozen instructions: one random number gives both candidates,
 //! the latency sample is stored without a compare-and-swap loop, and the

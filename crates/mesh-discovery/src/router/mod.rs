@@ -59,11 +59,12 @@
 //! inner service for every request) reads the shared state instead, and never
 //! pays for caches it would drop at once. The stacks are kept in the
 //! balancer's slot order, so the picked endpoint's stack is found at its
-//! slot without a lookup. What remains: the p2c pick and the record of its outcome (two
-//! clock reads, 31-45 ns each on a virtual machine, and one atomic increment
-//! and decrement), one clone of the endpoint's stack (an atomic increment and
-//! decrement for [`Rewrite`]), and the URI rewrite. The cost barely depends
-//! on the number of endpoints.
+//! slot without a lookup. What remains: the p2c pick and the record of its
+//! outcome (two reads of the CPU's time-stamp counter, see
+//! [`Clock::for_latency`](mesh_core::clock::Clock::for_latency), and one
+//! atomic increment and decrement), one clone of the endpoint's stack (an
+//! atomic increment and decrement for [`Rewrite`]), and the URI rewrite. The
+//! cost barely depends on the number of endpoints.
 //!
 //! # Example
 //!
