@@ -36,7 +36,9 @@ pin_project! {
         // path in moves. One box rather than two: one pointer to move, test
         // and drop.
         timers: Option<Pin<Box<Timers>>>,
-        service: S,
+        // The service retries go through: a clone of the caller's, made
+        // ready before each retry; `None` when no retry is possible.
+        service: Option<S>,
         // The copy for the next attempts; `None` when no retry is possible.
         request: Option<RequestCopy<B>>,
         policy: RetryPolicy<C>,
@@ -89,7 +91,7 @@ where
     #[inline]
     pub(crate) fn new(
         future: S::Future,
-        service: S,
+        service: Option<S>,
         request: Option<RequestCopy<B>>,
         policy: RetryPolicy<C>,
     ) -> Self {
@@ -180,7 +182,12 @@ where
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
-                    if let Poll::Ready(r) = this.service.poll_ready(cx) {
+                    // A retry is decided only with a stored copy, and a copy
+                    // comes with a service; be safe anyway.
+                    let Some(service) = this.service.as_mut() else {
+                        return Poll::Ready(Err("mesh-retry: no service to retry with".into()));
+                    };
+                    if let Poll::Ready(r) = service.poll_ready(cx) {
                         r.map_err(Into::into)?;
                     } else {
                         if deadline_passed(this.timers, cx) {
@@ -205,7 +212,7 @@ where
                     if let Some(timeout) = this.policy.config().attempt_timeout {
                         set_timer(this.timers, Instant::now() + timeout);
                     }
-                    let future = this.service.call(req);
+                    let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
             }

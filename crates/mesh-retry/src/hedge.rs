@@ -118,11 +118,14 @@ where
         } else {
             None
         };
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let primary = ready.call(req);
+        // The primary goes through the service made ready, which stays this
+        // handle's; the hedge through a clone that the future makes ready.
+        let primary = self.inner.call(req);
         let (timer, service) = match copy {
-            Some(_) => (Some(Box::pin(tokio::time::sleep(self.delay))), Some(ready)),
+            Some(_) => (
+                Some(Box::pin(tokio::time::sleep(self.delay))),
+                Some(self.inner.clone()),
+            ),
             None => (None, None),
         };
         HedgeFuture {

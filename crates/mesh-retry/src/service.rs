@@ -76,18 +76,22 @@ where
         } else {
             None
         };
-        // Call the service that was made ready; keep a clone for retries.
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
+        // The first attempt goes through the service made ready, which stays
+        // this handle's: whatever it keeps per handle (a router's caches)
+        // stays warm from call to call.
+        let inner = &mut self.inner;
         let future = if copy.is_some() && policy.scopes_first_attempt(&req) {
             // A router reports its pick to the scope; no record is allocated
             // unless a retry happens.
             policy.scoped = true;
-            TriedEndpoints::scope(&mut policy.first_pick, || ready.call(req))
+            TriedEndpoints::scope(&mut policy.first_pick, || inner.call(req))
         } else {
-            ready.call(req)
+            inner.call(req)
         };
-        ResponseFuture::new(future, ready, copy, policy)
+        // Retries go through a clone, which the future makes ready before
+        // each retry; none when the request cannot be retried.
+        let service = copy.is_some().then(|| self.inner.clone());
+        ResponseFuture::new(future, service, copy, policy)
     }
 }
 
