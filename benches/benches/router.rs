@@ -5,9 +5,8 @@
 //! request, `ready().await`, `call(..).await`, on a current-thread runtime.
 //!
 //! `mesh_p2c_peak_ewma_16_fresh_clone` sends every request through a new
-//! clone of the router, as a retry layer above it does (it keeps a clone
-//! for retries and calls the one it made ready): what the router costs a
-//! handle on its first call.
+//! clone of the router, as callers that clone the client per request do:
+//! what the router costs a handle on its first call.
 //!
 //! Run with `cargo bench -p mesh-bench --bench router`.
 
@@ -53,7 +52,7 @@ fn router(c: &mut Criterion) {
         });
     }
 
-    // Every request through a fresh clone (a retry layer's pattern).
+    // Every request through a fresh clone (a caller cloning per request).
     {
         let discovery = StaticSource::new(endpoints(16)).discovery();
         let layer = rt.block_on(async {

@@ -55,9 +55,9 @@
 //! Cloning the service is one atomic increment. A handle that keeps calling
 //! caches its views of the balancer's set ([`Picker`](mesh_balance::Picker))
 //! and of the stacks from its second call on, and checks them with one plain
-//! atomic load each; a handle used for one call (a retry layer clones its
-//! inner service for every request) reads the shared state instead, and never
-//! pays for caches it would drop at once. The stacks are kept in the
+//! atomic load each; a handle used for one call (a caller that clones the
+//! client per request, or the clone a retry keeps) reads the shared state
+//! instead, and never pays for caches it would drop at once. The stacks are kept in the
 //! balancer's slot order, so the picked endpoint's stack is found at its
 //! slot without a lookup. What remains: the p2c pick and the record of its
 //! outcome (two reads of the CPU's time-stamp counter, see

@@ -52,7 +52,7 @@ where
 /// each way, more than they save on one call. A clone starts without them and
 /// its first call reads the shared state instead (two `ArcSwap` loads and an
 /// uncontended `try_lock`); its second call builds them. A handle that makes
-/// one call, like the service a retry layer clones for every request, never
+/// one call, like a clone made per request or the one a retry keeps, never
 /// pays for them; one that keeps calling pays once.
 struct Local<T> {
     updates: watch::Receiver<EndpointSet>,

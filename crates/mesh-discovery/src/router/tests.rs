@@ -85,7 +85,7 @@ async fn removal_is_applied_before_the_next_request() {
     assert_eq!(svc.endpoints().len(), 1);
 }
 
-/// The retry layer's pattern: every request goes through a fresh clone,
+/// A caller cloning per request: every request goes through a fresh clone,
 /// which routes through the shared state (no caches of its own) and must see
 /// every applied change as a long-lived handle does.
 #[tokio::test]
