@@ -98,7 +98,10 @@ enum Source {
     /// tokio's clock: precise, follows `pause` and `advance`.
     Precise { origin: Instant },
     /// The CPU's counter through [`quanta`] (see [`counter`]), in raw ticks.
-    Counter { origin: u64 },
+    Counter {
+        clock: &'static quanta::Clock,
+        origin: u64,
+    },
 }
 
 impl Clock {
@@ -150,9 +153,10 @@ impl Clock {
     /// paused *after* it was made (build it after pausing).
     pub fn for_latency() -> Self {
         match counter() {
-            Some(counter) if !tokio_clock_is_paused() => Self {
+            Some(clock) if !tokio_clock_is_paused() => Self {
                 source: Source::Counter {
-                    origin: counter.raw(),
+                    clock,
+                    origin: clock.raw(),
                 },
             },
             _ => Self::precise(),
@@ -185,12 +189,9 @@ impl Clock {
                     .saturating_mul(1_000_000_000)
                     .saturating_add(u64::from(d.subsec_nanos()))
             }
-            Source::Counter { origin } => match COUNTER.get() {
-                // Zero when the counter reads below `origin` (another core's
-                // counter a few ticks behind): never goes back.
-                Some(Some(counter)) => counter.delta_as_nanos(origin, counter.raw()),
-                _ => 0,
-            },
+            // Zero when the counter reads below `origin` (another core's
+            // counter a few ticks behind): never goes back.
+            Source::Counter { clock, origin } => clock.delta_as_nanos(origin, clock.raw()),
         }
     }
 }
