@@ -370,53 +370,52 @@ impl<'a> Parser<'a, '_> {
                 }
                 b"Port" => {
                     seen.mark(PORT, r, "Port")?;
-                    if !r.repeats(self.entry.port_text) {
-                        let start = r.value_start();
+                    let e = &mut self.entry;
+                    r.unless_repeated(&mut e.port_text, |r| {
                         // `unsigned` rejects anything above the bound.
-                        self.entry.port = r.unsigned(u64::from(u16::MAX))? as u16;
-                        self.entry.port_text = r.text_since(start);
-                    }
+                        e.port = r.unsigned(u64::from(u16::MAX))? as u16;
+                        Ok(())
+                    })?;
                 }
                 b"Tags" => {
                     seen.mark(TAGS, r, "Tags")?;
-                    if !r.repeats(self.entry.tags_text) {
-                        let start = r.value_start();
-                        self.entry.tags.clear();
+                    let e = &mut self.entry;
+                    r.unless_repeated(&mut e.tags_text, |r| {
+                        e.tags.clear();
                         if !r.null()? {
                             r.expect(b'[', "expected `Tags` to be an array or null")?;
                             let mut first = true;
                             while r.more(&mut first, b']')? {
-                                self.entry.tags.push(r.string()?);
+                                e.tags.push(r.string()?);
                             }
                         }
-                        self.entry.tags_text = r.text_since(start);
-                    }
+                        Ok(())
+                    })?;
                 }
                 b"Meta" => {
                     seen.mark(META, r, "Meta")?;
-                    if !r.repeats(self.entry.meta_text) {
-                        let start = r.value_start();
-                        self.entry.meta.clear();
+                    let e = &mut self.entry;
+                    r.unless_repeated(&mut e.meta_text, |r| {
+                        e.meta.clear();
                         if !r.null()? {
                             r.expect(b'{', "expected `Meta` to be an object or null")?;
                             let mut first = true;
                             while let Some(k) = r.key(&mut first)? {
                                 let v = r.string()?;
-                                self.entry.meta.push((k, v));
+                                e.meta.push((k, v));
                             }
                         }
-                        self.entry.meta_text = r.text_since(start);
-                    }
+                        Ok(())
+                    })?;
                 }
                 b"Weights" => {
                     seen.mark(WEIGHTS, r, "Weights")?;
-                    if !r.repeats(self.entry.weights_text) {
-                        let start = r.value_start();
-                        let (passing, warning) = if r.null()? { (1, 1) } else { weights(r)? };
-                        self.entry.passing = passing;
-                        self.entry.warning_weight = warning;
-                        self.entry.weights_text = r.text_since(start);
-                    }
+                    let e = &mut self.entry;
+                    r.unless_repeated(&mut e.weights_text, |r| {
+                        (e.passing, e.warning_weight) =
+                            if r.null()? { (1, 1) } else { weights(r)? };
+                        Ok(())
+                    })?;
                 }
                 _ => r.skip_member(INNER, shape)?,
             }

@@ -343,18 +343,26 @@ impl<'a> Reader<'a> {
         false
     }
 
-    /// Skips whitespace and returns where the next value starts, for
-    /// [`Reader::text_since`].
+    /// Reads the value at the cursor with `read`, unless it [`repeats`]
+    /// `text`, the text of the value `read` last read here; then `text` is
+    /// the text of this value. What `read` stored from the repeated text
+    /// still holds, so a repeat is passed over with one comparison.
+    ///
+    /// [`repeats`]: Reader::repeats
     #[inline]
-    pub(crate) fn value_start(&mut self) -> usize {
+    pub(crate) fn unless_repeated(
+        &mut self,
+        text: &mut &'a [u8],
+        read: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        if self.repeats(text) {
+            return Ok(());
+        }
         self.peek();
-        self.pos
-    }
-
-    /// The text from `start` to the cursor.
-    #[inline]
-    pub(crate) fn text_since(&self, start: usize) -> &'a [u8] {
-        &self.bytes()[start..self.pos]
+        let start = self.pos;
+        read(self)?;
+        *text = &self.bytes()[start..self.pos];
+        Ok(())
     }
 
     /// Skips the value of the member [`Reader::member`] just returned, as
