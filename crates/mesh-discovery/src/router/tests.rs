@@ -39,6 +39,27 @@ fn round_robin() -> BalanceConfig {
     }
 }
 
+/// A round-robin router over a channel source that starts with `endpoints`,
+/// sending to [`echo`].
+fn round_robin_router(
+    endpoints: impl IntoIterator<Item = Endpoint>,
+) -> (
+    ChannelSource,
+    DiscoveryService<
+        Echo,
+        tower::layer::util::Identity,
+        mesh_core::classify::DefaultHttpClassifier,
+    >,
+) {
+    let (source, discovery) = ChannelSource::new("users");
+    source.set(endpoints);
+    let layer = DiscoveryLayer::builder(discovery)
+        .balance(round_robin())
+        .build()
+        .unwrap();
+    (source, layer.layer(echo()))
+}
+
 async fn send<S>(svc: &mut S) -> Result<String, BoxError>
 where
     S: Service<http::Request<()>, Response = http::Response<String>, Error = BoxError>,
@@ -66,13 +87,7 @@ async fn spreads_requests_over_every_endpoint() {
 
 #[tokio::test]
 async fn removal_is_applied_before_the_next_request() {
-    let (source, discovery) = ChannelSource::new("users");
-    source.set([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
-    let layer = DiscoveryLayer::builder(discovery)
-        .balance(round_robin())
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(echo());
+    let (source, mut svc) = round_robin_router([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
     let mut clone = svc.clone();
     for _ in 0..4 {
         send(&mut svc).await.unwrap();
@@ -90,13 +105,7 @@ async fn removal_is_applied_before_the_next_request() {
 /// every applied change as a long-lived handle does.
 #[tokio::test]
 async fn fresh_clones_route_through_churn_and_build_caches_at_their_second_call() {
-    let (source, discovery) = ChannelSource::new("users");
-    source.set([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
-    let layer = DiscoveryLayer::builder(discovery)
-        .balance(round_robin())
-        .build()
-        .unwrap();
-    let svc = layer.layer(echo());
+    let (source, svc) = round_robin_router([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
     assert!(svc.has_local_caches());
     let mut seen = std::collections::HashSet::new();
     for _ in 0..4 {
@@ -137,14 +146,8 @@ async fn fresh_clones_route_through_churn_and_build_caches_at_their_second_call(
 /// address) from the next request on.
 #[tokio::test]
 async fn a_rebuilt_stack_serves_a_long_lived_handles_next_request() {
-    let (source, discovery) = ChannelSource::new("users");
     let key_a = |addr: &str| Endpoint::new("a", addr.parse().unwrap());
-    source.set([key_a("10.0.0.1:80"), ep("10.0.0.2:80")]);
-    let layer = DiscoveryLayer::builder(discovery)
-        .balance(round_robin())
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(echo());
+    let (source, mut svc) = round_robin_router([key_a("10.0.0.1:80"), ep("10.0.0.2:80")]);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..4 {
         seen.insert(send(&mut svc).await.unwrap());
