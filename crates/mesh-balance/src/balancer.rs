@@ -14,6 +14,7 @@ use mesh_core::{Availability, Endpoint, EndpointKey, TriedEndpoints};
 
 use crate::config::{BalanceConfig, Strategy};
 use crate::guard::LoadGuard;
+use crate::outlier::Detector;
 use crate::pick::Ctx;
 use crate::snapshot::{Slot, Snapshot};
 use crate::state::{EndpointState, Params, in_flight};
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     update_lock: Mutex<()>,
     /// A non-empty set was seen: later newcomers ramp up.
     seeded: AtomicBool,
+    /// Success-rate outlier detection, run by the calls themselves.
+    detector: Arc<Detector>,
     #[cfg(feature = "metrics")]
     pub(crate) gauges: Gauges,
 }
@@ -109,12 +112,19 @@ impl Balancer {
     ) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let service: Arc<str> = service.into();
-        let params = Params::new(&config, Clock::for_latency());
+        let clock = Clock::new();
+        let params = Params::new(&config, clock);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Vec::new(),
             config.strategy,
             config.max_ejection_percent,
         )));
+        let detector = Arc::new(Detector::new(
+            &config.outlier,
+            clock,
+            Arc::clone(&service),
+            &snapshot,
+        ));
         Ok(Self {
             shared: Arc::new(Shared {
                 #[cfg(feature = "metrics")]
@@ -129,6 +139,7 @@ impl Balancer {
                 snapshot,
                 update_lock: Mutex::new(()),
                 seeded: AtomicBool::new(false),
+                detector,
             }),
         })
     }
@@ -188,6 +199,7 @@ impl Balancer {
                         shared.params,
                         now,
                         ramp,
+                        Arc::clone(&shared.detector),
                         &shared.service,
                     ))
                 }

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use mesh_core::config::InvalidConfig;
 
+use crate::outlier::OutlierConfig;
+
 /// Which endpoint a pick chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -89,6 +91,10 @@ pub struct BalanceConfig {
     /// minutes. Default 1s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub failure_penalty: Duration,
+    /// Success-rate outlier detection: endpoints that fail well more often
+    /// than their peers are ejected (within `max_ejection_percent`). On by
+    /// default; see [`OutlierConfig`].
+    pub outlier: OutlierConfig,
 }
 
 impl Default for BalanceConfig {
@@ -101,6 +107,7 @@ impl Default for BalanceConfig {
             ewma_decay: Duration::from_secs(10),
             default_rtt: Duration::from_millis(30),
             failure_penalty: Duration::from_secs(1),
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -150,6 +157,7 @@ impl BalanceConfig {
                 format!("must be at most 5min (got {:?})", self.failure_penalty),
             );
         }
+        errors.merge_nested("outlier", self.outlier.validate());
         errors.into_result()
     }
 }
@@ -173,6 +181,7 @@ mod tests {
             ewma_decay: Duration::ZERO,
             default_rtt: Duration::from_secs(120),
             failure_penalty: Duration::from_secs(301),
+            outlier: OutlierConfig::default(),
         };
         let err = bad.validate().unwrap_err();
         let paths: Vec<_> = err

@@ -91,22 +91,39 @@ impl LoadGuard {
     ///   configured `failure_penalty`, so failing fast does not look fast;
     ///   pushback with a delay (`Retry-After`) also penalises the endpoint
     ///   until that delay has passed.
+    ///
+    /// Successes and failures also count towards the endpoint's success
+    /// rate, which the outlier detector compares with its peers' once per
+    /// interval (see [`OutlierConfig`](crate::OutlierConfig)); the call that
+    /// finishes after an interval ended runs the comparison.
     #[inline]
     pub fn record(self, outcome: Outcome) {
-        let pushback = outcome.pushback().and_then(Pushback::delay);
-        let Some(started) = self.started_ns else {
-            // Latency-blind strategy: only pushback needs the clock.
-            if let Some(delay) = pushback {
-                let now = self.state.params.clock.elapsed_nanos();
-                self.state.push_back(now, delay);
-            }
-            return;
+        let state = &*self.state;
+        let failed = outcome.is_failure();
+        let counted = match outcome {
+            Outcome::Ignored => None,
+            _ => Some(state.count(failed)),
         };
-        let now = self.state.params.clock.elapsed_nanos();
-        self.state
-            .observe(now.saturating_sub(started), now, outcome.is_failure());
+        let pushback = outcome.pushback().and_then(Pushback::delay);
+        let now = match self.started_ns {
+            Some(started) => {
+                let now = state.params.clock.elapsed_nanos();
+                state.observe(now.saturating_sub(started), now, failed);
+                Some(now)
+            }
+            // Latency-blind strategy: the clock is read for pushback, and
+            // every 64th call for the outlier detector.
+            None if pushback.is_some() || counted.is_some_and(|n| n % 64 == 0) => {
+                Some(state.params.clock.elapsed_nanos())
+            }
+            None => None,
+        };
+        let Some(now) = now else { return };
         if let Some(delay) = pushback {
-            self.state.push_back(now, delay);
+            state.push_back(now, delay);
+        }
+        if state.detector.due(now) {
+            state.detector.run(now);
         }
     }
 }

@@ -117,6 +117,7 @@
 mod balancer;
 pub mod config;
 mod guard;
+pub mod outlier;
 mod pick;
 mod snapshot;
 mod state;
@@ -124,3 +125,4 @@ mod state;
 pub use balancer::{Balancer, BalancerStats, EndpointStats, Picker, SetChanges};
 pub use config::{BalanceConfig, Strategy};
 pub use guard::LoadGuard;
+pub use outlier::OutlierConfig;

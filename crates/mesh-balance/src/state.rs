@@ -10,6 +10,7 @@ use mesh_core::clock::Clock;
 use mesh_core::{Availability, Endpoint};
 
 use crate::config::BalanceConfig;
+use crate::outlier::Detector;
 
 /// `admitted_at` when the endpoint is not ramping up.
 pub(crate) const NOT_RAMPING: u64 = u64::MAX;
@@ -69,6 +70,12 @@ pub(crate) struct EndpointState {
     pub(crate) id: u64,
     pub(crate) endpoint: Endpoint,
     pub(crate) params: Params,
+    /// Calls and failures recorded since the outlier detector last looked.
+    calls: AtomicU64,
+    failures: AtomicU64,
+    /// Consecutive success-rate ejections (their length grows with it).
+    pub(crate) outlier_ejections: AtomicU32,
+    pub(crate) detector: Arc<Detector>,
     #[cfg(feature = "metrics")]
     pub(crate) picks: metrics::Counter,
 }
@@ -86,6 +93,7 @@ impl EndpointState {
         params: Params,
         now_ns: u64,
         ramp: bool,
+        detector: Arc<Detector>,
         #[cfg_attr(not(feature = "metrics"), allow(unused_variables))] service: &str,
     ) -> Self {
         Self {
@@ -108,7 +116,28 @@ impl EndpointState {
             }),
             pushback_until: AtomicU64::new(0),
             params,
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            outlier_ejections: AtomicU32::new(0),
+            detector,
         }
+    }
+
+    /// Counts one call for the outlier detector; returns the calls counted
+    /// before it.
+    #[inline]
+    pub(crate) fn count(&self, failed: bool) -> u64 {
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The calls and failures counted since the last take, resetting both.
+    pub(crate) fn take_counts(&self) -> (u64, u64) {
+        let calls = self.calls.swap(0, Ordering::Relaxed);
+        let failures = self.failures.swap(0, Ordering::Relaxed);
+        (calls, failures.min(calls))
     }
 
     /// The latency estimate as a pick sees it at `now_ns`: an idle endpoint's
@@ -262,12 +291,18 @@ mod tests {
     use super::*;
 
     fn state(config: &BalanceConfig) -> EndpointState {
-        let params = Params::new(config, Clock::precise());
+        let clock = Clock::new();
+        let params = Params::new(config, clock);
+        let snapshot = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::snapshot::Snapshot::build(Vec::new(), config.strategy, 50),
+        ));
+        let detector = Arc::new(Detector::new(&config.outlier, clock, "svc".into(), &snapshot));
         EndpointState::new(
             Endpoint::new("a", "127.0.0.1:1".parse().unwrap()),
             params,
             0,
             false,
+            detector,
             "svc",
         )
     }

@@ -116,7 +116,16 @@ async fn simulate(
     fails: fn(&str) -> bool,
 ) -> f64 {
     fastrand::seed(3);
-    let b = balancer(strategy);
+    // The strategies alone: no outlier detection (tested on its own below).
+    let b = Balancer::new(BalanceConfig {
+        strategy,
+        outlier: mesh_balance::OutlierConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..BalanceConfig::default()
+    })
+    .unwrap();
     b.update(names(5).iter().map(|n| ep(n, 1)));
     let mut hits = 0u32;
     // Four requests in flight at a time, completing in latency order.
@@ -501,4 +510,83 @@ fn p2c_draws_cover_the_set() {
     let b = balancer(Strategy::P2cPeakEwma);
     b.update(names(2).iter().map(|n| ep(n, 1)));
     assert_eq!(count(&b, 100).len(), 2);
+}
+
+/// Success-rate outlier detection: two of six endpoints failing 30 % of
+/// their calls are ejected within a few intervals (a consecutive-failure
+/// breaker rarely sees five in a row at 30 %), never more than the cap, and
+/// they come back after the ejection time.
+#[tokio::test(start_paused = true)]
+async fn gray_failures_are_ejected_by_success_rate() {
+    fastrand::seed(11);
+    let b = Balancer::new(BalanceConfig {
+        strategy: Strategy::RoundRobin,
+        ..BalanceConfig::default()
+    })
+    .unwrap();
+    b.update(names(6).iter().map(|n| ep(n, 1)));
+    let gray = |n: &str| n == "e0" || n == "e1";
+    let mut hits = HashMap::<String, u32>::new();
+    let mut late = 0u32;
+    let mut total_late = 0u32;
+    // 600 calls per 100 ms, 3 s in all.
+    for step in 0..30 {
+        for _ in 0..600 {
+            let g = b.pick(None).unwrap();
+            let name = g.key().to_string();
+            *hits.entry(name.clone()).or_default() += 1;
+            if step >= 20 {
+                total_late += 1;
+                if gray(&name) {
+                    late += 1;
+                }
+            }
+            let failed = gray(&name) && fastrand::f64() < 0.3;
+            g.record(if failed { Outcome::retryable() } else { Outcome::Success });
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let stats = b.stats();
+    assert_eq!(stats.ejected, 2, "{stats:?}");
+    assert!(!stats.panic);
+    assert_eq!(late, 0, "ejected gray endpoints get no traffic: {hits:?}");
+    assert!(total_late > 0);
+    // Their share over the whole run is far below their fair 1/3.
+    let gray_share = f64::from(hits["e0"] + hits["e1"]) / f64::from(hits.values().sum::<u32>());
+    assert!(gray_share < 0.2, "{gray_share} {hits:?}");
+    // After the ejection (10 s base) they take traffic again.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut back = 0;
+    for _ in 0..600 {
+        let g = b.pick(None).unwrap();
+        if gray(g.key().as_str()) {
+            back += 1;
+        }
+        g.record(Outcome::Success);
+    }
+    assert!(back > 100, "{back}");
+}
+
+/// Healthy endpoints with a little noise are never ejected, and a service
+/// whose endpoints all fail alike ejects none (the median moves with them).
+#[tokio::test(start_paused = true)]
+async fn the_outlier_detector_compares_with_peers_not_with_perfection() {
+    fastrand::seed(12);
+    for fail_rate in [0.01, 0.4] {
+        let b = Balancer::new(BalanceConfig {
+            strategy: Strategy::RoundRobin,
+            ..BalanceConfig::default()
+        })
+        .unwrap();
+        b.update(names(6).iter().map(|n| ep(n, 1)));
+        for _ in 0..30 {
+            for _ in 0..600 {
+                let g = b.pick(None).unwrap();
+                let failed = fastrand::f64() < fail_rate;
+                g.record(if failed { Outcome::retryable() } else { Outcome::Success });
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(b.stats().ejected, 0, "fail rate {fail_rate}");
+    }
 }

@@ -93,6 +93,19 @@ pub enum OpenBehavior {
     /// every probe permit taken) and wakes the task when that may change, so a
     /// balancer routes around the endpoint.
     NotReady,
+    /// The breaker never refuses: it counts, trips, and publishes its state
+    /// to its health signal ([`Availability`](mesh_core::Availability)); the
+    /// signal's reader decides who gets traffic. What a breaker built for a
+    /// router's endpoint does (see
+    /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)'s
+    /// `NewEndpoint` implementation): the balancer ejects the endpoint within
+    /// its ejection cap, and past the cap (panic mode) sends to it anyway.
+    /// Calls let through while open are not counted; after the open period
+    /// the first calls are half-open probes as usual. Each open period is
+    /// `recovery_timeout` times the number of consecutive trips, capped at
+    /// `max_open_time` (Envoy's ejection time), instead of the jittered
+    /// backoff of the other behaviours.
+    Report,
 }
 
 /// A sliding window and the rates that trip the breaker over it.
@@ -160,10 +173,8 @@ pub enum WindowKind {
     },
     /// The last `buckets` × `bucket_width` of time, sliding one bucket at a time.
     ///
-    /// With buckets at least 20 kernel ticks wide (80 ms on a usual Linux
-    /// host) the window reads the coarse monotonic clock, which may place a
-    /// call up to one tick (about 4 ms) early; under tokio's paused clock it
-    /// follows `tokio::time::advance` (see the crate docs).
+    /// The window reads `tokio::time::Instant`: under tokio's paused clock it
+    /// follows `tokio::time::advance`.
     Time {
         /// Buckets in the ring, 1 to [`MAX_WINDOW_BUCKETS`].
         buckets: u32,

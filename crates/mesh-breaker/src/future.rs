@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mesh_core::classify::Classify;
-use mesh_core::{BoxError, Outcome};
+use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::error::BreakerOpen;
-use crate::service::Local;
-use crate::state::ProbePermit;
+use crate::state::{ProbePermit, Shared};
 
 /// Under which state a call was let through.
 #[derive(Debug)]
@@ -29,13 +28,16 @@ pub(crate) enum Admission {
 enum Tracker<C> {
     /// Nothing left to count (rejected, or already counted).
     Done,
-    /// A success would change nothing: only a failure needs the breaker,
-    /// found by id (see `registry`).
-    Lite { classifier: C, id: u64, word: u64 },
+    /// A success would change nothing: only a failure is counted.
+    Lite {
+        classifier: C,
+        shared: Arc<Shared>,
+        word: u64,
+    },
     /// Every result counts.
     Full {
         classifier: C,
-        local: Arc<Local>,
+        shared: Arc<Shared>,
         admission: Admission,
         start: Option<Instant>,
     },
@@ -63,7 +65,7 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(
         future: F,
         classifier: C,
-        local: Arc<Local>,
+        shared: Arc<Shared>,
         admission: Admission,
         start: Option<Instant>,
     ) -> Self {
@@ -71,7 +73,7 @@ impl<F, C> ResponseFuture<F, C> {
             kind: Kind::Called { future },
             tracker: Tracker::Full {
                 classifier,
-                local,
+                shared,
                 admission,
                 start,
             },
@@ -79,14 +81,22 @@ impl<F, C> ResponseFuture<F, C> {
     }
 
     #[inline]
-    pub(crate) fn lite(future: F, classifier: C, id: u64, word: u64) -> Self {
+    pub(crate) fn lite(future: F, classifier: C, shared: Arc<Shared>, word: u64) -> Self {
         Self {
             kind: Kind::Called { future },
             tracker: Tracker::Lite {
                 classifier,
-                id,
+                shared,
                 word,
             },
+        }
+    }
+
+    /// A call let through without counting (see `OpenBehavior::Report`).
+    pub(crate) fn uncounted(future: F) -> Self {
+        Self {
+            kind: Kind::Called { future },
+            tracker: Tracker::Done,
         }
     }
 
@@ -139,20 +149,20 @@ impl<C> Tracker<C> {
             // failure leaves this function.
             Tracker::Lite {
                 classifier,
-                id,
+                shared,
                 word,
             } => {
                 let outcome = classifier.classify(result);
                 if outcome.is_failure() {
-                    count_late(id, word, outcome);
+                    shared.on_closed_result(word, outcome, None);
                 }
             }
             Tracker::Full {
                 classifier,
-                local,
+                shared,
                 admission,
                 start,
-            } => finish_full(&classifier, &local, admission, start, result),
+            } => finish_full(&classifier, &shared, admission, start, result),
         }
     }
 }
@@ -160,7 +170,7 @@ impl<C> Tracker<C> {
 /// Counts the result of a call that holds its breaker.
 fn finish_full<C, T, E>(
     classifier: &C,
-    local: &Local,
+    shared: &Shared,
     admission: Admission,
     start: Option<Instant>,
     result: &Result<T, E>,
@@ -168,18 +178,9 @@ fn finish_full<C, T, E>(
     C: Classify<T, E>,
 {
     let outcome = classifier.classify(result);
-    let shared = &local.shared;
     match admission {
         Admission::Closed(word) => shared.on_closed_result(word, outcome, start),
         Admission::Probe(permit) => shared.on_probe_result(permit, outcome, start),
-    }
-}
-
-/// The rare path of a lite call: it failed, so find the breaker and count it.
-#[cold]
-fn count_late(id: u64, word: u64, outcome: Outcome) {
-    if let Some(shared) = crate::registry::find(id) {
-        shared.on_closed_result(word, outcome, None);
     }
 }
 

@@ -39,6 +39,13 @@ impl CircuitBreakerHandle {
         self.shared.availability()
     }
 
+    /// The breaker's name in logs and metrics: the layer's
+    /// [`name`](crate::CircuitBreakerLayer::name), or `service/endpoint`
+    /// for a breaker a router built for an endpoint.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name()
+    }
+
     /// Refuses every call until [`reset`](Self::reset).
     pub fn force_open(&self) {
         self.shared.force(CircuitState::ForcedOpen);

@@ -3,23 +3,38 @@
 use std::fmt;
 use std::sync::Arc;
 
-use mesh_core::Availability;
 use mesh_core::classify::DefaultHttpClassifier;
+use mesh_core::target::{NewEndpoint, Target};
+use mesh_core::Availability;
 use mesh_core::config::InvalidConfig;
 use tower_layer::Layer;
 
-use crate::config::BreakerConfig;
+use crate::config::{BreakerConfig, OpenBehavior};
 use crate::events::{BreakerEvent, Listener};
 use crate::service::CircuitBreaker;
 use crate::state::Shared;
 
 /// Wraps a service in a [`CircuitBreaker`].
 ///
-/// Each call to [`Layer::layer`] builds a new, independent breaker (one per
-/// endpoint when the discovery router builds each endpoint's stack). The
-/// breaker publishes its state into the [`Availability`] of the endpoint being
-/// built ([`Availability::current`]), or into its own signal outside such a
-/// scope; read it with [`CircuitBreaker::availability`].
+/// Each call to [`Layer::layer`] builds a new, independent breaker with its
+/// own [`Availability`] signal (read it with
+/// [`CircuitBreaker::availability`]); it refuses calls itself while open, as
+/// its [`OpenBehavior`] says.
+///
+/// # Inside a router: one breaker per endpoint target
+///
+/// The layer is also a [`NewEndpoint`]: given to the discovery router
+/// (`DiscoveryLayer::builder(..).new_endpoint(..)`, or through mesh-stack),
+/// it builds one breaker per endpoint from the endpoint's [`Target`]. Such a
+/// breaker publishes into the target's health signal, is named
+/// `service/endpoint` in its logs and metrics, and runs in
+/// [`OpenBehavior::Report`]: it counts the endpoint's outcomes and trips,
+/// but never refuses a call. Who gets traffic is the balancer's decision
+/// alone: it ejects a tripped endpoint within its ejection cap, and past the
+/// cap (panic mode) keeps sending to it, so an outage of every endpoint costs
+/// the time the backends are down, not a whole open period. Each ejection
+/// lasts `recovery_timeout` times the number of consecutive trips, capped at
+/// `max_open_time`, as in Envoy's outlier detection.
 ///
 /// Results are classified with `C`, the default
 /// [`HttpClassifier`](mesh_core::classify::HttpClassifier) (as the
@@ -99,12 +114,32 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let availability = Availability::current().unwrap_or_default();
         let shared = Shared::new_arc(
             &self.config,
-            availability,
+            Availability::new(),
             self.listener.clone(),
             self.name.clone(),
+        );
+        CircuitBreaker::from_shared(inner, shared, self.classifier.clone())
+    }
+}
+
+impl<S, C: Clone> NewEndpoint<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    /// A breaker for one endpoint of a router: publishes into the target's
+    /// health signal, is named after the target, and only reports (see the
+    /// [type docs](CircuitBreakerLayer)).
+    fn new_endpoint(&self, target: &Target, inner: S) -> Self::Service {
+        let config = BreakerConfig {
+            open_behavior: OpenBehavior::Report,
+            ..self.config.clone()
+        };
+        let shared = Shared::new_arc(
+            &config,
+            target.health().clone(),
+            self.listener.clone(),
+            Some(Arc::clone(target.name_arc())),
         );
         CircuitBreaker::from_shared(inner, shared, self.classifier.clone())
     }

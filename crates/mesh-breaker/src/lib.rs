@@ -37,49 +37,50 @@
 //! cannot wedge the breaker half-open (resilience4j and Polly both shipped
 //! that bug).
 //!
-//! # Two ways to say "open"
+//! # Three ways to say "open"
 //!
 //! - [`OpenBehavior::FailFast`] (default): the call fails at once with a typed
 //!   [`BreakerOpen`] error carrying the remaining open time.
 //! - [`OpenBehavior::NotReady`]: `poll_ready` stays `Pending` until the open
-//!   period ends (it wakes the task then, no background task involved), so a
-//!   balancer routes around the endpoint.
+//!   period ends (it wakes the task then, no background task involved).
+//! - [`OpenBehavior::Report`]: the breaker never refuses; it counts, trips
+//!   and publishes. What a breaker built for a router's endpoint does.
 //!
 //! Either way the breaker publishes its state through mesh-core's
-//! [`Availability`](mesh_core::Availability): one atomic the router reads to
-//! skip an ejected endpoint without polling it.
+//! [`Availability`](mesh_core::Availability), one atomic word.
+//!
+//! # Who decides what
+//!
+//! A standalone breaker (built with [`Layer::layer`](tower::Layer::layer))
+//! decides alone: it refuses calls while open. Inside the discovery router
+//! the breaker is built per endpoint from the endpoint's
+//! [`Target`](mesh_core::Target) (through the layer's
+//! [`NewEndpoint`](mesh_core::NewEndpoint) implementation): it **counts and
+//! trips**, publishing into the target's health signal, and the **balancer
+//! decides who gets traffic**: it skips tripped endpoints within its
+//! ejection cap (`max_ejection_percent`, never the last endpoint) and, past
+//! the cap, keeps sending to them (panic mode, as Envoy does) rather than
+//! failing every call locally. An ejection lasts `recovery_timeout` times
+//! the number of consecutive trips, capped at `max_open_time`.
 //!
 //! # Cost
 //!
 //! A call in the closed state takes no lock, allocates nothing, builds no
 //! event unless a listener is registered, and with the consecutive or
 //! count-window policies does not even write shared memory when it succeeds:
-//! clones on different cores scale. Such a call does not even hold a
-//! reference count on the breaker: it carries the breaker's id, and only if
-//! it fails does it look the breaker up. A time window has to count every
-//! call: it reads a clock once per call, finds the bucket without a
-//! division, and counts into the calling thread's own stripe of buckets, so
-//! cores do not fight over one counter. The clock is the kernel's coarse
-//! monotonic clock (`CLOCK_MONOTONIC_COARSE`, about 7 ns a read instead of
-//! 30-45 ns for a precise one, see [`mesh_core::clock`]) whenever the buckets
-//! are at least 20 kernel ticks wide (80 ms with the usual 4 ms tick): a call
-//! then lands in the bucket of a moment at most one tick earlier, which no
-//! rate notices. Narrower buckets read the precise clock.
+//! clones on different cores scale. Its future holds one reference to the
+//! breaker (an atomic increment and decrement). A time window has to count
+//! every call: it reads the clock once per call, finds the bucket without a
+//! division, and counts into one of several stripes of buckets, so cores do
+//! not fight over one counter.
 //!
 //! Open-time backoff uses mesh-core's [`Backoff`](mesh_core::backoff::Backoff)
 //! (exponential, full jitter, capped at `max_open_time`), and server pushback
 //! (`Retry-After`) longer than the open time extends it.
 //!
-//! # Time windows under `tokio::time::pause`
-//!
-//! tokio's test clock (`pause`, `advance`) moves only `tokio::time::Instant`,
-//! not the kernel's coarse clock. A breaker therefore looks, when it is built,
-//! whether tokio's clock is paused; if it is, its time window reads tokio's
-//! clock, and `advance` slides the window as it slides everything else (open
-//! periods, probe timeouts). Build the breaker after pausing the clock (in a
-//! `#[tokio::test(start_paused = true)]`, or after `tokio::time::pause()`):
-//! one built earlier keeps the coarse clock and its window follows real time.
-//! Every other timing rule of the breaker always follows tokio's clock.
+//! Every timing rule (windows, open periods, probe timeouts) follows
+//! `tokio::time::Instant`, so tests drive the breaker with
+//! `tokio::time::pause` and `advance`.
 //!
 //! # Example
 //!
@@ -138,7 +139,6 @@ mod handle;
 mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod registry;
 mod service;
 mod state;
 #[cfg(test)]

@@ -23,44 +23,22 @@ use crate::state::{Admit, ProbePermit, Shared, state_of};
 enum Ready {
     Probe(ProbePermit),
     Rejected(BreakerOpen),
-}
-
-/// The per-clone part: futures that need the breaker keep it alive, so their
-/// reference count is only touched by the thread driving this clone, never
-/// shared across cores.
-#[derive(Debug)]
-pub(crate) struct Local {
-    pub(crate) shared: Arc<Shared>,
+    /// [`OpenBehavior::Report`]: open, but the caller (a balancer in panic
+    /// mode) chose to send anyway; the call is not counted.
+    Bypass,
 }
 
 /// A circuit breaker around `S`. Build it with
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
 ///
-/// Clones share one breaker, and cloning never allocates. A clone's futures
-/// first use the handle of the breaker it was cloned from; a clone that
-/// makes a second call gets a small handle of its own (one allocation), so
-/// long-lived clones on different cores never contend on a reference count,
-/// while a router that clones an endpoint's stack for every call pays no
-/// allocation per call.
+/// Clones share one breaker, and cloning never allocates. Each call's future
+/// holds a reference to the breaker (one atomic increment and decrement).
 pub struct CircuitBreaker<S, C = DefaultHttpClassifier> {
     inner: S,
-    /// The breaker itself, one pointer away (`local.shared` is two).
     shared: Arc<Shared>,
-    local: Arc<Local>,
-    /// Whose handle `local` is.
-    handle: LocalHandle,
     classifier: C,
     ready: Option<Ready>,
     wait: Option<Wait>,
-}
-
-/// Whether a clone's futures use a handle of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LocalHandle {
-    /// Made for this clone.
-    Own,
-    /// Its parent's, shared until this clone's second call.
-    Parent { called: bool },
 }
 
 /// What a [`OpenBehavior::NotReady`] breaker waits on while refusing: a
@@ -74,10 +52,6 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
         Self {
             inner,
-            local: Arc::new(Local {
-                shared: Arc::clone(&shared),
-            }),
-            handle: LocalHandle::Own,
             shared,
             classifier,
             ready: None,
@@ -120,8 +94,6 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            local: Arc::clone(&self.local),
-            handle: LocalHandle::Parent { called: false },
             classifier: self.classifier.clone(),
             ready: None,
             wait: None,
@@ -163,7 +135,7 @@ where
                 return ResponseFuture::lite(
                     self.inner.call(request),
                     self.classifier.clone(),
-                    shared.id(),
+                    Arc::clone(&self.shared),
                     word,
                 );
             }
@@ -186,7 +158,9 @@ impl<S, C> CircuitBreaker<S, C> {
         loop {
             match &self.ready {
                 Some(Ready::Rejected(_)) => return Poll::Ready(Ok(())),
-                Some(Ready::Probe(_)) => return self.inner.poll_ready(cx).map_err(Into::into),
+                Some(Ready::Probe(_) | Ready::Bypass) => {
+                    return self.inner.poll_ready(cx).map_err(Into::into);
+                }
                 None => {}
             }
             let shared = &self.shared;
@@ -213,6 +187,10 @@ impl<S, C> CircuitBreaker<S, C> {
                     self.wait = None;
                     self.ready = Some(Ready::Probe(permit));
                 }
+                Admit::Bypass => {
+                    self.wait = None;
+                    self.ready = Some(Ready::Bypass);
+                }
                 Admit::Rejected(error) => {
                     if !not_ready {
                         self.ready = Some(Ready::Rejected(error));
@@ -231,25 +209,6 @@ impl<S, C> CircuitBreaker<S, C> {
         }
     }
 
-    /// A clone shares its parent's handle for its first tracked call and
-    /// makes its own at the second: a clone made per call never allocates,
-    /// a long-lived one stops sharing a reference count with other cores.
-    #[cold]
-    fn take_own_handle_on_second_call(&mut self) {
-        match self.handle {
-            LocalHandle::Own => {}
-            LocalHandle::Parent { called: false } => {
-                self.handle = LocalHandle::Parent { called: true };
-            }
-            LocalHandle::Parent { called: true } => {
-                self.local = Arc::new(Local {
-                    shared: Arc::clone(&self.shared),
-                });
-                self.handle = LocalHandle::Own;
-            }
-        }
-    }
-
     /// A call that needs the breaker: a probe, a refusal, or a result that
     /// would change the counters.
     fn call_slow<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, C>
@@ -260,6 +219,7 @@ impl<S, C> CircuitBreaker<S, C> {
         let shared = &self.shared;
         let admission = match self.ready.take() {
             Some(Ready::Rejected(error)) => return ResponseFuture::rejected(error),
+            Some(Ready::Bypass) => return ResponseFuture::uncounted(self.inner.call(request)),
             Some(Ready::Probe(permit)) => Admission::Probe(permit),
             None => {
                 let word = shared.word();
@@ -270,6 +230,9 @@ impl<S, C> CircuitBreaker<S, C> {
                     match shared.admit() {
                         Admit::Closed { word } => Admission::Closed(word),
                         Admit::Probe(permit) => Admission::Probe(permit),
+                        Admit::Bypass => {
+                            return ResponseFuture::uncounted(self.inner.call(request));
+                        }
                         Admit::Rejected(error) => return ResponseFuture::rejected(error),
                     }
                 }
@@ -277,13 +240,10 @@ impl<S, C> CircuitBreaker<S, C> {
         };
         shared.on_admitted();
         let start = shared.needs_start().then(Instant::now);
-        if self.handle != LocalHandle::Own {
-            self.take_own_handle_on_second_call();
-        }
         ResponseFuture::new(
             self.inner.call(request),
             self.classifier.clone(),
-            Arc::clone(&self.local),
+            Arc::clone(shared),
             admission,
             start,
         )
@@ -322,62 +282,5 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
             .field("classifier", &self.classifier)
             .field("ready", &self.ready)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use http::Response;
-    use tower::{Layer, Service, ServiceExt};
-
-    use super::*;
-    use crate::{BreakerConfig, CircuitBreakerLayer, CircuitState};
-
-    /// Failures, so every call is tracked (a steady-state success is not).
-    fn failing_breaker() -> CircuitBreaker<
-        impl Service<(), Response = Response<()>, Error = BoxError, Future: Send> + Clone,
-    > {
-        let inner = tower::service_fn(|()| async {
-            Ok::<_, BoxError>(Response::builder().status(500).body(()).unwrap())
-        });
-        CircuitBreakerLayer::new(BreakerConfig {
-            consecutive_failures: Some(5),
-            ..BreakerConfig::default()
-        })
-        .unwrap()
-        .layer(inner)
-    }
-
-    #[tokio::test]
-    async fn a_clone_per_call_shares_its_parents_handle_and_the_breaker() {
-        let parent = failing_breaker();
-        for _ in 0..4 {
-            let mut clone = parent.clone();
-            clone.ready().await.unwrap().call(()).await.unwrap();
-            assert!(Arc::ptr_eq(&clone.local, &parent.local), "no allocation");
-        }
-        assert_eq!(parent.handle().state(), CircuitState::Closed);
-        let mut clone = parent.clone();
-        clone.ready().await.unwrap().call(()).await.unwrap();
-        assert_eq!(parent.handle().state(), CircuitState::Open, "5 failures");
-    }
-
-    #[tokio::test]
-    async fn a_long_lived_clone_takes_its_own_handle_at_its_second_tracked_call() {
-        let parent = failing_breaker();
-        let mut clone = parent.clone();
-        clone.ready().await.unwrap().call(()).await.unwrap();
-        assert!(Arc::ptr_eq(&clone.local, &parent.local));
-        // The first call may take the steady-state path, which needs no
-        // handle: two more are tracked for sure.
-        for _ in 0..2 {
-            clone.ready().await.unwrap().call(()).await.unwrap();
-        }
-        assert!(!Arc::ptr_eq(&clone.local, &parent.local));
-        assert!(
-            Arc::ptr_eq(&clone.local.shared, &parent.shared),
-            "one breaker"
-        );
-        assert_eq!(clone.handle, LocalHandle::Own);
     }
 }

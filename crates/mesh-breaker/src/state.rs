@@ -117,6 +117,9 @@ pub(crate) enum Admit {
     Probe(ProbePermit),
     /// Refused.
     Rejected(BreakerOpen),
+    /// Would be refused, but the breaker only reports
+    /// ([`OpenBehavior::Report`]): go ahead, uncounted.
+    Bypass,
 }
 
 /// The numbers the state machine decides with, copied out of the config.
@@ -152,7 +155,6 @@ struct Hot {
     needs_start: bool,
     /// A consecutive-failures policy is on.
     consecutive: bool,
-    id: u64,
 }
 
 /// The state every clone of one breaker shares.
@@ -177,17 +179,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A new breaker, registered so that calls can find it by id.
+    /// A new breaker.
     pub(crate) fn new_arc(
         config: &BreakerConfig,
         availability: Availability,
         listener: Option<Listener>,
         name: Option<Arc<str>>,
     ) -> Arc<Self> {
-        let id = crate::registry::next_id();
-        let shared = Arc::new(Self::new(config, availability, listener, name, id));
-        crate::registry::register(id, &shared);
-        shared
+        Arc::new(Self::new(config, availability, listener, name))
     }
 
     fn new(
@@ -195,7 +194,6 @@ impl Shared {
         availability: Availability,
         listener: Option<Listener>,
         name: Option<Arc<str>>,
-        id: u64,
     ) -> Self {
         let window = config.window.as_ref();
         let policy = Policy {
@@ -237,7 +235,6 @@ impl Shared {
                 lite_states,
                 needs_start,
                 consecutive: policy.consecutive.is_some(),
-                id,
             }),
             consecutive: Padded(AtomicU32::new(0)),
             window: window.map(Window::new),
@@ -277,17 +274,16 @@ impl Shared {
         &self.availability
     }
 
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     pub(crate) fn behavior(&self) -> OpenBehavior {
         self.policy.behavior
     }
 
     pub(crate) fn notify(&self) -> &Arc<Notify> {
         &self.notify
-    }
-
-    #[inline]
-    pub(crate) fn id(&self) -> u64 {
-        self.hot.0.id
     }
 
     /// Counts a call let through: in a time window (which counts calls when
@@ -303,8 +299,7 @@ impl Shared {
     }
 
     /// Whether a success admitted under `word` would change nothing: then the
-    /// call needs no reference to the breaker unless it fails (see
-    /// `registry`). Calls that overlap may see the counters in either order
+    /// call's result is looked at only if it fails. Calls that overlap may see the counters in either order
     /// anyway; for calls in sequence this is exact.
     #[inline]
     pub(crate) fn success_is_noop(&self, word: u64) -> bool {
@@ -403,6 +398,9 @@ impl Shared {
     }
 
     fn reject(&self, state: CircuitState, remaining: Option<Duration>) -> Admit {
+        if self.policy.behavior == OpenBehavior::Report {
+            return Admit::Bypass;
+        }
         tracing::trace!(breaker = self.name.as_deref(), %state, "circuit breaker refused a call");
         #[cfg(feature = "metrics")]
         self.metrics.rejected.increment(1);
@@ -516,7 +514,6 @@ impl Shared {
             }
         }
         if let Some(window) = &self.window {
-            // A time window reads its own clock (coarse in production).
             if let Some(snapshot) = window.record(failure, slow)
                 && may_trip
                 && let Some(reason) = self.rate_reason(snapshot)
@@ -655,7 +652,15 @@ impl Shared {
         let mut open_for = None;
         match to {
             CircuitState::Open => {
-                let mut d = if cold.trips == 0 {
+                let mut d = if self.policy.behavior == OpenBehavior::Report {
+                    // Ejection, as Envoy's outlier detection times it: the
+                    // base time multiplied by the consecutive ejections,
+                    // capped.
+                    self.policy
+                        .recovery
+                        .saturating_mul(cold.trips.saturating_add(1))
+                        .min(self.policy.max_open)
+                } else if cold.trips == 0 {
                     self.policy.recovery
                 } else {
                     // Repeated trips: recovery plus an exponentially growing,
@@ -788,12 +793,6 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        crate::registry::unregister(self.id());
-    }
-}
-
 // ===== impl ProbePermit =====
 
 /// One half-open probe's permit. Dropping it (the call's future was dropped)
@@ -849,7 +848,7 @@ mod tests {
     }
 
     fn shared(config: &BreakerConfig) -> Shared {
-        Shared::new(config, Availability::new(), None, None, u64::MAX)
+        Shared::new(config, Availability::new(), None, None)
     }
 
     /// The steady-state shortcut: only where a success changes nothing.

@@ -339,15 +339,14 @@ async fn not_ready_mode_waits_and_wakes() {
 
 #[tokio::test(start_paused = true)]
 async fn availability_follows_the_state() {
-    let signal = Availability::new();
     let mock = Mock::new();
     let layer = CircuitBreakerLayer::new(BreakerConfig {
         half_open_max_calls: 2,
         ..no_backoff()
     })
     .unwrap();
-    let mut svc = signal.scope(|| layer.layer(mock.service()));
-    assert!(svc.availability().ptr_eq(&signal));
+    let mut svc = layer.layer(mock.service());
+    let signal = svc.availability().clone();
     assert_eq!(signal.state(), AvailabilityState::Available);
     trip(&mut svc, &mock, 5).await;
     assert_eq!(signal.state(), AvailabilityState::Unavailable);
@@ -362,9 +361,66 @@ async fn availability_follows_the_state() {
     assert_eq!(signal.state(), AvailabilityState::Probing);
     second.await.unwrap();
     assert_eq!(signal.state(), AvailabilityState::Available);
-    // Outside any scope, each breaker has its own signal.
+    // Each breaker a layer builds has its own signal.
     let other = layer.layer(mock.service());
     assert!(!other.availability().ptr_eq(&signal));
+}
+
+/// Built for a router's endpoint target, a breaker feeds the target's health
+/// signal, is named after it, never refuses, and ejects for the base time
+/// times the consecutive trips.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_built_for_a_target_reports_and_never_refuses() {
+    use mesh_core::target::{NewEndpoint, Target};
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let mock = Mock::new();
+    let layer = CircuitBreakerLayer::new(BreakerConfig {
+        recovery_timeout: secs(10),
+        max_open_time: secs(25),
+        half_open_max_calls: 1,
+        ..BreakerConfig::default()
+    })
+    .unwrap()
+    .on_event(move |e| log.lock().unwrap().push(format!("{e:?}")));
+    let health = Availability::new();
+    let target = Target::new(
+        "users",
+        mesh_core::Endpoint::new("users-1", "10.0.0.1:80".parse().unwrap()),
+        health.clone(),
+    );
+    let mut svc = layer.new_endpoint(&target, mock.service());
+    assert!(svc.availability().ptr_eq(&health));
+    assert_eq!(svc.handle().name(), Some("users/users-1"));
+
+    let mut opened_for = Vec::new();
+    for round in 0..3 {
+        trip(&mut svc, &mock, 5).await;
+        assert_eq!(svc.handle().state(), CircuitState::Open, "round {round}");
+        assert!(!health.is_available());
+        opened_for.push(health.unavailable_until().unwrap() - tokio::time::Instant::now());
+        // Open, and still every call goes through (the balancer decides).
+        let before = mock.hits();
+        for _ in 0..3 {
+            call(&mut svc).await.unwrap();
+        }
+        assert_eq!(mock.hits(), before + 3, "nothing refused");
+        assert_eq!(svc.handle().state(), CircuitState::Open, "bypass calls not counted");
+        // The ejection ends; the next call is the probe, which fails again.
+        advance(*opened_for.last().unwrap()).await;
+        assert!(health.is_available());
+    }
+    let ms = |d: Duration| (d.as_millis() as f64 / 1000.0).round() as u64;
+    assert_eq!(
+        opened_for.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        [10, 20, 25],
+        "base x consecutive trips, capped"
+    );
+    assert!(
+        !events.lock().unwrap().iter().any(|e| e.contains("Rejected")),
+        "a reporting breaker never rejects"
+    );
 }
 
 #[tokio::test(start_paused = true)]

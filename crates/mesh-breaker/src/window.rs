@@ -229,11 +229,8 @@ struct Bucket {
 ///   one breaker do not bounce one cache line between them. Reading the
 ///   window sums every stripe: that happens only when a call fails or is
 ///   slow. Memory stays O(buckets): at most `MAX_STRIPES` rings.
-/// - **A coarse clock.** A precise clock read costs more than all the rest;
-///   with buckets at least 20 ticks wide (80 ms for the usual 4 ms tick) the
-///   window reads `CLOCK_MONOTONIC_COARSE` instead (see
-///   [`Clock::for_granularity`]): a call lands in the bucket of a moment at
-///   most one tick earlier. Under tokio's paused clock it reads tokio's.
+/// - **One clock.** `tokio::time::Instant` (through mesh-core's `Clock`),
+///   so `tokio::time::advance` slides the window in tests.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     /// What `now` is: nanoseconds since the window was built.
@@ -262,7 +259,7 @@ impl TimeWindow {
         let len = buckets.clamp(1, crate::config::MAX_WINDOW_BUCKETS) as usize;
         let stride = len + STRIPE_GAP;
         Self {
-            clock: Clock::for_granularity(width),
+            clock: Clock::new(),
             width: (width.as_nanos().min(u128::from(u64::MAX)) as u64).max(1),
             len: len as u64,
             head: Padded(AtomicU64::new(0)),
@@ -272,12 +269,6 @@ impl TimeWindow {
             stride,
             stripe_mask: stripes - 1,
         }
-    }
-
-    /// The clock this window reads.
-    #[cfg(test)]
-    pub(crate) fn clock(&self) -> &Clock {
-        &self.clock
     }
 
     /// The bucket index and ring slot of the moment `now_nanos`.
@@ -573,17 +564,11 @@ mod tests {
         }
     }
 
-    /// Outside paused time, 1 s buckets read the coarse clock; buckets too
-    /// narrow for its tick read the precise one.
-    #[test]
-    fn the_window_reads_the_coarse_clock_when_its_buckets_allow() {
+    /// Counting through the clock works for wide and narrow buckets alike.
+    #[tokio::test]
+    async fn the_window_counts_with_wide_and_narrow_buckets() {
         let w = TimeWindow::new(10, Duration::from_secs(1));
-        assert_eq!(w.clock().is_coarse(), cfg!(target_os = "linux"));
         let narrow = TimeWindow::new(10, Duration::from_micros(10));
-        assert!(
-            !narrow.clock().is_coarse() || narrow.clock().resolution() <= Duration::from_nanos(500)
-        );
-        // Counting through the clock works the same either way.
         for w in [w, narrow] {
             for _ in 0..3 {
                 w.admit();
@@ -598,7 +583,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn under_paused_time_the_window_slides_with_advance() {
         let w = TimeWindow::new(3, Duration::from_secs(1));
-        assert!(!w.clock().is_coarse());
         w.admit();
         w.admit();
         assert_eq!(w.record(true, false).unwrap().calls, 2);

@@ -13,10 +13,12 @@
 //! reads as available, the balancer sends the endpoint a request again, and
 //! the breaker, polled at last, decides whether it is a half-open probe.
 //!
-//! The router creates one `Availability` per endpoint and builds the endpoint's
-//! stack inside [`Availability::scope`]; a breaker layer built in that scope
-//! finds it with [`Availability::current`] and publishes into it. A breaker
-//! built outside any scope keeps its own.
+//! The router creates one `Availability` per endpoint and hands it to the
+//! endpoint's stack in its [`Target`](crate::target::Target); a breaker built
+//! for that target publishes into it. A breaker built outside any router
+//! keeps its own. The balancer reads every signal, and it alone decides who
+//! gets traffic: it skips unavailable endpoints only within its ejection cap
+//! (see mesh-balance).
 //!
 //! # Example
 //!
@@ -24,17 +26,15 @@
 //! use mesh_core::availability::{Availability, AvailabilityState};
 //!
 //! let signal = Availability::new();
-//! // The router builds the endpoint's stack inside the scope...
-//! let seen_by_breaker = signal.scope(|| Availability::current());
+//! // The router gives a clone to the endpoint's breaker (in its target)...
+//! let breakers_copy = signal.clone();
 //! // ...and the breaker publishes into the same signal.
-//! seen_by_breaker.unwrap().set(AvailabilityState::Unavailable);
+//! breakers_copy.set(AvailabilityState::Unavailable);
 //! assert!(!signal.is_available());
-//! assert!(Availability::current().is_none());
 //! ```
 
-use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
@@ -57,23 +57,31 @@ pub enum AvailabilityState {
     Unavailable = 2,
 }
 
-/// One endpoint's availability, shared by its breaker (writer) and the
-/// balancer (reader). Cloning shares the signal.
+/// One endpoint's availability, shared by its breaker (writer), its
+/// balancer's outlier detection (writer, through
+/// [`eject_until`](Self::eject_until)) and the balancer (reader). Cloning
+/// shares the signal.
 #[derive(Clone, Default)]
 pub struct Availability {
-    inner: Arc<Inner>,
+    inner: Arc<AtomicU64>,
 }
 
-#[derive(Default)]
-struct Inner {
-    state: AtomicU8,
-    /// For `Unavailable`: when it ends, [`encode`]d; 0 means "until further
-    /// notice".
-    until: AtomicU64,
+/// The low two bits of the word hold the raw state; the rest, for
+/// `Unavailable`, when it ends ([`encode`]d), 0 meaning "until further
+/// notice". One word, so every write is one atomic store and an ejection
+/// can be a compare-and-swap.
+const STATE_BITS: u64 = 0b11;
+
+/// Offsets from the anchor are kept within ±2^61 ns (±73 years) so that an
+/// encoded instant fits above the two state bits.
+const BIAS: u64 = 1 << 61;
+
+fn pack(state: u8, until: u64) -> u64 {
+    (until << 2) | u64::from(state)
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Availability>> = const { RefCell::new(None) };
+fn until_of(word: u64) -> u64 {
+    word >> 2
 }
 
 /// The instant deadlines are measured from (the first one this process used).
@@ -86,7 +94,6 @@ fn anchor() -> Instant {
 /// `at` as a signed nanosecond offset from the anchor, biased into `u64` so
 /// that order is kept and 0 stays free to mean "no deadline".
 fn encode(at: Instant) -> u64 {
-    const BIAS: u64 = 1 << 63;
     let a = anchor();
     let saturate = |d: std::time::Duration| {
         u64::try_from(d.as_nanos())
@@ -101,10 +108,10 @@ fn encode(at: Instant) -> u64 {
 }
 
 fn decode(n: u64) -> Instant {
-    const BIAS: u64 = 1 << 63;
     let a = anchor();
     if n >= BIAS {
-        a + std::time::Duration::from_nanos(n - BIAS)
+        a.checked_add(std::time::Duration::from_nanos(n - BIAS))
+            .unwrap_or(a)
     } else {
         a.checked_sub(std::time::Duration::from_nanos(BIAS - n))
             .unwrap_or(a)
@@ -117,11 +124,15 @@ impl Availability {
         Self::default()
     }
 
+    #[inline]
+    fn word(&self) -> u64 {
+        self.inner.load(Ordering::Acquire)
+    }
+
     /// Publishes a new state; `Unavailable` lasts until further notice.
     #[inline]
     pub fn set(&self, state: AvailabilityState) {
-        self.inner.until.store(0, Ordering::Release);
-        self.inner.state.store(state as u8, Ordering::Release);
+        self.inner.store(pack(state as u8, 0), Ordering::Release);
     }
 
     /// Publishes `Unavailable` until `until`: after that instant the signal
@@ -129,10 +140,10 @@ impl Availability {
     /// having to write it.
     #[inline]
     pub fn set_unavailable_until(&self, until: Instant) {
-        self.inner.until.store(encode(until), Ordering::Release);
-        self.inner
-            .state
-            .store(AvailabilityState::Unavailable as u8, Ordering::Release);
+        self.inner.store(
+            pack(AvailabilityState::Unavailable as u8, encode(until)),
+            Ordering::Release,
+        );
     }
 
     /// Publishes `Unavailable` until `until` *at the latest*: it may end
@@ -144,22 +155,36 @@ impl Availability {
     /// [`may_be_available_by`](Self::may_be_available_by).
     #[inline]
     pub fn set_unavailable_at_most_until(&self, until: Instant) {
-        self.inner.until.store(encode(until), Ordering::Release);
-        self.inner.state.store(SOON, Ordering::Release);
+        self.inner
+            .store(pack(SOON, encode(until)), Ordering::Release);
+    }
+
+    /// Publishes `Unavailable` until `until`, but only if the signal reads
+    /// available now (a closed breaker, or an ejection that has ended): the
+    /// balancer's outlier detection ejects an endpoint this way without ever
+    /// overwriting what its breaker published. Returns whether it did.
+    pub fn eject_until(&self, until: Instant) -> bool {
+        let current = self.word();
+        if !self.is_available_word(current) {
+            return false;
+        }
+        let next = pack(AvailabilityState::Unavailable as u8, encode(until));
+        self.inner
+            .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Whether the endpoint may take requests at or before `at`: it is
     /// available now, or its unavailability ends by then, or may end sooner
     /// than its deadline (see
     /// [`set_unavailable_at_most_until`](Self::set_unavailable_at_most_until)).
-    /// False for an endpoint unavailable until further notice or past `at`:
-    /// a router can fail a request at once instead of waiting for it.
+    /// False for an endpoint unavailable until further notice or past `at`.
     pub fn may_be_available_by(&self, at: Instant) -> bool {
-        match self.inner.state.load(Ordering::Acquire) {
-            SOON => true,
-            _ if self.is_available() => true,
-            _ => self.unavailable_until().is_some_and(|until| until <= at),
+        let word = self.word();
+        if (word & STATE_BITS) as u8 == SOON || self.is_available_word(word) {
+            return true;
         }
+        self.unavailable_until().is_some_and(|until| until <= at)
     }
 
     /// The state as last published: one atomic load. An `Unavailable` whose
@@ -167,7 +192,7 @@ impl Availability {
     /// [`is_available`](Self::is_available) to decide where to send.
     #[inline]
     pub fn state(&self) -> AvailabilityState {
-        match self.inner.state.load(Ordering::Acquire) {
+        match self.word() & STATE_BITS {
             0 => AvailabilityState::Available,
             1 => AvailabilityState::Probing,
             _ => AvailabilityState::Unavailable,
@@ -176,10 +201,11 @@ impl Availability {
 
     /// When a deadline-bound `Unavailable` ends, if one is published.
     pub fn unavailable_until(&self) -> Option<Instant> {
-        if self.state() != AvailabilityState::Unavailable {
+        let word = self.word();
+        if word & STATE_BITS < 2 {
             return None;
         }
-        match self.inner.until.load(Ordering::Acquire) {
+        match until_of(word) {
             0 => None,
             n => Some(decode(n)),
         }
@@ -190,10 +216,15 @@ impl Availability {
     /// unavailable endpoint with a deadline.
     #[inline]
     pub fn is_available(&self) -> bool {
-        if self.state() != AvailabilityState::Unavailable {
+        self.is_available_word(self.word())
+    }
+
+    #[inline]
+    fn is_available_word(&self, word: u64) -> bool {
+        if word & STATE_BITS < 2 {
             return true;
         }
-        match self.inner.until.load(Ordering::Acquire) {
+        match until_of(word) {
             0 => false,
             until => encode(Instant::now()) >= until,
         }
@@ -202,27 +233,6 @@ impl Availability {
     /// True when both handles share one signal.
     pub fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
-    /// Runs `f` with this signal as the [`current`](Self::current) one on this
-    /// thread, restoring the previous one afterwards (even if `f` panics).
-    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
-        struct Restore(Option<Availability>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                let prev = self.0.take();
-                CURRENT.with(|c| *c.borrow_mut() = prev);
-            }
-        }
-        let prev = CURRENT.with(|c| c.borrow_mut().replace(self.clone()));
-        let _restore = Restore(prev);
-        f()
-    }
-
-    /// The signal of the endpoint whose stack is being built on this thread,
-    /// if any (see [`scope`](Self::scope)).
-    pub fn current() -> Option<Availability> {
-        CURRENT.with(|c| c.borrow().clone())
     }
 }
 
@@ -235,21 +245,6 @@ impl fmt::Debug for Availability {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scopes_nest_and_restore() {
-        let outer = Availability::new();
-        let inner = Availability::new();
-        outer.scope(|| {
-            assert!(Availability::current().unwrap().ptr_eq(&outer));
-            inner.scope(|| assert!(Availability::current().unwrap().ptr_eq(&inner)));
-            assert!(Availability::current().unwrap().ptr_eq(&outer));
-        });
-        assert!(Availability::current().is_none());
-        let r = std::panic::catch_unwind(|| outer.scope(|| panic!("boom")));
-        assert!(r.is_err());
-        assert!(Availability::current().is_none());
-    }
 
     #[test]
     fn states() {
@@ -304,5 +299,23 @@ mod tests {
         assert!(a.may_be_available_by(now + Duration::from_secs(1)));
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(a.is_available(), "the deadline still ends it by itself");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_never_overrides_what_the_breaker_published() {
+        use std::time::Duration;
+        let a = Availability::new();
+        let now = Instant::now();
+        assert!(a.eject_until(now + Duration::from_secs(10)));
+        assert!(!a.is_available());
+        assert_eq!(a.unavailable_until(), Some(now + Duration::from_secs(10)));
+        // Already unavailable: a second ejection changes nothing.
+        assert!(!a.eject_until(now + Duration::from_secs(99)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(a.is_available(), "the ejection ends by itself");
+        // The breaker opened: the detector cannot shorten or lengthen that.
+        a.set(AvailabilityState::Unavailable);
+        assert!(!a.eject_until(Instant::now() + Duration::from_secs(1)));
+        assert_eq!(a.unavailable_until(), None);
     }
 }

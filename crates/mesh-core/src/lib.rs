@@ -14,10 +14,16 @@
 //! - [`Pushback`](pushback::Pushback): `Retry-After` and
 //!   `grpc-retry-pushback-ms`, parsed defensively and clamped.
 //! - [`Endpoint`]: one instance of a service, cheap to clone.
-//! - [`Availability`]: the atomic signal a breaker
-//!   publishes and a balancer reads.
-//! - [`TriedEndpoints`]: the endpoints a logical request already tried, written
-//!   by the router, read by the balancer on a retry.
+//! - [`Target`] and [`NewEndpoint`]: what a router builds each endpoint's
+//!   stack from (the endpoint, its health signal, the service name), in
+//!   linkerd's `NewService<Target>` shape.
+//! - [`Availability`]: an endpoint's health signal, which its breaker
+//!   publishes and its balancer reads.
+//! - [`TriedEndpoints`]: the endpoints a logical request already tried,
+//!   carried in the request, written by the router, read by the balancer on a
+//!   retry.
+//! - [`Clock`](clock::Clock): `tokio::time::Instant` as nanoseconds, for
+//!   statistics kept in atomics.
 //! - [`InvalidConfig`](config::InvalidConfig): config errors that name each bad
 //!   field by its path.
 //!
@@ -70,11 +76,13 @@ pub mod config;
 pub mod endpoint;
 mod outcome;
 pub mod pushback;
+pub mod target;
 mod tried;
 
 pub use availability::{Availability, AvailabilityState};
 pub use endpoint::{Address, Endpoint, EndpointKey};
 pub use outcome::{Failure, Outcome};
+pub use target::{NewEndpoint, Target};
 pub use tried::TriedEndpoints;
 
 /// The error type tower middleware passes around: any error, boxed.

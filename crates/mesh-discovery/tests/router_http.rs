@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_balance::{BalanceConfig, Strategy};
-use mesh_breaker::{BreakerConfig, CircuitBreakerLayer, OpenBehavior};
+use mesh_breaker::{BreakerConfig, CircuitBreakerLayer};
 use mesh_core::{BoxError, Endpoint};
 use mesh_discovery::router::{DiscoveryLayer, NoReadyEndpoint};
 use mesh_discovery::{ChannelSource, StaticSource};
@@ -71,16 +71,17 @@ async fn failing_endpoint_is_ejected_and_readmitted() {
         consecutive_failures: Some(3),
         recovery_timeout: Duration::from_millis(300),
         max_open_time: Duration::from_millis(300),
-        open_behavior: OpenBehavior::NotReady,
         ..BreakerConfig::default()
     })
     .unwrap();
+    // Built per endpoint from its target: each breaker feeds its endpoint's
+    // health signal, and the balancer ejects.
     let layer = DiscoveryLayer::builder(discovery)
         .balance(BalanceConfig {
             strategy: Strategy::RoundRobin,
             ..BalanceConfig::default()
         })
-        .endpoint_layer(breaker)
+        .new_endpoint(breaker)
         .build()
         .unwrap();
     let mut svc = layer.layer(client());

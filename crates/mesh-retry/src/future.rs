@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use mesh_core::classify::Classify;
-use mesh_core::{BoxError, TriedEndpoints};
+use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
@@ -128,13 +128,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let polled = if this.policy.scoped {
-                        // A router may pick while polled (no endpoint was ready
-                        // at the call): the scope catches that pick too.
-                        TriedEndpoints::scope(&mut this.policy.first_pick, || future.poll(cx))
-                    } else {
-                        future.poll(cx)
-                    };
+                    let polled = future.poll(cx);
                     let result = match polled {
                         Poll::Ready(r) => r.map_err(Into::into),
                         Poll::Pending => {

@@ -125,12 +125,9 @@ pub struct RetryPolicy<C = HttpClassifier> {
     // Boxed: drawn only on a retry, and kept out of the future's size.
     session: Option<Box<BackoffSession>>,
     give_up: Option<GiveUp>,
-    /// The first attempt went out without a `TriedEndpoints` record (inside
-    /// a [`TriedEndpoints::scope`] in `RetryService`): the retries' record
-    /// is built at the first retry.
-    pub(crate) scoped: bool,
-    /// The endpoint the first attempt went to, as the scope caught it.
-    pub(crate) first_pick: Option<u64>,
+    /// The record put in the first attempt's request (by `RetryService`),
+    /// to be put in the retries' copy at the first retry.
+    pub(crate) tried: Option<TriedEndpoints>,
 }
 
 impl<C> Clone for RetryPolicy<C> {
@@ -142,8 +139,7 @@ impl<C> Clone for RetryPolicy<C> {
             start: self.start,
             session: self.session.clone(),
             give_up: self.give_up,
-            scoped: self.scoped,
-            first_pick: self.first_pick,
+            tried: self.tried.clone(),
         }
     }
 }
@@ -214,8 +210,7 @@ impl<C> RetryPolicy<C> {
             start: None,
             session: None,
             give_up: None,
-            scoped: false,
-            first_pick: None,
+            tried: None,
         }
     }
 
@@ -293,15 +288,21 @@ impl<C> RetryPolicy<C> {
         }
     }
 
-    /// Whether the first attempt of `req` (which may be retried) goes out
-    /// inside a [`TriedEndpoints::scope`] rather than with a record: when
-    /// tracking and the caller put no record in the request. The record is
-    /// then built only if a retry happens (four allocations saved on the
-    /// no-retry path).
+    /// Puts a [`TriedEndpoints`] record in `req` (a request that may be
+    /// retried) when tracking and the caller put none there: the router
+    /// records the endpoint of each attempt in it, and the retries carry the
+    /// same record, so they avoid where earlier attempts went. The record
+    /// travels in the request, so it survives a `Buffer` or a spawned task
+    /// between retry and router.
     #[inline]
-    pub(crate) fn scopes_first_attempt<B>(&self, req: &Request<B>) -> bool {
-        self.shared.config.track_tried_endpoints
+    pub(crate) fn track_tried<B>(&mut self, req: &mut Request<B>) {
+        if self.shared.config.track_tried_endpoints
             && req.extensions().get::<TriedEndpoints>().is_none()
+        {
+            let tried = TriedEndpoints::new();
+            req.extensions_mut().insert(tried.clone());
+            self.tried = Some(tried);
+        }
     }
 
     /// The copy kept for the next attempt, or `None` when the request must not
@@ -389,13 +390,9 @@ impl<C> RetryPolicy<C> {
             req.headers_mut()
                 .insert(name.clone(), HeaderValue::from(next));
         }
-        if std::mem::take(&mut self.scoped) {
-            // The first retry builds the record, starting from where the first
-            // attempt went; later copies are cloned from this one and share it.
-            let tried = TriedEndpoints::new();
-            if let Some(id) = self.first_pick {
-                tried.record_id(id);
-            }
+        if let Some(tried) = self.tried.take() {
+            // The copy was made before the record went into the first
+            // attempt; later copies are cloned from this one and share it.
             req.extensions_mut().insert(tried);
         }
         metrics::retry();
@@ -505,13 +502,15 @@ where
         if self.retries == 0 {
             self.begin();
         }
-        self.scoped = false;
+        self.tried = None;
         let copy = self.copy(req)?;
-        // The first attempt (the caller's request) is out of reach here. The
-        // retries share one record, built at the first retry (`decide`), so
-        // that a request that never retries allocates none.
-        self.scoped = self.shared.config.track_tried_endpoints
-            && copy.extensions().get::<TriedEndpoints>().is_none();
+        // The first attempt (the caller's request) is out of reach here: the
+        // retries share one record, put in the copy at the first retry.
+        if self.shared.config.track_tried_endpoints
+            && copy.extensions().get::<TriedEndpoints>().is_none()
+        {
+            self.tried = Some(TriedEndpoints::new());
+        }
         Some(copy)
     }
 }

@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use mesh_core::classify::Classify;
-use mesh_core::{BoxError, TriedEndpoints};
+use mesh_core::BoxError;
 use tower_service::Service;
 
 use crate::body::TryCloneBody;
@@ -68,7 +68,7 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let mut policy = self.policy.clone();
         policy.begin();
         let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
@@ -76,18 +76,11 @@ where
         } else {
             None
         };
-        // The first attempt goes through the service made ready, which stays
-        // this handle's: whatever it keeps per handle (a router's caches)
-        // stays warm from call to call.
-        let inner = &mut self.inner;
-        let future = if copy.is_some() && policy.scopes_first_attempt(&req) {
-            // A router reports its pick to the scope; no record is allocated
-            // unless a retry happens.
-            policy.scoped = true;
-            TriedEndpoints::scope(&mut policy.first_pick, || inner.call(req))
-        } else {
-            inner.call(req)
-        };
+        if copy.is_some() {
+            policy.track_tried(&mut req);
+        }
+        // The first attempt goes through the service made ready.
+        let future = self.inner.call(req);
         // Retries go through a clone, which the future makes ready before
         // each retry; none when the request cannot be retried.
         let service = copy.is_some().then(|| self.inner.clone());
@@ -102,6 +95,7 @@ mod tests {
 
     use bytes::Bytes;
     use http_body_util::Full;
+    use mesh_core::TriedEndpoints;
     use mesh_core::backoff::{Backoff, Jitter};
     use tower::{ServiceBuilder, ServiceExt};
 
@@ -118,8 +112,9 @@ mod tests {
         }
     }
 
-    /// Like the discovery router on its slow path: picks an endpoint (the
-    /// attempt number) only when its future is polled, and answers 503 then 200.
+    /// Like the discovery router behind a `Buffer` or a spawned task: picks
+    /// an endpoint (the attempt number) only when its future is polled, on
+    /// whatever task polls it, and answers 503 then 200.
     fn picks_when_polled(
         log: Arc<Mutex<Vec<Option<TriedEndpoints>>>>,
     ) -> impl Service<Req, Response = Response<()>, Error = BoxError, Future: Send> + Clone {
@@ -130,7 +125,9 @@ mod tests {
                 let tried = req.extensions().get::<TriedEndpoints>().cloned();
                 let mut log = log.lock().unwrap();
                 let attempt = log.len() as u64 + 1;
-                TriedEndpoints::record_attempt_id(tried.as_ref(), attempt);
+                if let Some(tried) = &tried {
+                    tried.record_id(attempt);
+                }
                 log.push(tried);
                 let status = if attempt == 1 { 503 } else { 200 };
                 Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
@@ -148,10 +145,11 @@ mod tests {
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.status(), 200);
         let log = log.lock().unwrap();
-        assert!(log[0].is_none());
-        let tried = log[1].as_ref().expect("the retry carries a record");
+        let first = log[0].as_ref().expect("the first attempt carries a record");
+        let tried = log[1].as_ref().expect("the retry carries the same record");
         assert!(tried.contains_id(1) && tried.contains_id(2));
         assert_eq!(tried.len(), 2);
+        assert_eq!(first.len(), 2, "one record, shared by every attempt");
     }
 
     #[tokio::test(start_paused = true)]

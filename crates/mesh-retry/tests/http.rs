@@ -390,10 +390,9 @@ async fn deadline_cuts_a_hung_request() {
 /// What each attempt carried as its tried-endpoints record, in order.
 type SeenRecords = std::sync::Arc<std::sync::Mutex<Vec<Option<TriedEndpoints>>>>;
 
-/// Stands in for the discovery router over the real client: reports an
-/// endpoint per attempt (ids 1, 2, ...), into the request's record or, on a
-/// first attempt sent without one, into retry's attempt scope, and logs the
-/// record each attempt carried.
+/// Stands in for the discovery router over the real client: records an
+/// endpoint per attempt (ids 1, 2, ...) into the request's record, and logs
+/// the record each attempt carried.
 fn recording_router() -> (
     impl Service<
         Request<Full<Bytes>>,
@@ -409,7 +408,9 @@ fn recording_router() -> (
     let router = tower::service_fn(move |req: Request<Full<Bytes>>| {
         let tried = req.extensions().get::<TriedEndpoints>().cloned();
         let mut log = log.lock().unwrap();
-        TriedEndpoints::record_attempt_id(tried.as_ref(), log.len() as u64 + 1);
+        if let Some(tried) = &tried {
+            tried.record_id(log.len() as u64 + 1);
+        }
         log.push(tried);
         inner.clone().call(req)
     });
@@ -435,12 +436,10 @@ async fn every_attempt_shares_one_tried_endpoints_record() {
         .unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3);
-    // The first attempt carries no record (nothing allocated for requests
-    // that succeed at once); its pick reaches the record the retries share.
-    assert!(seen[0].is_none());
-    let (second, third) = (seen[1].as_ref().unwrap(), seen[2].as_ref().unwrap());
+    // Every attempt carries the same record, the first one included.
+    let (first, third) = (seen[0].as_ref().unwrap(), seen[2].as_ref().unwrap());
     assert_eq!(third.len(), 3);
-    assert!((1..=3).all(|id| second.contains_id(id)));
+    assert!((1..=3).all(|id| first.contains_id(id)));
     assert_eq!(backend.hits(), 3);
 }
 

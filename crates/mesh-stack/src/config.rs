@@ -86,9 +86,12 @@ pub struct ServiceConfig {
     /// elsewhere. 1ms..=1h, default 2 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub attempt_timeout: Duration,
-    /// Each endpoint's breaker (one per endpoint). `open_behavior` is always
-    /// `not_ready` in a mesh (an open endpoint is routed around), whatever
-    /// the file says.
+    /// Each endpoint's breaker (one per endpoint). In a mesh a breaker
+    /// counts and trips; the balancer decides who gets traffic (ejection
+    /// within `balance.max_ejection_percent`, panic mode past it), so
+    /// `open_behavior` is always `report`, whatever the file says.
+    /// `recovery_timeout` is the base ejection time (the n-th consecutive
+    /// ejection lasts n times it), capped at `max_open_time`.
     pub breaker: BreakerConfig,
     /// Retries of the logical request, across endpoints. Its `deadline` is
     /// the overall time limit of a call.
@@ -197,11 +200,12 @@ impl ServiceConfig {
         }
     }
 
-    /// The per-endpoint breaker settings: the configured ones in readiness
-    /// mode, so the balancer routes around an open endpoint.
+    /// The per-endpoint breaker settings: the configured ones in
+    /// [`OpenBehavior::Report`] mode, so the balancer alone decides who gets
+    /// traffic.
     pub fn endpoint_breaker_config(&self) -> BreakerConfig {
         BreakerConfig {
-            open_behavior: OpenBehavior::NotReady,
+            open_behavior: OpenBehavior::Report,
             ..self.breaker.clone()
         }
     }

@@ -4,18 +4,21 @@ use std::fmt;
 use std::time::Duration;
 
 use mesh_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use tower_layer::Layer;
+use mesh_core::target::{NewEndpoint, Target};
 
 use crate::timeout::AttemptTimeout;
 
-/// The per-endpoint stack of a mesh service: a circuit breaker in readiness
-/// mode (an open endpoint is routed around), over a per-attempt timeout
-/// ([`AttemptTimeout`], which reuses its timers from one attempt to the next).
+/// The per-endpoint stack of a mesh service: a circuit breaker over a
+/// per-attempt timeout ([`AttemptTimeout`], which reuses its timers from one
+/// attempt to the next).
 ///
-/// The discovery router applies it to each endpoint when the endpoint
-/// appears, inside the endpoint's availability scope, so each endpoint has
-/// its own breaker and the balancer sees its state. A timed-out attempt is a
-/// failure for the breaker.
+/// The discovery router builds it for each endpoint from the endpoint's
+/// [`Target`] when the endpoint appears (it is a [`NewEndpoint`]): each
+/// endpoint gets its own breaker, named `service/endpoint`, which counts
+/// the endpoint's outcomes, trips, and publishes into the endpoint's health
+/// signal. The breaker never refuses a call itself: the balancer decides who
+/// gets traffic, ejecting tripped endpoints within its ejection cap (panic
+/// mode past it). A timed-out attempt is a failure for the breaker.
 ///
 /// `C` is the breaker's classifier, cloned into each call's future: keep it
 /// small (a zero-sized `DefaultHttpClassifier`, or an `Arc`).
@@ -57,11 +60,11 @@ impl<C: fmt::Debug> fmt::Debug for EndpointLayer<C> {
     }
 }
 
-impl<S, C: Clone> Layer<S> for EndpointLayer<C> {
+impl<S, C: Clone> NewEndpoint<S> for EndpointLayer<C> {
     type Service = CircuitBreaker<AttemptTimeout<S>, C>;
 
-    fn layer(&self, inner: S) -> Self::Service {
+    fn new_endpoint(&self, target: &Target, inner: S) -> Self::Service {
         self.breaker
-            .layer(AttemptTimeout::new(inner, self.attempt_timeout))
+            .new_endpoint(target, AttemptTimeout::new(inner, self.attempt_timeout))
     }
 }

@@ -237,7 +237,7 @@ impl Mesh {
             .name(name.to_owned());
         let router = DiscoveryLayer::builder(discovery)
             .config(config.router_config())
-            .endpoint_layer(EndpointLayer::new(breaker, config.attempt_timeout))
+            .new_endpoint(EndpointLayer::new(breaker, config.attempt_timeout))
             .classifier(classifier.clone())
             .build()
             .map_err(|e| e.nest(&format!("services.{name}")))?;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use mesh_balance::LoadGuard;
@@ -14,14 +14,10 @@ use tower_service::Service;
 
 use super::error::EndpointNotReady;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
 pin_project! {
-    /// The future [`DiscoveryService`](super::DiscoveryService) returns.
-    ///
-    /// On the fast path it drives the chosen endpoint's stack directly, with no
-    /// allocation; only a request that found no endpoint (and must wait for
-    /// one) is boxed.
+    /// The future [`DiscoveryService`](super::DiscoveryService) returns: one
+    /// attempt on the endpoint the balancer chose, or the error that no
+    /// endpoint could be chosen.
     pub struct ResponseFuture<T, R, C>
     where
         T: Service<R>,
@@ -38,7 +34,7 @@ pin_project! {
         T: Service<R>,
     {
         Dispatch { #[pin] dispatch: Dispatch<T, R, C> },
-        Waiting { future: BoxFuture<Result<T::Response, BoxError>> },
+        Failed { error: Option<BoxError> },
     }
 }
 
@@ -49,9 +45,9 @@ impl<T: Service<R>, R, C> ResponseFuture<T, R, C> {
         }
     }
 
-    pub(crate) fn waiting(future: BoxFuture<Result<T::Response, BoxError>>) -> Self {
+    pub(crate) fn failed(error: BoxError) -> Self {
         Self {
-            kind: Kind::Waiting { future },
+            kind: Kind::Failed { error: Some(error) },
         }
     }
 }
@@ -74,16 +70,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Dispatch { dispatch } => dispatch.poll(cx),
-            KindProj::Waiting { future } => future.as_mut().poll(cx),
+            KindProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "router future polled after completion".into()))),
         }
     }
 }
 
 pin_project! {
-    /// One attempt on one endpoint: wait for its stack to be ready (bounded),
-    /// call it, classify the result and record it in the endpoint's load
-    /// accounting. Dropping it before the end counts as neither success nor
-    /// failure.
+    /// One attempt on one endpoint: wait for its stack to be ready (bounded,
+    /// with the caller's waker), call it, classify the result and record it
+    /// in the endpoint's load accounting. Dropping it before the end counts
+    /// as neither success nor failure.
     pub(crate) struct Dispatch<T, R, C>
     where
         T: Service<R>,
@@ -98,76 +96,41 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<T, R, F> {
-        // The stack was not ready when the request was dispatched. Boxed:
-        // the rare path, and unboxed the stack and the request would make
-        // every call's future (moved several times on its way to the
-        // executor) hundreds of bytes larger.
-        NotReady { waiting: Box<NotReady<T, R>> },
+        // Not sent yet: the stack's readiness is asked when the future is
+        // first polled, with the caller's waker.
+        Pending {
+            service: T,
+            request: Option<R>,
+            ready_timeout: Duration,
+            // Made only if the stack is not ready at the first poll: no
+            // timer on the fast path.
+            sleep: Option<Pin<Box<Sleep>>>,
+        },
         Called { #[pin] future: F },
-        // The stack refused before sending (its `poll_ready` failed).
-        Refused { error: Option<BoxError> },
     }
-}
-
-/// A request waiting for its stack to become ready.
-pub(crate) struct NotReady<T, R> {
-    service: T,
-    request: Option<R>,
-    ready_timeout: Duration,
-    // Created only if the stack stays not ready after the first poll: no
-    // timer on the fast path.
-    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T, R, C> Dispatch<T, R, C>
 where
     T: Service<R>,
-    T::Error: Into<BoxError>,
 {
-    /// Starts the attempt at once when the stack is ready (the usual case),
-    /// so the request goes straight to the stack and only its response
-    /// future is kept: readiness is asked with a no-op waker, and a stack
-    /// that is not ready is asked again, with the caller's waker, when the
-    /// future is polled (`poll_ready` may be called any number of times).
     #[inline]
-    pub(crate) fn start(
-        mut service: T,
+    pub(crate) fn new(
+        service: T,
         request: R,
         guard: LoadGuard,
         classifier: C,
         ready_timeout: Duration,
     ) -> Self {
-        let mut cx = Context::from_waker(Waker::noop());
-        let (guard, state) = match service.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => (
-                Some(guard),
-                State::Called {
-                    future: service.call(request),
-                },
-            ),
-            // Not the server's doing: no outcome to record.
-            Poll::Ready(Err(e)) => (
-                None,
-                State::Refused {
-                    error: Some(e.into()),
-                },
-            ),
-            Poll::Pending => (
-                Some(guard),
-                State::NotReady {
-                    waiting: Box::new(NotReady {
-                        service,
-                        request: Some(request),
-                        ready_timeout,
-                        sleep: None,
-                    }),
-                },
-            ),
-        };
         Self {
-            guard,
+            guard: Some(guard),
             classifier,
-            state,
+            state: State::Pending {
+                service,
+                request: Some(request),
+                ready_timeout,
+                sleep: None,
+            },
         }
     }
 }
@@ -192,14 +155,17 @@ where
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                StateProj::NotReady { waiting } => match waiting.service.poll_ready(cx) {
+                StateProj::Pending {
+                    service,
+                    request,
+                    ready_timeout,
+                    sleep,
+                } => match service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        let Some(request) = waiting.request.take() else {
-                            return Poll::Ready(
-                                Err("router future polled after completion".into()),
-                            );
+                        let Some(request) = request.take() else {
+                            return Poll::Ready(Err("router future polled after completion".into()));
                         };
-                        let future = waiting.service.call(request);
+                        let future = service.call(request);
                         this.state.set(State::Called { future });
                     }
                     Poll::Ready(Err(e)) => {
@@ -208,10 +174,9 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     Poll::Pending => {
-                        let timeout = waiting.ready_timeout;
-                        let sleep = waiting
-                            .sleep
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        let timeout = *ready_timeout;
+                        let sleep =
+                            sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                         ready!(sleep.as_mut().poll(cx));
                         let endpoint = this
                             .guard
@@ -225,11 +190,6 @@ where
                         .into()));
                     }
                 },
-                StateProj::Refused { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .unwrap_or_else(|| "router future polled after completion".into())));
-                }
             }
         }
     }

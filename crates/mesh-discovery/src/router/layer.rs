@@ -7,6 +7,7 @@ use std::time::Duration;
 use mesh_balance::{BalanceConfig, Balancer};
 use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
+use mesh_core::target::{LayerEndpoint, NewEndpoint};
 use tower_layer::{Identity, Layer};
 
 use super::rewrite::{HostHeader, Rewrite};
@@ -64,22 +65,23 @@ impl RouterConfig {
 /// Wraps an inner client `S` (hyper-util's legacy client, `reqwest::Client`,
 /// a tonic-compatible HTTP/2 client, or any `Service<http::Request<B>>`) and
 /// routes each request to a live endpoint of the service that `discovery`
-/// watches. Each endpoint gets its own stack, `endpoint_layer` applied over a
+/// watches. Each endpoint gets its own stack, built by `N` (a
+/// [`NewEndpoint`]) from the endpoint's [`Target`](mesh_core::Target) over a
 /// [`Rewrite`] of the shared inner client. See the [module docs](super).
 ///
 /// All services this layer builds share one balancer (one set of load and
 /// health accounting for the service); build one layer per logical service.
 #[derive(Clone)]
-pub struct DiscoveryLayer<L = Identity, C = DefaultHttpClassifier> {
+pub struct DiscoveryLayer<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier> {
     discovery: Discovery,
     balancer: Balancer,
-    endpoint_layer: L,
+    new_endpoint: N,
     classifier: C,
     ready_timeout: Duration,
     host: HostHeader,
 }
 
-impl<L, C> fmt::Debug for DiscoveryLayer<L, C> {
+impl<N, C> fmt::Debug for DiscoveryLayer<N, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiscoveryLayer")
             .field("service", &self.discovery.name())
@@ -100,7 +102,7 @@ impl DiscoveryLayer {
         Self {
             discovery,
             balancer,
-            endpoint_layer: Identity::new(),
+            new_endpoint: LayerEndpoint(Identity::new()),
             classifier: DefaultHttpClassifier,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             host: HostHeader::Keep,
@@ -112,13 +114,13 @@ impl DiscoveryLayer {
         DiscoveryLayerBuilder {
             discovery,
             config: RouterConfig::default(),
-            endpoint_layer: Identity::new(),
+            new_endpoint: LayerEndpoint(Identity::new()),
             classifier: DefaultHttpClassifier,
         }
     }
 }
 
-impl<L, C> DiscoveryLayer<L, C> {
+impl<N, C> DiscoveryLayer<N, C> {
     /// The discovery handle this layer routes over.
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
@@ -130,20 +132,20 @@ impl<L, C> DiscoveryLayer<L, C> {
     }
 }
 
-impl<S, L, C> Layer<S> for DiscoveryLayer<L, C>
+impl<S, N, C> Layer<S> for DiscoveryLayer<N, C>
 where
     S: Clone,
-    L: Layer<Rewrite<S>> + Clone,
-    L::Service: Clone,
+    N: NewEndpoint<Rewrite<S>> + Clone,
+    N::Service: Clone,
     C: Clone,
 {
-    type Service = DiscoveryService<S, L, C>;
+    type Service = DiscoveryService<S, N, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         DiscoveryService::new(
             Arc::from(self.discovery.name()),
             inner,
-            self.endpoint_layer.clone(),
+            self.new_endpoint.clone(),
             self.classifier.clone(),
             self.balancer.clone(),
             self.discovery.subscribe(),
@@ -155,14 +157,14 @@ where
 
 /// Builds a [`DiscoveryLayer`]; [`build`](Self::build) validates.
 #[derive(Debug, Clone)]
-pub struct DiscoveryLayerBuilder<L = Identity, C = DefaultHttpClassifier> {
+pub struct DiscoveryLayerBuilder<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier> {
     discovery: Discovery,
     config: RouterConfig,
-    endpoint_layer: L,
+    new_endpoint: N,
     classifier: C,
 }
 
-impl<L, C> DiscoveryLayerBuilder<L, C> {
+impl<N, C> DiscoveryLayerBuilder<N, C> {
     /// All router settings at once (from a config file, say).
     #[must_use]
     pub fn config(mut self, config: RouterConfig) -> Self {
@@ -191,15 +193,26 @@ impl<L, C> DiscoveryLayerBuilder<L, C> {
         self
     }
 
-    /// The layer applied to each endpoint's [`Rewrite`] service: a breaker in
-    /// readiness mode and a per-attempt timeout, typically. It is applied
-    /// inside the endpoint's [`Availability`](mesh_core::Availability) scope,
-    /// so a breaker built by it publishes its state to the balancer.
-    pub fn endpoint_layer<L2>(self, layer: L2) -> DiscoveryLayerBuilder<L2, C> {
+    /// A plain layer applied to each endpoint's [`Rewrite`] service (a
+    /// per-attempt timeout, a concurrency limit): it knows nothing of the
+    /// endpoint it serves. For a breaker that feeds the balancer, use
+    /// [`new_endpoint`](Self::new_endpoint).
+    pub fn endpoint_layer<L2>(self, layer: L2) -> DiscoveryLayerBuilder<LayerEndpoint<L2>, C> {
+        self.new_endpoint(LayerEndpoint(layer))
+    }
+
+    /// What builds each endpoint's stack from its
+    /// [`Target`](mesh_core::Target) (the endpoint, its health signal, the
+    /// service name) over the endpoint's [`Rewrite`] service: linkerd's
+    /// `NewService<Target>`. mesh-breaker's `CircuitBreakerLayer` is one (it
+    /// builds a breaker that publishes into the target's signal, so the
+    /// balancer ejects a tripped endpoint within its cap); compose it with
+    /// plain layers through [`endpoint_fn`](mesh_core::target::endpoint_fn).
+    pub fn new_endpoint<N2>(self, new_endpoint: N2) -> DiscoveryLayerBuilder<N2, C> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
             config: self.config,
-            endpoint_layer: layer,
+            new_endpoint,
             classifier: self.classifier,
         }
     }
@@ -209,23 +222,23 @@ impl<L, C> DiscoveryLayerBuilder<L, C> {
     /// [`HttpClassifier`](mesh_core::classify::HttpClassifier); the classifier is cloned into
     /// every request's future, so pass something small or a reference; use
     /// [`GrpcClassifier`](mesh_core::classify::GrpcClassifier) for gRPC).
-    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<L, C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<N, C2> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
             config: self.config,
-            endpoint_layer: self.endpoint_layer,
+            new_endpoint: self.new_endpoint,
             classifier,
         }
     }
 
     /// Validates the settings and builds the layer.
-    pub fn build(self) -> Result<DiscoveryLayer<L, C>, InvalidConfig> {
+    pub fn build(self) -> Result<DiscoveryLayer<N, C>, InvalidConfig> {
         self.config.validate()?;
         let balancer = Balancer::named(self.discovery.name().to_owned(), self.config.balance)?;
         Ok(DiscoveryLayer {
             discovery: self.discovery,
             balancer,
-            endpoint_layer: self.endpoint_layer,
+            new_endpoint: self.new_endpoint,
             classifier: self.classifier,
             ready_timeout: self.config.ready_timeout,
             host: self.config.host_header,

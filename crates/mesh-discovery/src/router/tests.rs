@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mesh_balance::{BalanceConfig, Strategy};
 use mesh_core::{Availability, AvailabilityState, BoxError, Endpoint, TriedEndpoints};
+use mesh_core::target::{NewEndpoint, Target};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
@@ -47,7 +48,7 @@ fn round_robin_router(
     ChannelSource,
     DiscoveryService<
         Echo,
-        tower::layer::util::Identity,
+        mesh_core::target::LayerEndpoint<tower::layer::util::Identity>,
         mesh_core::classify::DefaultHttpClassifier,
     >,
 ) {
@@ -104,15 +105,12 @@ async fn removal_is_applied_before_the_next_request() {
 /// which routes through the shared state (no caches of its own) and must see
 /// every applied change as a long-lived handle does.
 #[tokio::test]
-async fn fresh_clones_route_through_churn_and_build_caches_at_their_second_call() {
+async fn fresh_clones_route_through_churn() {
     let (source, svc) = round_robin_router([ep("10.0.0.1:80"), ep("10.0.0.2:80")]);
-    assert!(svc.has_local_caches());
     let mut seen = std::collections::HashSet::new();
     for _ in 0..4 {
         let mut once = svc.clone();
-        assert!(!once.has_local_caches());
         seen.insert(send(&mut once).await.unwrap());
-        assert!(!once.has_local_caches(), "one call builds no caches");
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 
@@ -128,12 +126,10 @@ async fn fresh_clones_route_through_churn_and_build_caches_at_their_second_call(
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 
-    // A clone that keeps calling builds its caches at its second call and
-    // still sees later changes.
+    // A clone that keeps calling sees later changes.
     let mut kept = svc.clone();
     send(&mut kept).await.unwrap();
     send(&mut kept).await.unwrap();
-    assert!(kept.has_local_caches());
     source.remove(ep("10.0.0.1:80").key());
     for _ in 0..10 {
         assert_eq!(send(&mut kept).await.unwrap(), "10.0.0.3:80");
@@ -256,42 +252,23 @@ async fn retries_avoid_the_endpoints_already_tried() {
     }
 }
 
-#[tokio::test]
-async fn a_pick_for_a_request_without_a_record_reaches_the_attempt_scope() {
-    // Retry sends its first attempt without a `TriedEndpoints` record, inside
-    // `TriedEndpoints::scope`; the router must report its pick there, with
-    // the default p2c strategy, or a retry could go back to the same endpoint.
-    let eps = [ep("10.0.0.1:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")];
-    let ids: HashMap<String, u64> = eps
-        .iter()
-        .map(|e| (e.address().to_string(), e.key().id()))
-        .collect();
-    let mut svc = DiscoveryLayer::new(StaticSource::new(eps).discovery()).layer(echo());
-    for _ in 0..20 {
-        let req = http::Request::get("http://users/").body(()).unwrap();
-        let mut first = None;
-        let future = TriedEndpoints::scope(&mut first, || svc.call(req));
-        let chosen = future.await.unwrap().into_body();
-        assert_eq!(first, Some(ids[&chosen]), "the scope caught the pick");
-    }
-}
-
-/// A per-endpoint layer that remembers the availability scope it was built in
-/// and how many stacks it built.
+/// A per-endpoint constructor that remembers the health signals its targets
+/// carried and how many stacks it built.
 #[derive(Clone, Default)]
 struct Probe {
     built: Arc<AtomicUsize>,
     signals: Arc<Mutex<Vec<Availability>>>,
 }
 
-impl<S> Layer<S> for Probe {
+impl<S> NewEndpoint<S> for Probe {
     type Service = S;
-    fn layer(&self, inner: S) -> S {
+    fn new_endpoint(&self, target: &Target, inner: S) -> S {
         self.built.fetch_add(1, Ordering::SeqCst);
-        self.signals
-            .lock()
-            .unwrap()
-            .push(Availability::current().expect("built inside the endpoint's availability scope"));
+        assert_eq!(
+            target.name(),
+            format!("{}/{}", target.service(), target.endpoint().key())
+        );
+        self.signals.lock().unwrap().push(target.health().clone());
         inner
     }
 }
@@ -308,7 +285,7 @@ async fn stacks_publish_availability_and_unavailable_endpoints_are_skipped() {
     .discovery();
     let layer = DiscoveryLayer::builder(discovery)
         .balance(round_robin())
-        .endpoint_layer(probe.clone())
+        .new_endpoint(probe.clone())
         .build()
         .unwrap();
     let mut svc = layer.layer(echo());
@@ -342,7 +319,7 @@ async fn stacks_are_rebuilt_only_when_the_route_changes() {
     let (source, discovery) = ChannelSource::new("users");
     source.set([ep("10.0.0.1:80")]);
     let layer = DiscoveryLayer::builder(discovery)
-        .endpoint_layer(probe.clone())
+        .new_endpoint(probe.clone())
         .build()
         .unwrap();
     let mut svc = layer.layer(echo());
@@ -415,52 +392,22 @@ fn config_validation_names_the_fields() {
     RouterConfig::default().validate().unwrap();
 }
 
-/// What a breaker in readiness mode does: not ready while the endpoint's
-/// availability says unavailable.
-#[derive(Clone)]
-struct Gate<S> {
-    inner: S,
-    signal: Availability,
-}
-
-impl<S: Service<R>, R> Service<R> for Gate<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        if self.signal.is_available() {
-            self.inner.poll_ready(cx)
-        } else {
-            Poll::Pending
-        }
-    }
-    fn call(&mut self, req: R) -> S::Future {
-        self.inner.call(req)
-    }
-}
-
-/// Builds a [`Gate`] in each endpoint's availability scope.
-#[derive(Clone)]
-struct GateLayer;
-
-impl<S> Layer<S> for GateLayer {
-    type Service = Gate<S>;
-    fn layer(&self, inner: S) -> Gate<S> {
-        Gate {
-            inner,
-            signal: Availability::current().expect("built in the availability scope"),
-        }
-    }
-}
-
-type Gated = DiscoveryService<Echo, GateLayer, mesh_core::classify::DefaultHttpClassifier>;
-
-/// `n` gated endpoints, round robin, the default 50 % ejection cap.
-fn gated_router(n: u8) -> (DiscoveryLayer<GateLayer>, Gated, Vec<Availability>) {
+/// `n` endpoints, round robin, the default 50 % ejection cap, with their
+/// health signals.
+fn router_with_signals(
+    n: u8,
+) -> (
+    DiscoveryLayer<mesh_core::target::LayerEndpoint<tower::layer::util::Identity>>,
+    DiscoveryService<
+        Echo,
+        mesh_core::target::LayerEndpoint<tower::layer::util::Identity>,
+        mesh_core::classify::DefaultHttpClassifier,
+    >,
+    Vec<Availability>,
+) {
     let eps: Vec<_> = (1..=n).map(|i| ep(&format!("10.0.0.{i}:80"))).collect();
     let layer = DiscoveryLayer::builder(StaticSource::new(eps.clone()).discovery())
         .balance(round_robin())
-        .endpoint_layer(GateLayer)
         .ready_timeout(Duration::from_millis(250))
         .build()
         .unwrap();
@@ -474,86 +421,64 @@ fn gated_router(n: u8) -> (DiscoveryLayer<GateLayer>, Gated, Vec<Availability>) 
 }
 
 #[tokio::test(start_paused = true)]
-async fn panic_mode_never_sends_to_a_refusing_endpoint_while_another_is_available() {
-    // 3 of 4 unavailable, cap 2: the balancer keeps one of them in play.
-    let (layer, mut svc, signals) = gated_router(4);
+async fn past_the_ejection_cap_ejected_endpoints_take_traffic() {
+    // 3 of 4 unavailable, cap 2: two are ejected, the third keeps taking
+    // traffic beside the healthy one (panic mode).
+    let (layer, mut svc, signals) = router_with_signals(4);
     for s in &signals[1..] {
         s.set(AvailabilityState::Unavailable);
     }
-    let start = tokio::time::Instant::now();
+    let mut seen = HashMap::<String, usize>::new();
     for _ in 0..40 {
-        assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.1:80");
+        *seen.entry(send(&mut svc).await.unwrap()).or_default() += 1;
     }
-    assert!(
-        layer.balancer().stats().panic,
-        "the balancer is in panic mode"
-    );
-    assert_eq!(start.elapsed(), Duration::ZERO, "no request waited");
-    assert_eq!(layer.balancer().stats().in_flight, 0);
+    let stats = layer.balancer().stats();
+    assert!(stats.panic, "the balancer is in panic mode");
+    assert_eq!(stats.ejected, 2, "never more than the cap ejected");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains_key("10.0.0.1:80"), "{seen:?}");
+    assert_eq!(stats.in_flight, 0);
 }
 
 #[tokio::test(start_paused = true)]
-async fn with_every_endpoint_unavailable_past_the_wait_requests_fail_fast() {
-    let (layer, mut svc, signals) = gated_router(4);
-    // Two forced open (no deadline), two open for longer than the wait.
-    let later = tokio::time::Instant::now() + Duration::from_secs(10);
-    for (i, s) in signals.iter().enumerate() {
-        if i % 2 == 0 {
-            s.set(AvailabilityState::Unavailable);
-        } else {
-            s.set_unavailable_until(later);
-        }
+async fn with_every_endpoint_ejected_calls_are_still_attempted() {
+    let (layer, mut svc, signals) = router_with_signals(4);
+    for s in &signals {
+        s.set_unavailable_until(tokio::time::Instant::now() + Duration::from_secs(60));
     }
     let start = tokio::time::Instant::now();
-    let err = send(&mut svc).await.unwrap_err();
-    let err = err
-        .downcast_ref::<NoReadyEndpoint>()
-        .expect("NoReadyEndpoint");
-    assert_eq!(err.known(), 4);
-    assert_eq!(err.unavailable(), 4, "past the ejection cap too");
-    assert_eq!(err.waited(), Duration::ZERO);
-    assert_eq!(start.elapsed(), Duration::ZERO, "failed without waiting");
-    assert_eq!(layer.balancer().stats().in_flight, 0);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(send(&mut svc).await.unwrap());
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "no call waited");
+    let stats = layer.balancer().stats();
+    assert_eq!((stats.ejected, stats.panic), (2, true));
+    assert_eq!(seen.len(), 2, "the two over the cap serve: {seen:?}");
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_waits_for_an_endpoint_readmitted_within_the_wait() {
-    let (layer, mut svc, signals) = gated_router(4);
-    let now = tokio::time::Instant::now();
-    for (i, s) in signals.iter().enumerate() {
-        // 10.0.0.3 re-admits in 100 ms, inside the 250 ms wait.
-        let ms = if i == 2 { 100 } else { 10_000 };
-        s.set_unavailable_until(now + Duration::from_millis(ms));
-    }
-    assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.3:80");
-    let waited = now.elapsed();
+async fn poll_ready_waits_for_the_source_and_is_woken_by_it() {
+    let (source, discovery) = ChannelSource::new("users");
+    let layer = DiscoveryLayer::builder(discovery)
+        .ready_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(echo());
+    let mut task = tokio_test::task::spawn(());
     assert!(
-        waited >= Duration::from_millis(100) && waited <= Duration::from_millis(150),
-        "{waited:?}"
+        task.enter(|cx, _| svc.poll_ready(cx)).is_pending(),
+        "no endpoint: not ready"
     );
-    assert_eq!(layer.balancer().stats().in_flight, 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_request_waits_while_a_half_open_breaker_awaits_its_probes() {
-    let (layer, mut svc, signals) = gated_router(4);
-    let now = tokio::time::Instant::now();
-    for s in &signals {
-        s.set_unavailable_until(now + Duration::from_secs(10));
-    }
-    // Half-open with every probe permit taken: unavailable until the oldest
-    // probe expires (30 s), or sooner, when the probes answer (50 ms).
-    signals[1].set_unavailable_at_most_until(now + Duration::from_secs(30));
-    let probing = signals[1].clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        probing.set(AvailabilityState::Available);
-    });
-    assert_eq!(send(&mut svc).await.unwrap(), "10.0.0.2:80");
-    let waited = now.elapsed();
-    assert!(
-        waited >= Duration::from_millis(50) && waited <= Duration::from_millis(100),
-        "{waited:?}"
+    assert!(!task.is_woken());
+    source.insert(ep("10.0.0.7:80"));
+    assert!(task.is_woken(), "the discovery update wakes the waiting caller");
+    assert!(matches!(task.enter(|cx, _| svc.poll_ready(cx)), Poll::Ready(Ok(()))));
+    assert_eq!(
+        svc.call(http::Request::get("http://users/").body(()).unwrap())
+            .await
+            .unwrap()
+            .into_body(),
+        "10.0.0.7:80"
     );
-    assert_eq!(layer.balancer().stats().in_flight, 0);
 }

@@ -39,7 +39,7 @@ fn defaults_are_sane_and_valid_once_endpoints_are_named() {
     assert_eq!(s.retry.max_retries, 3);
     assert_eq!(
         s.endpoint_breaker_config().open_behavior,
-        OpenBehavior::NotReady
+        OpenBehavior::Report
     );
     sample().validate().unwrap();
     MeshConfig::new().validate().unwrap();
