@@ -142,9 +142,9 @@ async fn partial_failure_idempotent_calls_succeed_and_bad_backends_are_ejected()
 }
 
 /// More backends fail than the balancer's ejection cap (default 50 %) lets
-/// it eject: 5 of 8 answer 503. The balancer keeps one of them in play
-/// (panic mode), but its breaker refuses requests; the router sends the
-/// call to an available backend instead of waiting on the refusing one.
+/// it eject: 5 of 8 answer 503. The balancer ejects four and keeps the
+/// fifth in play (panic mode): it keeps receiving requests, whose 503s are
+/// retried on another endpoint, so no call fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_failing_backends_than_the_ejection_cap_still_fail_no_call() {
     let mut behaviors = vec![Behavior::status(503); 5];
@@ -169,20 +169,29 @@ async fn more_failing_backends_than_the_ejection_cap_still_fail_no_call() {
     );
     assert!(ok >= 999, "{}", failures(&calls));
     let consecutive = 5 + 16;
+    let ejected = bs[..5].iter().filter(|b| b.hits() <= consecutive).count();
+    assert!(ejected >= 4, "the cap: four ejected: {:?}", hits(&bs));
+    let in_play = bs[..5]
+        .iter()
+        .map(mesh_testkit::Backend::hits)
+        .max()
+        .unwrap();
     assert!(
-        bs[..5].iter().all(|b| b.hits() <= consecutive),
-        "{:?}",
+        in_play > 5,
+        "one failing backend stays in play: {:?}",
         hits(&bs)
     );
 }
 
 // ===== 2. total outage =====
 
-/// Every backend answers 503. Retries stay within the retry budget (and the
-/// breakers cut them much shorter); once every breaker is open, calls fail
-/// with a typed error without reaching any server.
+/// Every backend answers 503. Retries stay within the retry budget. The
+/// breakers trip, and the balancer ejects half of the endpoints (its 50 %
+/// cap) and keeps sending to the others (panic mode): calls are still
+/// attempted and end with the servers' own answer, fast, never with a
+/// locally made `NoReadyEndpoint` that would outlast the outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_without_traffic() {
+async fn total_outage_retries_stay_in_budget_and_calls_still_reach_the_servers() {
     let bs = backends("o", &vec![Behavior::status(503); 4]).await;
     let config = config(static_service(&bs));
     let service = config.services["users"].clone();
@@ -211,62 +220,45 @@ async fn total_outage_retries_stay_in_budget_and_open_breakers_fail_calls_withou
     let bound = (ORIGINAL as f64 * (1.0 + budget.retry_ratio)).ceil() as u64
         + u64::from(budget.min_retries_per_second) * budget.ttl.as_secs()
         + CONCURRENCY as u64;
-    // The breakers cut far shorter: each endpoint takes `consecutive_failures`
-    // before it opens, plus what was in flight to it then.
-    let consecutive = u64::from(service.breaker.consecutive_failures.unwrap());
-    let breaker_bound = bs.len() as u64 * consecutive + CONCURRENCY as u64;
     eprintln!(
-        "total outage: {ORIGINAL} calls, {at_servers} requests at servers {:?} (budget bound {bound}, breaker bound {breaker_bound})",
+        "total outage: {ORIGINAL} calls, {at_servers} requests at servers {:?} (budget bound {bound})",
         hits(&bs)
     );
     assert!(at_servers <= bound, "{at_servers} > budget bound {bound}");
-    assert!(
-        at_servers <= breaker_bound,
-        "{at_servers} > breaker bound {breaker_bound}"
-    );
-    assert!(
-        at_servers >= bs.len() as u64 * consecutive,
-        "every breaker saw its failures"
-    );
+    assert!(at_servers >= ORIGINAL, "every call reached a server");
 
-    // Every breaker is open now (default recovery timeout: 60 s, far past
-    // the router's 1 s `ready_timeout`): waiting cannot help, so calls fail
-    // at once with a typed error, and no server sees them.
-    let frozen = settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
-        .await
-        .expect("servers go quiet");
-    let fast = run_load(
+    // Every breaker is open now; the balancer keeps two endpoints in play.
+    // Calls still go out (the budget spent, without retries) and end with
+    // the servers' 503, quickly.
+    let before = hits(&bs);
+    let more = run_load(
         &users,
         &http::Method::GET,
         1000,
         32,
-        32,
+        8,
         Duration::from_secs(10),
     )
     .await;
-    // Far below the 1 s wait even on a loaded 2-core machine in a debug
-    // build; a router that waited would take `ready_timeout` per call.
-    let bound = service.ready_timeout / 4;
-    for c in &fast {
-        let err = c
-            .result
-            .as_ref()
-            .expect_err("an open breaker never lets a call through");
-        assert!(err.contains("no ready endpoint"), "{err}");
-        assert!(c.latency <= bound, "{:?} > {bound:?}", c.latency);
+    for c in &more {
+        assert_eq!(
+            c.result.as_ref().ok().map(|s| s.as_u16()),
+            Some(503),
+            "{:?}",
+            c.result
+        );
     }
-    let p50 = quantile(&fast, 0.5);
-    assert!(p50 <= Duration::from_millis(20), "p50 {p50:?}");
-    eprintln!(
-        "total outage: open-breaker calls fail in p50 {:?}, max {:?}",
-        quantile(&fast, 0.5),
-        quantile(&fast, 1.0)
-    );
+    let after = hits(&bs);
+    let reached: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("total outage, breakers open: servers saw {reached:?}");
+    assert!(reached.iter().sum::<u64>() >= 32, "{reached:?}");
     assert_eq!(
-        hits(&bs),
-        frozen,
-        "calls refused by open breakers reached a server"
+        reached.iter().filter(|&&n| n > 0).count(),
+        2,
+        "the two endpoints past the cap take the traffic: {reached:?}"
     );
+    let p50 = quantile(&more, 0.5);
+    assert!(p50 <= Duration::from_millis(200), "p50 {p50:?}");
 }
 
 // ===== 3. recovery =====
@@ -281,16 +273,31 @@ fn recovery_bound(service: &ServiceConfig) -> Duration {
         + Duration::from_millis(500)
 }
 
-/// The backends come back. Traffic returns within the recovery timeout
-/// (default slow start: none), and the probes do not stampede: before the
-/// first probe of a backend has answered, at most `half_open_max_calls`
-/// requests reach it, although 16 callers are waiting.
+/// Two backends of four fail (within the 50 % ejection cap, so the balancer
+/// ejects both and the other two serve), then come back. Traffic returns
+/// within the recovery timeout (default slow start: none), and the probes do
+/// not stampede: before the first probe of a backend has answered, at most
+/// `half_open_max_calls` requests reach it, plus at most one per worker
+/// thread that picked the endpoint in the instant its ejection ended (the
+/// breaker never refuses inside a router; the balancer ejects the endpoint
+/// again once its probe permits are taken), although 16 callers are busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_herd() {
     // Probes answer after PROBE_DELAY, so concurrent probes overlap visibly.
     const PROBE_DELAY: Duration = Duration::from_millis(100);
-    let bs = backends("r", &vec![Behavior::status(503); 4]).await;
-    let mut service = static_service(&bs);
+    const WORKER_THREADS: u32 = 2;
+    let all = backends(
+        "r",
+        &[
+            Behavior::status(503),
+            Behavior::status(503),
+            Behavior::slow(HEALTHY),
+            Behavior::slow(HEALTHY),
+        ],
+    )
+    .await;
+    let bs = &all[..2];
+    let mut service = static_service(&all);
     // Shortened from 60 s so the test sees the breakers probe; long enough
     // that the backends recover before the first half-open period even on
     // a loaded machine (no probe fails, none is left over from an earlier
@@ -308,10 +315,10 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
 
     let load = support::Load::start(&users, &http::Method::GET, 0, 16, Duration::from_secs(10));
 
-    // Every breaker opens: each backend has failed every request, so once it
-    // has received `consecutive_failures` of them (and answered them), its
-    // breaker is open. Quiet servers alone would not say so: callers may
-    // all be sleeping in retry backoff. Then the backends recover.
+    // Both failing backends' breakers open: each has failed every request,
+    // so once it has received `consecutive_failures` of them (and answered
+    // them), its breaker is open and the balancer ejects it. Then they
+    // recover.
     let consecutive = u64::from(service.breaker.consecutive_failures.unwrap());
     assert!(
         support::eventually(Duration::from_secs(10), || {
@@ -321,11 +328,11 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
         "every backend sees its failures: {:?}",
         hits(&bs)
     );
-    settled(&bs, Duration::from_millis(100), Duration::from_secs(5))
+    settled(bs, Duration::from_millis(100), Duration::from_secs(5))
         .await
-        .expect("open breakers let nothing through");
-    let outage_hits = hits(&bs);
-    for b in &bs {
+        .expect("ejected endpoints get nothing");
+    let outage_hits = hits(bs);
+    for b in bs {
         b.set_behavior(Behavior::slow(PROBE_DELAY));
     }
     let recovered = tokio::time::Instant::now();
@@ -341,7 +348,7 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
     assert!(
         back,
         "traffic did not return to every backend: {:?} (outage {outage_hits:?})",
-        hits(&bs)
+        hits(bs)
     );
 
     let recovery = service.breaker.recovery_timeout;
@@ -368,10 +375,10 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
             b.name(),
         );
         // Before the first probe can have answered, the breaker is still
-        // half-open: at most half_open_max_calls requests get through,
-        // although 16 callers are waiting.
+        // half-open: at most half_open_max_calls requests get through (plus
+        // one racing pick per worker thread), although 16 callers are busy.
         let probes = after.iter().filter(|&&t| t < first + PROBE_DELAY).count();
-        let herd_limit = service.breaker.half_open_max_calls;
+        let herd_limit = service.breaker.half_open_max_calls + WORKER_THREADS;
         eprintln!(
             "recovery: {} back {gap:?} after its last failure ({:?} after the backends recovered), {probes} probe(s) in the first {PROBE_DELAY:?}, {} requests since",
             b.name(),

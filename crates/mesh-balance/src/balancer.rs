@@ -312,8 +312,8 @@ impl Balancer {
             .collect()
     }
 
-    /// The availability signal of the endpoint with this key: build the
-    /// endpoint's stack inside [`Availability::scope`] so its breaker
+    /// The health signal of the endpoint with this key: hand it to the
+    /// endpoint's stack (in its [`Target`](mesh_core::Target)) so its breaker
     /// publishes into it.
     pub fn availability(&self, key: &EndpointKey) -> Option<Availability> {
         let snap = self.shared.snapshot.load();

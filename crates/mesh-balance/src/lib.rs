@@ -23,11 +23,17 @@
 //!
 //! Around the strategies sit the protections Envoy taught the industry:
 //!
-//! - **Ejection with a cap**: an endpoint whose breaker marks it unavailable
-//!   (the [`Availability`](mesh_core::Availability) signal) is skipped, but
-//!   never more than `max_ejection_percent` of the set at once and never the
-//!   last endpoint; past the cap the balancer is in *panic mode* and the rest
-//!   keep taking traffic instead of everything landing on a few survivors.
+//! - **One owner of ejection**: an endpoint whose health signal (the
+//!   [`Availability`](mesh_core::Availability) its breaker publishes into)
+//!   says unavailable is skipped, but never more than `max_ejection_percent`
+//!   of the set at once and never the last endpoint; past the cap the
+//!   balancer is in *panic mode* and the rest keep taking traffic instead of
+//!   every call failing locally. Breakers only count and trip; whether an
+//!   endpoint gets traffic is decided here.
+//! - **Gray failures**: success-rate outlier detection ([`OutlierConfig`],
+//!   on by default) compares each endpoint's success rate with the median of
+//!   its peers once per interval and ejects the ones well below it, within
+//!   the same cap, for a time that grows with repeated ejections.
 //! - **Slow start**: a new or re-admitted endpoint ramps its effective weight
 //!   up over `slow_start_window` instead of taking a full share cold.
 //! - **Retry elsewhere**: a pick avoids the endpoints the request already
@@ -54,16 +60,14 @@
 //! per pick instead of the `ArcSwap` load (two atomic read-modify-writes).
 //!
 //! What a p2c peak-EWMA pick + record costs, and why: two reads of the
-//! clock (when the request started and when it ended), through
-//! [`Clock::for_latency`](mesh_core::clock::Clock::for_latency): the CPU's
-//! time-stamp counter, about half the 31-45 ns of a vDSO `clock_gettime` on
-//! a virtual machine, or tokio's clock when it is paused as the balancer is
-//! built (tests that advance time), one atomic increment
-//! and one decrement (the guard's reference, which is the in-flight count),
-//! and a few dozen instructions: one random number gives both candidates,
-//! the latency sample is stored without a compare-and-swap loop, and the
-//! decay of an idle endpoint's estimate calls `exp` only when it was idle
-//! for more than a thousandth of the decay time.
+//! clock (`tokio::time::Instant`, when the request started and when it
+//! ended), one atomic increment and one decrement (the guard's reference,
+//! which is the in-flight count), two relaxed increments of the outlier
+//! detector's counters, and a few dozen instructions: one random number
+//! gives both candidates, the latency sample is stored without a
+//! compare-and-swap loop, and the decay of an idle endpoint's estimate
+//! calls `exp` only when it was idle for more than a thousandth of the
+//! decay time.
 //!
 //! The crate does no I/O and knows no discovery source or service type: the
 //! discovery router feeds it endpoints and maps each pick to the endpoint's

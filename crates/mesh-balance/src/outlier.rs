@@ -266,7 +266,10 @@ impl Detector {
                 );
                 continue;
             }
-            let n = state.outlier_ejections.load(Ordering::Relaxed).saturating_add(1);
+            let n = state
+                .outlier_ejections
+                .load(Ordering::Relaxed)
+                .saturating_add(1);
             let eject_for = c
                 .base_ejection_time
                 .saturating_mul(n)

@@ -296,7 +296,12 @@ mod tests {
         let snapshot = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::snapshot::Snapshot::build(Vec::new(), config.strategy, 50),
         ));
-        let detector = Arc::new(Detector::new(&config.outlier, clock, "svc".into(), &snapshot));
+        let detector = Arc::new(Detector::new(
+            &config.outlier,
+            clock,
+            "svc".into(),
+            &snapshot,
+        ));
         EndpointState::new(
             Endpoint::new("a", "127.0.0.1:1".parse().unwrap()),
             params,

@@ -542,7 +542,11 @@ async fn gray_failures_are_ejected_by_success_rate() {
                 }
             }
             let failed = gray(&name) && fastrand::f64() < 0.3;
-            g.record(if failed { Outcome::retryable() } else { Outcome::Success });
+            g.record(if failed {
+                Outcome::retryable()
+            } else {
+                Outcome::Success
+            });
         }
         tokio::time::advance(Duration::from_millis(100)).await;
     }
@@ -583,7 +587,11 @@ async fn the_outlier_detector_compares_with_peers_not_with_perfection() {
             for _ in 0..600 {
                 let g = b.pick(None).unwrap();
                 let failed = fastrand::f64() < fail_rate;
-                g.record(if failed { Outcome::retryable() } else { Outcome::Success });
+                g.record(if failed {
+                    Outcome::retryable()
+                } else {
+                    Outcome::Success
+                });
             }
             tokio::time::advance(Duration::from_millis(100)).await;
         }

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use mesh_core::classify::Classify;
 use mesh_core::BoxError;
+use mesh_core::classify::Classify;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 

@@ -3,10 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use mesh_core::classify::DefaultHttpClassifier;
-use mesh_core::target::{NewEndpoint, Target};
 use mesh_core::Availability;
+use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
+use mesh_core::target::{NewEndpoint, Target};
 use tower_layer::Layer;
 
 use crate::config::{BreakerConfig, OpenBehavior};

@@ -406,7 +406,11 @@ async fn a_breaker_built_for_a_target_reports_and_never_refuses() {
             call(&mut svc).await.unwrap();
         }
         assert_eq!(mock.hits(), before + 3, "nothing refused");
-        assert_eq!(svc.handle().state(), CircuitState::Open, "bypass calls not counted");
+        assert_eq!(
+            svc.handle().state(),
+            CircuitState::Open,
+            "bypass calls not counted"
+        );
         // The ejection ends; the next call is the probe, which fails again.
         advance(*opened_for.last().unwrap()).await;
         assert!(health.is_available());
@@ -418,7 +422,11 @@ async fn a_breaker_built_for_a_target_reports_and_never_refuses() {
         "base x consecutive trips, capped"
     );
     assert!(
-        !events.lock().unwrap().iter().any(|e| e.contains("Rejected")),
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("Rejected")),
         "a reporting breaker never rejects"
     );
 }

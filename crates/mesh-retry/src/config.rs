@@ -111,11 +111,10 @@ pub struct RetryConfig {
     pub attempt_header: String,
     /// Whether retries carry a [`TriedEndpoints`](mesh_core::TriedEndpoints)
     /// record of the endpoints already tried, so a discovery router sends a
-    /// retry elsewhere. The first attempt goes out without one, inside a
-    /// [`TriedEndpoints::scope`](mesh_core::TriedEndpoints::scope) that
-    /// catches the router's pick: the record is built only when a retry
-    /// happens, so tracking costs the no-retry path no allocation. Default
-    /// `true`.
+    /// retry elsewhere. The record is put in every retryable request's
+    /// extensions before its first attempt (it travels with the request,
+    /// through a `Buffer` or a spawned task); a record the caller put there is
+    /// used instead. Default `true`.
     pub track_tried_endpoints: bool,
     /// The largest request body buffered for replay by
     /// [`ReplayBody`](crate::ReplayBody); a larger body is sent once and not

@@ -28,13 +28,11 @@
 //! Each retry carries an `x-mesh-attempt` header (2, 3, ...) and a shared
 //! [`TriedEndpoints`](mesh_core::TriedEndpoints) record in its extensions,
 //! which a discovery router fills and a balancer reads to send the retry to
-//! another endpoint. The first attempt carries no record (most requests never
-//! need one, and it would cost four allocations): it is sent inside a
-//! [`TriedEndpoints::scope`](mesh_core::TriedEndpoints::scope), where the
-//! router reports its pick with
-//! [`record_attempt`](mesh_core::TriedEndpoints::record_attempt), and the
-//! first retry's record starts from that pick. A record the caller put in the
-//! request is kept and shared by every attempt.
+//! another endpoint. The first attempt of a retryable request carries the
+//! same record, so the router's first pick is in it: the record travels in
+//! the request, and nothing is passed through thread-locals, so a `Buffer`
+//! or a spawned task between retry and router loses nothing. A record the
+//! caller put in the request is kept and shared by every attempt.
 //!
 //! The no-retry path (a retryable request that succeeds at once) allocates
 //! nothing and takes no lock. The budget deposit is a plain load and store

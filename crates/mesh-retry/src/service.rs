@@ -3,8 +3,8 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use mesh_core::classify::Classify;
 use mesh_core::BoxError;
+use mesh_core::classify::Classify;
 use tower_service::Service;
 
 use crate::body::TryCloneBody;

@@ -57,6 +57,10 @@ pub enum Behavior {
     Drop,
     /// Each request takes the next behaviour in turn; the last one repeats.
     Sequence(Arc<[Behavior]>),
+    /// Each request, with probability `p` (0..=1), behaves as the inner
+    /// behaviour, and otherwise as [`Behavior::Healthy`]: a gray failure, or
+    /// a flaky network (`Sometimes(0.3, Box::new(Behavior::Drop))`).
+    Sometimes(f64, Box<Behavior>),
 }
 
 impl Behavior {
@@ -68,6 +72,11 @@ impl Behavior {
     /// Answers `200 OK` after `delay`.
     pub fn slow(delay: Duration) -> Self {
         Behavior::Delay(delay, Box::new(Behavior::Healthy))
+    }
+
+    /// With probability `p` behaves as `behavior`, else answers `200 OK`.
+    pub fn sometimes(p: f64, behavior: Behavior) -> Self {
+        Behavior::Sometimes(p, Box::new(behavior))
     }
 
     /// Fails the first `n` requests with `status`, then answers `200 OK`.
@@ -448,6 +457,13 @@ async fn respond(
                 std::future::pending::<Infallible>().await;
             }
             Behavior::Drop => return Err(DropConnection),
+            Behavior::Sometimes(p, inner) => {
+                behavior = if fastrand::f64() < p {
+                    *inner
+                } else {
+                    Behavior::Healthy
+                };
+            }
             // An empty sequence, or a sequence nested in a sequence: take its
             // first step.
             Behavior::Sequence(steps) => {

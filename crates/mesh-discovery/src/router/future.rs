@@ -163,7 +163,9 @@ where
                 } => match service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let Some(request) = request.take() else {
-                            return Poll::Ready(Err("router future polled after completion".into()));
+                            return Poll::Ready(
+                                Err("router future polled after completion".into()),
+                            );
                         };
                         let future = service.call(request);
                         this.state.set(State::Called { future });

@@ -12,59 +12,57 @@
 //! table (an `ArcSwap` snapshot) and one [`Balancer`](mesh_balance::Balancer)
 //! whose picks take no lock.
 //!
-//! - **Per-endpoint stacks.** When an endpoint appears, its stack is built
-//!   once, linkerd-style: your per-endpoint layer (a breaker in readiness mode,
-//!   a per-attempt timeout) over a [`Rewrite`] of the shared inner client. The
-//!   stack is built inside the endpoint's
-//!   [`Availability`](mesh_core::Availability) scope, so a breaker in it
-//!   publishes "skip me" straight to the balancer, which then routes around
-//!   the endpoint without polling it. Stacks are dropped when their endpoint
-//!   leaves and rebuilt when its address, tags or metadata change.
+//! - **Per-endpoint stacks from targets.** When an endpoint appears, its
+//!   stack is built once, linkerd-style, by a
+//!   [`NewEndpoint`](mesh_core::NewEndpoint) from the endpoint's
+//!   [`Target`](mesh_core::Target): the endpoint, its health signal (an
+//!   [`Availability`](mesh_core::Availability) the balancer reads) and the
+//!   service name. A breaker built this way (mesh-breaker's
+//!   `CircuitBreakerLayer` is a `NewEndpoint`) feeds that signal and is
+//!   named `service/endpoint`; nothing reaches a stack through ambient
+//!   state. Plain layers (a timeout) go in with
+//!   [`endpoint_layer`](DiscoveryLayerBuilder::endpoint_layer). Stacks are
+//!   dropped when their endpoint leaves and rebuilt when its address, tags
+//!   or metadata change.
 //! - **Rewrite.** The request's scheme and authority become the endpoint's
 //!   (`http::Request`, with no allocation), or its URL's host and port
 //!   (`reqwest::Request`). The `Host` header is kept unless
 //!   configured otherwise ([`HostHeader`]). Each endpoint's authority is built
 //!   once, when the endpoint arrives.
-//! - **Pick.** The balancer's strategy, honouring availability, weights, slow
-//!   start and the [`TriedEndpoints`](mesh_core::TriedEndpoints) record that
-//!   retry puts in the request (the router records each endpoint it sends an
-//!   attempt to, so a retry goes elsewhere).
-//! - **Bounded waits, or none.** With no endpoint to choose, a request waits
-//!   for one at most `ready_timeout` (default 1 s), then fails with
-//!   [`NoReadyEndpoint`], which says how many endpoints were known and how
-//!   many were ejected. It waits only while waiting can help: when every
-//!   known endpoint is unavailable past that wait (all breakers open, say),
-//!   it fails at once, with no network hop. A chosen endpoint whose stack
-//!   stays not-ready fails after the same bound ([`EndpointNotReady`]).
-//!   Nothing hangs.
-//! - **Churn.** The source's newest set is applied by the next request that
-//!   sees it changed (one atomic load when nothing changed; no background
-//!   task). After a removal is applied no new request goes to the endpoint;
-//!   requests in flight complete.
-//!
-//! `poll_ready` is always ready: readiness belongs to each endpoint, and a
-//! router that reported "not ready" because one endpoint was would stall the
-//! healthy ones. `call` asks the chosen endpoint's stack whether it is ready
-//! (with a no-op waker) and, when it is (the usual case), sends the request
-//! at once, so the returned future holds only the stack's response future;
-//! a stack that is not ready is asked again, with the caller's waker, when
-//! the future is polled.
+//! - **Pick: the balancer alone decides.** Breakers count and trip; the
+//!   [`Balancer`](mesh_balance::Balancer) decides who gets traffic. It skips
+//!   ejected endpoints (tripped breakers, success-rate outliers) but never
+//!   more than `max_ejection_percent` of them and never the last one; past
+//!   that cap the ejected ones keep taking traffic (panic mode, Envoy's
+//!   semantics), so an outage of every endpoint costs the time the backends
+//!   are down, not a breaker's open period. The router sends where the
+//!   balancer picked, honouring the
+//!   [`TriedEndpoints`](mesh_core::TriedEndpoints) record that retry puts in
+//!   the request (the router records each endpoint it sends an attempt to,
+//!   so a retry goes elsewhere, even through a `Buffer` or a spawned task).
+//! - **An honest `poll_ready`.** It applies the source's newest set and is
+//!   ready when a call can be routed now: the set has an endpoint with a
+//!   weight above zero (by the cap, one is always routable then). With none,
+//!   it is `Pending`, woken by the source's next update, for at most
+//!   `ready_timeout` (default 1 s), and then fails with [`NoReadyEndpoint`],
+//!   which says how many endpoints were known and how many were ejected.
+//!   Nothing polls on a timer.
+//! - **Readiness of the chosen stack** is asked when the call's future is
+//!   first polled, with the caller's waker; a stack that stays not ready
+//!   fails after the same bound ([`EndpointNotReady`]).
+//! - **Churn.** After a removal is applied no new request goes to the
+//!   endpoint; requests in flight complete.
 //!
 //! # Cost per call
 //!
-//! Cloning the service is one atomic increment. A handle that keeps calling
-//! caches its views of the balancer's set ([`Picker`](mesh_balance::Picker))
-//! and of the stacks from its second call on, and checks them with one plain
-//! atomic load each; a handle used for one call (a caller that clones the
-//! client per request, or the clone a retry keeps) reads the shared state
-//! instead, and never pays for caches it would drop at once. The stacks are kept in the
-//! balancer's slot order, so the picked endpoint's stack is found at its
-//! slot without a lookup. What remains: the p2c pick and the record of its
-//! outcome (two reads of the CPU's time-stamp counter, see
-//! [`Clock::for_latency`](mesh_core::clock::Clock::for_latency), and one
-//! atomic increment and decrement), one clone of the endpoint's stack (an
-//! atomic increment and decrement for [`Rewrite`]), and the URI rewrite. The
-//! cost barely depends on the number of endpoints.
+//! Cloning the service is one atomic increment. A call costs two
+//! `ArcSwap` loads (the balancer's set and the stacks, which are kept in
+//! the balancer's slot order so the picked endpoint's stack is found at its
+//! slot without a lookup), the p2c pick and the record of its outcome (two
+//! reads of `tokio::time::Instant`, one atomic increment and decrement, two
+//! relaxed counter increments for the outlier detector), one clone of the
+//! endpoint's stack, and the URI rewrite. The cost barely depends on the
+//! number of endpoints. `BENCHMARKS.md` has the instruction counts.
 //!
 //! # Example
 //!

@@ -303,7 +303,8 @@ where
                         service = %self.name, endpoint = %ep.key(), address = %ep.address(),
                         "router: endpoint added"
                     );
-                    let target = Target::new(Arc::clone(&self.name), ep.clone(), availability.clone());
+                    let target =
+                        Target::new(Arc::clone(&self.name), ep.clone(), availability.clone());
                     let rewrite =
                         Rewrite::new(Arc::clone(&rewrite_target), self.host, self.inner.clone());
                     let service = self.new_endpoint.new_endpoint(&target, rewrite);

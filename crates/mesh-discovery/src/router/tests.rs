@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_balance::{BalanceConfig, Strategy};
-use mesh_core::{Availability, AvailabilityState, BoxError, Endpoint, TriedEndpoints};
 use mesh_core::target::{NewEndpoint, Target};
+use mesh_core::{Availability, AvailabilityState, BoxError, Endpoint, TriedEndpoints};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
@@ -472,8 +472,14 @@ async fn poll_ready_waits_for_the_source_and_is_woken_by_it() {
     );
     assert!(!task.is_woken());
     source.insert(ep("10.0.0.7:80"));
-    assert!(task.is_woken(), "the discovery update wakes the waiting caller");
-    assert!(matches!(task.enter(|cx, _| svc.poll_ready(cx)), Poll::Ready(Ok(()))));
+    assert!(
+        task.is_woken(),
+        "the discovery update wakes the waiting caller"
+    );
+    assert!(matches!(
+        task.enter(|cx, _| svc.poll_ready(cx)),
+        Poll::Ready(Ok(()))
+    ));
     assert_eq!(
         svc.call(http::Request::get("http://users/").body(()).unwrap())
             .await
