@@ -17,10 +17,9 @@
 //! lands in the instant a time bucket is recycled may be lost. That never
 //! affects safety (how many probes are admitted), only the rate by one call.
 
-use std::cell::Cell;
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use mesh_core::clock::Clock;
@@ -225,7 +224,7 @@ struct Bucket {
 ///   in the same bucket checks `now - index * width < width` instead, and
 ///   only the first call of each bucket divides (and moves `head`).
 /// - **One ring per stripe.** Each thread counts into the ring of its stripe
-///   (threads are spread over the stripes round robin), so two cores calling
+///   (a thread's stripe comes from its `ThreadId`), so two cores calling
 ///   one breaker do not bounce one cache line between them. Reading the
 ///   window sums every stripe: that happens only when a call fails or is
 ///   slow. Memory stays O(buckets): at most `MAX_STRIPES` rings.
@@ -408,22 +407,10 @@ fn default_stripes() -> usize {
     })
 }
 
-/// This thread's stripe number: threads take numbers round robin the first
-/// time they count a call.
+/// This thread's stripe number (its `ThreadId`, hashed).
 #[inline]
 fn thread_stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|s| {
-        let mut stripe = s.get();
-        if stripe == usize::MAX {
-            stripe = NEXT.fetch_add(1, Relaxed) % MAX_STRIPES;
-            s.set(stripe);
-        }
-        stripe
-    })
+    mesh_core::stripe::current_thread_stripe() % MAX_STRIPES
 }
 
 #[cfg(test)]

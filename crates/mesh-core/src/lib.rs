@@ -76,6 +76,7 @@ pub mod config;
 pub mod endpoint;
 mod outcome;
 pub mod pushback;
+pub mod stripe;
 pub mod target;
 mod tried;
 

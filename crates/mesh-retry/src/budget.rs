@@ -20,7 +20,7 @@
 //! one `AtomicU64` in fixed-point units.
 //!
 //! Deposits happen on every request, so they are made cheap: each thread
-//! writes to a stripe of slots of its own (threads take stripes in turn) with
+//! writes to a stripe of slots of its own (chosen by its hashed `ThreadId`) with
 //! a plain load and store, no read-modify-write, no lock prefix, no cache line
 //! shared with another core. Two threads that happen to share a stripe can
 //! lose one of two racing deposits, which only lowers the budget. A
@@ -59,7 +59,6 @@
 //! assert!(!budget.withdraw());
 //! ```
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -75,23 +74,6 @@ pub const SLOTS: usize = 10;
 /// A thread reads the clock on one deposit in this many (see [`RetryBudget::deposit`]).
 pub const CLOCK_EVERY: u32 = 32;
 
-/// What a thread keeps for its deposits: its stripe and a deposit count.
-struct ThreadState {
-    /// Index of this thread's stripe (modulo the budget's stripe count);
-    /// `u32::MAX` until the first deposit.
-    stripe: Cell<u32>,
-    deposits: Cell<u32>,
-}
-
-thread_local! {
-    static THREAD: ThreadState = const {
-        ThreadState { stripe: Cell::new(u32::MAX), deposits: Cell::new(0) }
-    };
-}
-
-/// Hands out stripe indices to threads, in turn.
-static NEXT_STRIPE: AtomicU32 = AtomicU32::new(0);
-
 /// Fixed-point units of one retry: ratios are kept to 1/10 000.
 const UNIT: i64 = 10_000;
 const EPOCH_BITS: u32 = 24;
@@ -106,6 +88,9 @@ const NET_MIN: i64 = -(1 << (NET_BITS - 1));
 struct Stripe {
     /// Packed (epoch, deposited units) per slot.
     slots: [AtomicU64; SLOTS],
+    /// Deposits into this stripe; one in [`CLOCK_EVERY`] reads the clock.
+    /// A plain load and store, like the slots.
+    deposits: AtomicU32,
 }
 
 /// A lock-free retry budget; clones share it. See the [module docs](self).
@@ -161,6 +146,7 @@ impl RetryBudget {
                 stripes: (0..stripe_count())
                     .map(|_| Stripe {
                         slots: std::array::from_fn(|_| AtomicU64::new(0)),
+                        deposits: AtomicU32::new(0),
                     })
                     .collect(),
                 slots: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -191,17 +177,22 @@ impl RetryBudget {
     /// (see the [module docs](self)).
     #[inline]
     pub fn deposit(&self) {
-        let (stripe, read_clock) = THREAD.with(|t| {
-            let n = t.deposits.get();
-            t.deposits.set(n.wrapping_add(1));
-            (t.stripe.get(), n % CLOCK_EVERY == 0)
-        });
-        if read_clock || stripe == u32::MAX {
+        let stripe = self.stripe();
+        let counter = &self.inner.stripes[stripe].deposits;
+        let n = counter.load(Ordering::Relaxed);
+        counter.store(n.wrapping_add(1), Ordering::Relaxed);
+        if n % CLOCK_EVERY == 0 {
             self.deposit_at(self.epoch());
         } else {
             let epoch = self.inner.swept.load(Ordering::Acquire);
             self.deposit_to_stripe(stripe, epoch);
         }
+    }
+
+    /// The calling thread's stripe (its `ThreadId`, hashed).
+    #[inline]
+    fn stripe(&self) -> usize {
+        mesh_core::stripe::current_thread_stripe() & (self.inner.stripes.len() - 1)
     }
 
     /// Takes one retry from the budget; `false` when the budget is exhausted
@@ -353,28 +344,20 @@ impl RetryBudget {
 
     pub(crate) fn deposit_at(&self, epoch: u64) {
         self.sweep(epoch);
-        let stripe = THREAD.with(|t| {
-            let mut s = t.stripe.get();
-            if s == u32::MAX {
-                s = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) & (u32::MAX >> 1);
-                t.stripe.set(s);
-            }
-            s
-        });
-        self.deposit_to_stripe(stripe, epoch);
+        self.deposit_to_stripe(self.stripe(), epoch);
     }
 
     /// Adds one deposit to `epoch`'s slot in this thread's stripe: a load and
     /// a store, no read-modify-write (the stripe is this thread's alone, and
     /// when it is not, a lost deposit only lowers the budget).
     #[inline]
-    fn deposit_to_stripe(&self, stripe: u32, epoch: u64) {
+    fn deposit_to_stripe(&self, stripe: usize, epoch: u64) {
         let d = self.inner.deposit;
         if d == 0 {
             return;
         }
         let stripes = &self.inner.stripes;
-        let slots = &stripes[stripe as usize & (stripes.len() - 1)].slots;
+        let slots = &stripes[stripe & (stripes.len() - 1)].slots;
         let slot = &slots[(epoch % SLOTS as u64) as usize];
         let want = epoch & EPOCH_MASK;
         let (e, net) = unpack(slot.load(Ordering::Relaxed));
@@ -577,7 +560,8 @@ mod tests {
         let b = budget(0, 1.0);
         tokio::time::advance(Duration::from_secs(30)).await;
         // The first of these reads the clock; the rest land in the same epoch.
-        THREAD.with(|t| t.deposits.set(0));
+        let counter = &b.inner.stripes[b.stripe()].deposits;
+        counter.store(0, Ordering::Relaxed);
         for _ in 0..(2 * CLOCK_EVERY) {
             b.deposit();
         }
@@ -586,7 +570,7 @@ mod tests {
         // A deposit that skips the clock lands in the epoch the budget last
         // saw (30 s ago now), so the next clock read expires it at once.
         tokio::time::advance(Duration::from_secs(30)).await;
-        THREAD.with(|t| t.deposits.set(1));
+        counter.store(1, Ordering::Relaxed);
         b.deposit();
         assert_eq!(b.remaining(), 0);
     }
@@ -656,7 +640,7 @@ mod tests {
         let b = budget(0, 1.0);
         let e = SLOTS as u64;
         b.deposit_at(e);
-        let mine = THREAD.with(|t| t.stripe.get()) as usize & (b.inner.stripes.len() - 1);
+        let mine = b.stripe();
         let (ep, net) = unpack(
             b.inner.stripes[mine].slots[(e % SLOTS as u64) as usize].load(Ordering::Acquire),
         );
