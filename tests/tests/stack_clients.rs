@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_stack::core::{BoxError, Endpoint};
 use mesh_stack::retry::ReplayBody;
-use mesh_stack::{EndpointNotReady, Mesh, MeshConfig, NoReadyEndpoint, ServiceConfig, Strategy};
+use mesh_stack::{Mesh, MeshConfig, NoReadyEndpoint, ServiceConfig, Strategy};
 use mesh_testkit::{Backend, Behavior};
 use tower::{Service, ServiceExt};
 
@@ -87,8 +87,11 @@ async fn hyper_stack_slow_endpoint_times_out_and_the_call_still_succeeds() {
     assert!(good.hits() >= 10);
 }
 
+/// The balancer never ejects the last endpoint: a lone endpoint whose
+/// breaker is open still takes calls, which end with the server's answer,
+/// not a locally made error.
 #[tokio::test]
-async fn no_live_endpoint_fails_fast_with_a_typed_error() {
+async fn a_lone_endpoint_with_an_open_breaker_still_takes_calls() {
     let bad = Backend::builder()
         .name("bad")
         .behavior(Behavior::status(503))
@@ -96,37 +99,50 @@ async fn no_live_endpoint_fails_fast_with_a_typed_error() {
         .await
         .unwrap();
     let mut config = service(&[&bad]);
-    config.ready_timeout = Duration::from_millis(100);
     config.retry.max_retries = 0;
+    config.breaker.consecutive_failures = Some(2);
     let mesh = Mesh::new(MeshConfig::new().service("users", config)).unwrap();
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let mut users = mesh.http_client("users", client).unwrap();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let req = http::Request::get("http://users/x")
             .body(Empty::new())
             .unwrap();
         let resp = users.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(resp.status(), 503);
     }
+    assert_eq!(bad.hits(), 4, "the open breaker's endpoint kept its traffic");
+}
+
+/// With no endpoint at all, `poll_ready` waits at most `ready_timeout` for
+/// the source and then fails with a typed error.
+#[tokio::test]
+async fn no_endpoint_fails_within_the_ready_timeout_with_a_typed_error() {
+    let (_source, discovery) = mesh_stack::discovery::ChannelSource::new("users");
+    let mut config = ServiceConfig::with_static([Endpoint::from_address(
+        "127.0.0.1:9".parse().unwrap(),
+    )]);
+    config.ready_timeout = Duration::from_millis(100);
+    let mesh = Mesh::builder(MeshConfig::new().service("users", config))
+        .discovery("users", discovery)
+        .build()
+        .unwrap();
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let users = mesh.http_client("users", client).unwrap();
     let req = http::Request::get("http://users/x")
         .body(Empty::new())
         .unwrap();
-    // Its breaker is open now: the call fails within the ready timeout with
-    // a typed error, and nothing reaches the server.
     let start = std::time::Instant::now();
-    let err: BoxError = users.ready().await.unwrap().call(req).await.unwrap_err();
+    let err: BoxError = users.oneshot(req).await.unwrap_err();
+    let waited = start.elapsed();
     assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(1),
+        "{waited:?}"
     );
-    assert!(
-        err.downcast_ref::<EndpointNotReady>().is_some()
-            || err.downcast_ref::<NoReadyEndpoint>().is_some(),
-        "{err}"
-    );
-    assert_eq!(bad.hits(), 2);
+    let err = err.downcast_ref::<NoReadyEndpoint>().expect("NoReadyEndpoint");
+    assert_eq!(err.known(), 0);
 }
 
 #[tokio::test]
