@@ -142,3 +142,18 @@ async fn deadline_cuts_a_slow_attempt() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pushback_beyond_max_pushback_is_not_waited_for() {
+    // The server asks for a minute; the config waits at most 30 s (its
+    // default): no retry, the 503 comes back at once.
+    let (inner, calls) = scripted(vec![(503, Some("60")), (200, None)]);
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(config()).unwrap())
+        .service(inner);
+    let start = Instant::now();
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
