@@ -146,8 +146,9 @@ mod tests;
 mod window;
 
 pub use config::{
-    BreakerConfig, MAX_HALF_OPEN_CALLS, MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, OpenBehavior,
-    SlowCallConfig, WindowConfig, WindowKind,
+    BreakerConfig, MAX_CONSECUTIVE_FAILURES, MAX_HALF_OPEN_CALLS, MAX_OPEN_BACKOFF_MULTIPLIER,
+    MAX_OPEN_TIME, MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, OpenBehavior, SlowCallConfig,
+    WindowConfig, WindowKind,
 };
 pub use error::BreakerOpen;
 pub use events::{BreakerEvent, TransitionReason};
