@@ -228,3 +228,131 @@ fn from_path_picks_the_format_by_extension() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn duplicate_static_endpoints_are_named_by_their_index() {
+    let c = MeshConfig::new().service(
+        "users",
+        ServiceConfig::with_static([
+            Endpoint::from_address("127.0.0.1:8081".parse().unwrap()),
+            Endpoint::from_address("127.0.0.1:8082".parse().unwrap()),
+            Endpoint::from_address("127.0.0.1:8081".parse().unwrap()).with_weight(3),
+            // Another key, the same place: double traffic to one server.
+            Endpoint::new("users-b", "127.0.0.1:8082".parse().unwrap()),
+        ]),
+    );
+    let err = c.validate().unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services.users.discovery.endpoints[2]",
+            "services.users.discovery.endpoints[3]"
+        ]
+    );
+    let reasons: Vec<_> = err
+        .errors()
+        .iter()
+        .map(mesh_core::config::FieldError::reason)
+        .collect();
+    assert!(
+        reasons[0].starts_with("duplicates endpoints[0]"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("duplicates endpoints[1]: the same address 127.0.0.1:8082"),
+        "{reasons:?}"
+    );
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn duplicate_endpoints_in_a_file_are_an_error_naming_the_path() {
+    let text = r#"
+        [services.users.discovery]
+        kind = "static"
+        endpoints = [
+            { address = "127.0.0.1:8081" },
+            { address = "127.0.0.1:8082" },
+            { address = "127.0.0.1:8081", weight = 5 },
+        ]
+    "#;
+    let ConfigError::Invalid(err) = MeshConfig::from_toml_str(text).unwrap_err() else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(paths(&err), ["services.users.discovery.endpoints[2]"]);
+}
+
+#[test]
+fn a_max_pushback_the_classifiers_cannot_see_past_is_refused() {
+    let mut s =
+        ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:8081".parse().unwrap())]);
+    s.retry.max_pushback = Duration::from_secs(300);
+    let err = MeshConfig::new()
+        .service("users", s)
+        .validate()
+        .unwrap_err();
+    assert_eq!(paths(&err), ["services.users.retry.max_pushback"]);
+    assert!(err.to_string().contains("must be below 5min"), "{err}");
+}
+
+#[cfg(all(feature = "toml", feature = "yaml", feature = "json"))]
+#[test]
+fn parse_errors_name_the_field_path_in_every_format() {
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "toml",
+            "[services.users]\nattempt_timeout = \"soon\"\n[services.users.retry]\nmax_retries = -1\n",
+            "services.users.attempt_timeout",
+        ),
+        (
+            "yaml",
+            "services:\n  users:\n    retry:\n      backoff:\n        cap: soon\n",
+            "services.users.retry.backoff.cap",
+        ),
+        (
+            "json",
+            r#"{"services": {"users": {"breaker": {"half_open_max_calls": "three"}}}}"#,
+            "services.users.breaker.half_open_max_calls",
+        ),
+    ];
+    for (format, text, want) in cases {
+        let err = match format {
+            "toml" => MeshConfig::from_toml_str(text),
+            "yaml" => MeshConfig::from_yaml_str(text),
+            _ => MeshConfig::from_json_str(text),
+        }
+        .unwrap_err();
+        let ConfigError::Parse { path, .. } = &err else {
+            panic!("{format}: expected Parse, got {err}")
+        };
+        assert_eq!(path.as_deref(), Some(want), "{format}: {err}");
+        assert!(err.to_string().contains(&format!("at `{want}`")), "{err}");
+    }
+    // The same mistake in each format: the same path.
+    let toml = "[services.users.retry]\nmax_retries = \"3\"\n";
+    let yaml = "services:\n  users:\n    retry:\n      max_retries: \"3\"\n";
+    let json = r#"{"services":{"users":{"retry":{"max_retries":"3"}}}}"#;
+    for err in [
+        MeshConfig::from_toml_str(toml).unwrap_err(),
+        MeshConfig::from_yaml_str(yaml).unwrap_err(),
+        MeshConfig::from_json_str(json).unwrap_err(),
+    ] {
+        let ConfigError::Parse { path, .. } = &err else {
+            panic!("expected Parse, got {err}")
+        };
+        assert_eq!(
+            path.as_deref(),
+            Some("services.users.retry.max_retries"),
+            "{err}"
+        );
+    }
+    // A syntax error before any field has no path, and still a location;
+    // one inside a field names it.
+    let err = MeshConfig::from_json_str("{\"services\": ").unwrap_err();
+    assert!(err.to_string().contains("at `services`: EOF"), "{err}");
+    let err = MeshConfig::from_json_str("nonsense").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { path: None, .. }),
+        "{err}"
+    );
+}
