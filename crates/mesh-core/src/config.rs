@@ -202,7 +202,7 @@ impl fmt::Display for Short {
             ("ms", 1_000_000),
             ("µs", 1_000),
         ] {
-            if nanos % size == 0 {
+            if nanos.is_multiple_of(size) {
                 return write!(f, "{}{unit}", nanos / size);
             }
         }
