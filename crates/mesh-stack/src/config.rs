@@ -100,8 +100,12 @@ pub struct ServiceConfig {
 }
 
 /// Where a service's endpoints come from.
+///
+/// With `serde`, a table with a `kind` (`static` or `consul`) and that kind's
+/// fields. Deserialized field by field (see `config/de.rs`), so that an error
+/// inside names its path (`discovery.endpoints[1].address`).
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 pub enum DiscoveryConfig {
     /// A fixed list of endpoints (`{ address = "10.0.0.1:80", weight = 2 }`).
@@ -394,7 +398,7 @@ fn at_path(path: Option<&str>) -> String {
 /// A parse error with the field path serde was at, the same way for every
 /// format (TOML's own messages name the key, YAML's and JSON's only the
 /// line and column).
-#[cfg(feature = "serde")]
+#[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
 fn parse_error<E: std::fmt::Display>(
     format: &'static str,
     e: serde_path_to_error::Error<E>,
@@ -411,7 +415,7 @@ fn parse_error<E: std::fmt::Display>(
 
 /// An error with no field path: a syntax error before any field, trailing
 /// text, or a serializer's error (the config is ours, not the user's text).
-#[cfg(feature = "serde")]
+#[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
 fn pathless(format: &'static str, e: impl std::fmt::Display) -> ConfigError {
     ConfigError::Parse {
         format,
@@ -504,5 +508,7 @@ impl MeshConfig {
     }
 }
 
+#[cfg(feature = "serde")]
+mod de;
 #[cfg(test)]
 mod tests;

@@ -356,3 +356,72 @@ fn parse_errors_name_the_field_path_in_every_format() {
         "{err}"
     );
 }
+
+#[cfg(all(feature = "toml", feature = "yaml", feature = "json"))]
+#[test]
+fn errors_inside_a_discovery_source_name_their_path() {
+    let toml = "[services.users.discovery]\nkind = \"static\"\nendpoints = [{ address = \"127.0.0.1:1\" }, { address = \"nope\" }]\n";
+    let yaml = "services:\n  users:\n    discovery:\n      kind: static\n      endpoints:\n        - address: 127.0.0.1:1\n        - address: nope\n";
+    let json = r#"{"services":{"users":{"discovery":{"endpoints":[{"address":"127.0.0.1:1"},{"address":"nope"}],"kind":"static"}}}}"#;
+    for err in [
+        MeshConfig::from_toml_str(toml).unwrap_err(),
+        MeshConfig::from_yaml_str(yaml).unwrap_err(),
+        MeshConfig::from_json_str(json).unwrap_err(),
+    ] {
+        let ConfigError::Parse { path, .. } = &err else {
+            panic!("expected Parse, got {err}")
+        };
+        assert_eq!(
+            path.as_deref(),
+            Some("services.users.discovery.endpoints[1].address"),
+            "{err}"
+        );
+    }
+    // TOML still points at the line.
+    let err = MeshConfig::from_toml_str(toml).unwrap_err().to_string();
+    assert!(err.contains("line 3"), "{err}");
+
+    let err = MeshConfig::from_toml_str(
+        "[services.users.discovery]\nkind = \"consul\"\nwait = \"soon\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { path: Some(p), .. } if p == "services.users.discovery.wait"),
+        "{err}"
+    );
+    // Fields of the other kind, unknown fields and a missing kind are errors.
+    for bad in [
+        "[services.users.discovery]\nkind = \"static\"\nendpoints = []\nwait = \"5s\"\n",
+        "[services.users.discovery]\nkind = \"consul\"\nendpoints = []\n",
+        "[services.users.discovery]\nkind = \"static\"\nendpoints = []\nendpoint = 1\n",
+        "[services.users.discovery]\nendpoints = []\n",
+        "[services.users.discovery]\nkind = \"static\"\n",
+    ] {
+        assert!(
+            matches!(
+                MeshConfig::from_toml_str(bad),
+                Err(ConfigError::Parse { .. })
+            ),
+            "{bad}"
+        );
+    }
+    // Every Consul field reads back.
+    let c = MeshConfig::new().service(
+        "users",
+        ServiceConfig::with_consul(ConsulSourceConfig {
+            service: Some("users-v2".into()),
+            tags: vec!["v2".into()],
+            datacenter: Some("dc2".into()),
+            passing_only: false,
+            wait: Duration::from_secs(30),
+        }),
+    );
+    for text in [c.to_toml_string().unwrap(), c.to_json_string().unwrap()] {
+        let back = MeshConfig::from_toml_str(&text).or_else(|_| MeshConfig::from_json_str(&text));
+        assert_eq!(back.unwrap(), c, "{text}");
+    }
+    assert_eq!(
+        MeshConfig::from_yaml_str(&c.to_yaml_string().unwrap()).unwrap(),
+        c
+    );
+}
