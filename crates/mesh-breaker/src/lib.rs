@@ -68,7 +68,8 @@
 //!
 //! Open-time backoff uses mesh-core's [`Backoff`](mesh_core::backoff::Backoff)
 //! (exponential, full jitter, capped at `max_open_time`), and server pushback
-//! (`Retry-After`) longer than the open time extends it.
+//! (`Retry-After`) longer than the open time extends it, up to
+//! `max_open_time`.
 //!
 //! # Time windows under `tokio::time::pause`
 //!
