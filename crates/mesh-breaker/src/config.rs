@@ -11,6 +11,15 @@ pub const MAX_WINDOW_CALLS: u32 = 1 << 20;
 pub const MAX_WINDOW_BUCKETS: u32 = 1024;
 /// The largest number of half-open probes in flight.
 pub const MAX_HALF_OPEN_CALLS: u32 = 1024;
+/// The largest `consecutive_failures`.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 1_000_000;
+/// The longest open period (`recovery_timeout`, `max_open_time`): one day.
+pub const MAX_OPEN_TIME: Duration = Duration::from_secs(86_400);
+/// The largest `open_backoff_multiplier`.
+pub const MAX_OPEN_BACKOFF_MULTIPLIER: f64 = 100.0;
+
+const MILLI: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Everything a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) needs.
 ///
@@ -39,26 +48,29 @@ pub const MAX_HALF_OPEN_CALLS: u32 = 1024;
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct BreakerConfig {
     /// Trip after this many failures in a row (`None`: no consecutive policy).
-    /// Default 5. Must be at least 1.
+    /// 1..=1000000; default 5.
     pub consecutive_failures: Option<u32>,
     /// Trip on the failure rate or slow-call rate over a sliding window
     /// (`None`: no rate policies). Default `None`.
     pub window: Option<WindowConfig>,
-    /// How long the breaker stays open after its first trip. Default 60 s.
+    /// How long the breaker stays open after its first trip. 1ms..=24h;
+    /// default 60 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub recovery_timeout: Duration,
     /// The longest open period: repeated trips (a probe fails, the breaker
-    /// reopens) back off exponentially with jitter up to this. Equal to
-    /// `recovery_timeout` turns the backoff off. Default 10 min.
+    /// reopens) back off exponentially with jitter up to this, and a
+    /// server's pushback (`Retry-After`) keeps the breaker open longer than
+    /// its period only up to this. Equal to `recovery_timeout` turns the
+    /// backoff off. `recovery_timeout`..=24h; default 10 min.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_open_time: Duration,
-    /// How fast repeated open periods grow. Default 2. Must be at least 1.
+    /// How fast repeated open periods grow. 1..=100; default 2.
     pub open_backoff_multiplier: f64,
     /// Probes admitted at once when half-open, and successes needed to close.
     /// Default 3.
     pub half_open_max_calls: u32,
     /// A probe that has not finished after this long gives its permit back, so
-    /// a hung probe cannot wedge the breaker half-open. Default 30 s.
+    /// a hung probe cannot wedge the breaker half-open. 1ms..=1h; default 30 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_timeout: Duration,
     /// How an open breaker refuses calls. Default [`OpenBehavior::FailFast`].
@@ -116,7 +128,7 @@ pub struct WindowConfig {
     /// The last N calls, or the last N time buckets.
     pub kind: WindowKind,
     /// No rate trips the breaker before the window holds this many calls.
-    /// Must be at least 1 (and at most the size of a count window).
+    /// 1..=1048576 (and at most the size of a count window).
     pub minimum_calls: u32,
     /// Trip when failures / calls reaches this, in (0, 1].
     pub failure_rate: Option<f64>,
@@ -178,7 +190,7 @@ pub enum WindowKind {
     Time {
         /// Buckets in the ring, 1 to [`MAX_WINDOW_BUCKETS`].
         buckets: u32,
-        /// The time each bucket covers (greater than zero).
+        /// The time each bucket covers, 1ms..=1h.
         #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
         bucket_width: Duration,
     },
@@ -190,7 +202,7 @@ pub enum WindowKind {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct SlowCallConfig {
-    /// A call that takes at least this long is slow (greater than zero).
+    /// A call that takes at least this long is slow, 1ns..=1h.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub threshold: Duration,
     /// Trip when slow calls / calls reaches this, in (0, 1].
@@ -208,7 +220,13 @@ impl BreakerConfig {
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut errors = InvalidConfig::default();
         match self.consecutive_failures {
-            Some(0) => errors.push("consecutive_failures", "must be at least 1 (got 0)"),
+            Some(n) => {
+                errors.check_count(
+                    "consecutive_failures",
+                    u64::from(n),
+                    1..=u64::from(MAX_CONSECUTIVE_FAILURES),
+                );
+            }
             None if self.window.is_none() => errors.push(
                 "consecutive_failures",
                 "must be set when `window` is not: the breaker needs a trip policy",
@@ -218,10 +236,14 @@ impl BreakerConfig {
         if let Some(w) = &self.window {
             errors.merge_nested("window", w.validate());
         }
-        if self.recovery_timeout.is_zero() {
-            errors.push("recovery_timeout", "must be greater than zero");
-        }
-        if self.max_open_time < self.recovery_timeout {
+        let recovery_ok = errors.check_duration(
+            "recovery_timeout",
+            self.recovery_timeout,
+            MILLI..=MAX_OPEN_TIME,
+        );
+        if !recovery_ok || self.max_open_time > MAX_OPEN_TIME {
+            errors.check_duration("max_open_time", self.max_open_time, MILLI..=MAX_OPEN_TIME);
+        } else if self.max_open_time < self.recovery_timeout {
             errors.push(
                 "max_open_time",
                 format!(
@@ -230,11 +252,13 @@ impl BreakerConfig {
                 ),
             );
         }
-        if !(self.open_backoff_multiplier.is_finite() && self.open_backoff_multiplier >= 1.0) {
+        if !(self.open_backoff_multiplier.is_finite()
+            && (1.0..=MAX_OPEN_BACKOFF_MULTIPLIER).contains(&self.open_backoff_multiplier))
+        {
             errors.push(
                 "open_backoff_multiplier",
                 format!(
-                    "must be a finite number ≥ 1, got {}",
+                    "must be within 1..={MAX_OPEN_BACKOFF_MULTIPLIER}, got {}",
                     self.open_backoff_multiplier
                 ),
             );
@@ -248,9 +272,7 @@ impl BreakerConfig {
                 ),
             );
         }
-        if self.probe_timeout.is_zero() {
-            errors.push("probe_timeout", "must be greater than zero");
-        }
+        errors.check_duration("probe_timeout", self.probe_timeout, MILLI..=HOUR);
         errors.into_result()
     }
 }
@@ -286,21 +308,26 @@ impl WindowConfig {
                         format!("must be in 1..={MAX_WINDOW_BUCKETS}, got {buckets}"),
                     );
                 }
-                if bucket_width.is_zero() {
-                    errors.push("kind.bucket_width", "must be greater than zero");
-                }
+                errors.check_duration("kind.bucket_width", bucket_width, MILLI..=HOUR);
+                errors.check_count(
+                    "minimum_calls",
+                    u64::from(self.minimum_calls),
+                    1..=u64::from(MAX_WINDOW_CALLS),
+                );
             }
         }
-        if self.minimum_calls == 0 {
+        if self.minimum_calls == 0 && matches!(self.kind, WindowKind::Count { .. }) {
             errors.push("minimum_calls", "must be at least 1 (got 0)");
         }
         if let Some(rate) = self.failure_rate {
             check_rate(&mut errors, "failure_rate", rate);
         }
         if let Some(slow) = &self.slow_call {
-            if slow.threshold.is_zero() {
-                errors.push("slow_call.threshold", "must be greater than zero");
-            }
+            errors.check_duration(
+                "slow_call.threshold",
+                slow.threshold,
+                Duration::from_nanos(1)..=HOUR,
+            );
             check_rate(&mut errors, "slow_call.rate", slow.rate);
         }
         if self.failure_rate.is_none() && self.slow_call.is_none() {
@@ -365,6 +392,7 @@ mod tests {
                 "window.slow_call.threshold",
                 "window.slow_call.rate",
                 "recovery_timeout",
+                "max_open_time",
                 "open_backoff_multiplier",
                 "half_open_max_calls",
                 "probe_timeout",
@@ -411,6 +439,63 @@ mod tests {
             ..BreakerConfig::default()
         };
         assert_eq!(paths(&c), ["window.minimum_calls"]);
+    }
+
+    #[test]
+    fn durations_and_counts_have_upper_bounds_named_in_the_error() {
+        let years = Duration::from_secs(500_000_000_000 * 31_557_600);
+        let c = BreakerConfig {
+            consecutive_failures: Some(u32::MAX),
+            window: Some(WindowConfig {
+                kind: WindowKind::Time {
+                    buckets: 10,
+                    bucket_width: years,
+                },
+                minimum_calls: u32::MAX,
+                failure_rate: Some(0.5),
+                slow_call: Some(SlowCallConfig {
+                    threshold: years,
+                    rate: 0.5,
+                }),
+            }),
+            recovery_timeout: years,
+            max_open_time: Duration::MAX,
+            open_backoff_multiplier: 1e300,
+            half_open_max_calls: 3,
+            probe_timeout: years,
+            open_behavior: OpenBehavior::NotReady,
+        };
+        let err = c.validate().unwrap_err();
+        let got: Vec<_> = err
+            .errors()
+            .iter()
+            .map(|e| (e.path(), e.reason().split(", got").next().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("consecutive_failures", "must be within 1..=1000000"),
+                ("window.kind.bucket_width", "must be within 1ms..=1h"),
+                ("window.minimum_calls", "must be within 1..=1048576"),
+                ("window.slow_call.threshold", "must be within 1ns..=1h"),
+                ("recovery_timeout", "must be within 1ms..=24h"),
+                ("max_open_time", "must be within 1ms..=24h"),
+                ("open_backoff_multiplier", "must be within 1..=100"),
+                ("probe_timeout", "must be within 1ms..=1h"),
+            ]
+        );
+        // The upper edges are allowed.
+        BreakerConfig {
+            consecutive_failures: Some(MAX_CONSECUTIVE_FAILURES),
+            recovery_timeout: MAX_OPEN_TIME,
+            max_open_time: MAX_OPEN_TIME,
+            open_backoff_multiplier: MAX_OPEN_BACKOFF_MULTIPLIER,
+            probe_timeout: HOUR,
+            window: Some(WindowConfig::time(10, HOUR, MAX_WINDOW_CALLS, 0.5)),
+            ..BreakerConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[cfg(feature = "serde")]

@@ -76,7 +76,8 @@
 //!
 //! Open-time backoff uses mesh-core's [`Backoff`](mesh_core::backoff::Backoff)
 //! (exponential, full jitter, capped at `max_open_time`), and server pushback
-//! (`Retry-After`) longer than the open time extends it.
+//! (`Retry-After`) longer than the open time extends it, up to
+//! `max_open_time`.
 //!
 //! Every timing rule (windows, open periods, probe timeouts) follows
 //! `tokio::time::Instant`, so tests drive the breaker with
@@ -146,8 +147,9 @@ mod tests;
 mod window;
 
 pub use config::{
-    BreakerConfig, MAX_HALF_OPEN_CALLS, MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, OpenBehavior,
-    SlowCallConfig, WindowConfig, WindowKind,
+    BreakerConfig, MAX_CONSECUTIVE_FAILURES, MAX_HALF_OPEN_CALLS, MAX_OPEN_BACKOFF_MULTIPLIER,
+    MAX_OPEN_TIME, MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, OpenBehavior, SlowCallConfig,
+    WindowConfig, WindowKind,
 };
 pub use error::BreakerOpen;
 pub use events::{BreakerEvent, TransitionReason};

@@ -104,6 +104,11 @@ const fn generation_of(word: u64) -> u64 {
     word >> 8
 }
 
+/// `d` in nanoseconds, saturating (a `u64` holds 584 years).
+fn as_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The probe slot stamp: start millisecond + 1 (never 0) and a ticket that
 /// makes two probes started in the same millisecond distinct.
 const TICKET_BITS: u32 = 24;
@@ -330,7 +335,10 @@ impl Shared {
     }
 
     fn instant(&self, nanos: u64) -> Instant {
-        self.epoch + Duration::from_nanos(nanos)
+        let at = Duration::from_nanos(nanos);
+        self.epoch
+            .checked_add(at)
+            .unwrap_or_else(|| self.epoch + Duration::from_secs(86_400 * 365 * 30))
     }
 
     /// The time left in the open period, if the breaker is open.
@@ -619,14 +627,13 @@ impl Shared {
     }
 
     /// Pushback that arrives while the breaker is open keeps it open at least
-    /// that long.
+    /// that long, up to `max_open_time` from now.
     fn extend_open(&self, current: u64, pushback: Option<Pushback>) {
         if let Some(delay) = pushback.and_then(Pushback::delay)
             && state_of(current) == CircuitState::Open
         {
-            let until = self
-                .nanos(Instant::now())
-                .saturating_add(delay.as_nanos() as u64);
+            let delay = delay.min(self.policy.max_open);
+            let until = self.nanos(Instant::now()).saturating_add(as_nanos(delay));
             if self.open_until.fetch_max(until, Ordering::AcqRel) < until {
                 // Move the published deadline too.
                 self.publish();
@@ -665,17 +672,20 @@ impl Shared {
                 } else {
                     // Repeated trips: recovery plus an exponentially growing,
                     // jittered extra, capped at max_open_time.
-                    (self.policy.recovery + cold.backoff.next_delay()).min(self.policy.max_open)
+                    (self
+                        .policy
+                        .recovery
+                        .saturating_add(cold.backoff.next_delay()))
+                    .min(self.policy.max_open)
                 };
                 cold.trips = cold.trips.saturating_add(1);
+                // Pushback keeps it open longer, never past max_open_time.
                 if let Some(p) = pushback
                     && p > d
                 {
-                    d = p;
+                    d = p.min(self.policy.max_open).max(d);
                 }
-                let until = self
-                    .nanos(Instant::now())
-                    .saturating_add(d.as_nanos() as u64);
+                let until = self.nanos(Instant::now()).saturating_add(as_nanos(d));
                 self.open_until.store(until, Ordering::Release);
                 open_for = Some(d);
             }

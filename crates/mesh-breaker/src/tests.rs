@@ -204,7 +204,7 @@ async fn probe_failure_reopens_with_backoff() {
 async fn pushback_longer_than_the_open_time_extends_it() {
     let (mut svc, mock) = breaker(BreakerConfig {
         consecutive_failures: Some(1),
-        ..no_backoff()
+        ..BreakerConfig::default()
     });
     *mock.retry_after.lock().unwrap() = Some("120");
     trip(&mut svc, &mock, 1).await;
@@ -220,6 +220,44 @@ async fn pushback_longer_than_the_open_time_extends_it() {
     *mock.retry_after.lock().unwrap() = Some("5");
     trip(&mut svc, &mock, 1).await;
     assert_eq!(svc.handle().remaining_open_time(), Some(secs(60)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_beyond_max_open_time_opens_only_that_long() {
+    // A server asking for an hour (the classifier reads up to 5 min) keeps
+    // the breaker open max_open_time, not a minute more.
+    let (mut svc, mock) = breaker(BreakerConfig {
+        consecutive_failures: Some(1),
+        recovery_timeout: secs(10),
+        max_open_time: secs(100),
+        ..BreakerConfig::default()
+    });
+    *mock.retry_after.lock().unwrap() = Some("3600");
+    trip(&mut svc, &mock, 1).await;
+    assert_eq!(svc.handle().remaining_open_time(), Some(secs(100)));
+    let until = svc.availability().unavailable_until().unwrap();
+    assert_eq!(until - tokio::time::Instant::now(), secs(100));
+
+    // The same for pushback that arrives while open: a late failure's
+    // pushback extends the open period to max_open_time from now, no more.
+    let (mut svc, mock) = breaker(BreakerConfig {
+        consecutive_failures: Some(1),
+        recovery_timeout: secs(10),
+        max_open_time: secs(100),
+        ..BreakerConfig::default()
+    });
+    mock.set(503);
+    mock.delay(secs(1));
+    *mock.retry_after.lock().unwrap() = Some("3600");
+    let late = tokio::spawn(svc.ready().await.unwrap().call(()));
+    tokio::task::yield_now().await;
+    mock.delay(Duration::ZERO);
+    *mock.retry_after.lock().unwrap() = None;
+    trip(&mut svc, &mock, 1).await;
+    assert_eq!(svc.handle().remaining_open_time(), Some(secs(10)));
+    advance(secs(1)).await;
+    late.await.unwrap().unwrap();
+    assert_eq!(svc.handle().remaining_open_time(), Some(secs(100)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -653,7 +691,7 @@ async fn a_late_failure_after_the_breaker_is_gone_is_harmless() {
 async fn late_pushback_while_open_extends_the_published_deadline() {
     let (mut svc, mock) = breaker(BreakerConfig {
         consecutive_failures: Some(1),
-        ..no_backoff()
+        ..BreakerConfig::default()
     });
     mock.set(503);
     mock.delay(secs(1));

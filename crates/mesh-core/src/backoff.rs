@@ -65,19 +65,28 @@ pub enum Jitter {
     Decorrelated,
 }
 
+/// The longest `base` and `cap` [`Backoff::validate`] accepts: 1 hour. A
+/// delay longer than that is a hang, not a backoff.
+pub const MAX_BACKOFF_DELAY: Duration = Duration::from_secs(3600);
+
+/// The largest `multiplier` [`Backoff::validate`] accepts.
+pub const MAX_BACKOFF_MULTIPLIER: f64 = 100.0;
+
 /// Exponential backoff: a base delay, a multiplier, a cap and a jitter mode.
 ///
-/// This is configuration; draw delays from a [`BackoffSession`].
+/// This is configuration; draw delays from a [`BackoffSession`]. Sessions
+/// never panic and never draw above `cap`, whatever the values;
+/// [`validate`](Self::validate) keeps them sane.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Backoff {
-    /// The first delay's envelope. Must be greater than zero.
+    /// The first delay's envelope. 1ns..=1h.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub base: Duration,
-    /// How much the envelope grows per attempt. Must be at least 1.
+    /// How much the envelope grows per attempt. 1..=100.
     pub multiplier: f64,
-    /// No delay is ever longer. Must be at least `base`.
+    /// No delay is ever longer. `base`..=1h.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cap: Duration,
     /// How randomness is mixed in.
@@ -115,13 +124,16 @@ impl Backoff {
         self
     }
 
-    /// Checks every field: `base > 0`, `cap ≥ base`, `multiplier ≥ 1` and finite.
+    /// Checks every field against its range: `base` in 1ns..=1h, `cap` in
+    /// `base`..=1h, `multiplier` in 1..=100.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut errors = InvalidConfig::default();
-        if self.base.is_zero() {
-            errors.push("base", "must be greater than zero");
-        }
-        if self.cap < self.base {
+        let base_ok = errors.check_duration(
+            "base",
+            self.base,
+            Duration::from_nanos(1)..=MAX_BACKOFF_DELAY,
+        );
+        if base_ok && self.cap < self.base {
             errors.push(
                 "cap",
                 format!(
@@ -129,11 +141,18 @@ impl Backoff {
                     self.base, self.cap
                 ),
             );
+        } else {
+            errors.check_duration("cap", self.cap, Duration::ZERO..=MAX_BACKOFF_DELAY);
         }
-        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+        if !(self.multiplier.is_finite()
+            && (1.0..=MAX_BACKOFF_MULTIPLIER).contains(&self.multiplier))
+        {
             errors.push(
                 "multiplier",
-                format!("must be a finite number ≥ 1, got {}", self.multiplier),
+                format!(
+                    "must be within 1..={MAX_BACKOFF_MULTIPLIER}, got {}",
+                    self.multiplier
+                ),
             );
         }
         errors.into_result()
@@ -281,6 +300,41 @@ mod tests {
         let paths: Vec<_> = err.errors().iter().map(|e| e.path().to_owned()).collect();
         assert_eq!(paths, ["cap", "multiplier"]);
         Backoff::default().validate().unwrap();
+    }
+
+    #[test]
+    fn delays_of_years_and_huge_multipliers_are_refused_with_the_range() {
+        let years = Duration::from_secs(500_000_000_000 * 31_557_600);
+        let err = Backoff::new(years, 1e9, years).validate().unwrap_err();
+        let got: Vec<_> = err
+            .errors()
+            .iter()
+            .map(|e| (e.path().to_owned(), e.reason().to_owned()))
+            .collect();
+        assert_eq!(got[0].0, "base");
+        assert!(
+            got[0].1.starts_with("must be within 1ns..=1h, got"),
+            "{got:?}"
+        );
+        assert_eq!(got[1].0, "cap");
+        assert!(
+            got[1].1.starts_with("must be within 0s..=1h, got"),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[2],
+            (
+                "multiplier".to_owned(),
+                "must be within 1..=100, got 1000000000".to_owned()
+            )
+        );
+        // The edges are allowed.
+        Backoff::new(MAX_BACKOFF_DELAY, MAX_BACKOFF_MULTIPLIER, MAX_BACKOFF_DELAY)
+            .validate()
+            .unwrap();
+        Backoff::new(Duration::from_nanos(1), 1.0, Duration::from_nanos(1))
+            .validate()
+            .unwrap();
     }
 
     #[test]

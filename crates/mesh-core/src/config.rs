@@ -22,6 +22,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 /// One field that failed validation: where it is and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +81,58 @@ impl InvalidConfig {
         self.errors.push(FieldError::new(path, reason));
     }
 
+    /// Checks that the duration `value` of the field `path` lies in `range`;
+    /// if not, records `must be within 1ms..=24h, got 30000000s` (the range
+    /// in humantime units). Returns whether it did.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_core::config::InvalidConfig;
+    ///
+    /// let mut errors = InvalidConfig::default();
+    /// let day = Duration::from_secs(86_400);
+    /// assert!(errors.check_duration("deadline", Duration::from_secs(5), Duration::from_millis(1)..=day));
+    /// assert!(!errors.check_duration("deadline", Duration::MAX, Duration::from_millis(1)..=day));
+    /// assert!(errors.to_string().contains("`deadline` must be within 1ms..=24h, got"));
+    /// ```
+    pub fn check_duration(
+        &mut self,
+        path: &str,
+        value: Duration,
+        range: RangeInclusive<Duration>,
+    ) -> bool {
+        if range.contains(&value) {
+            return true;
+        }
+        self.push(
+            path.to_owned(),
+            format!(
+                "must be within {}..={}, got {value:?}",
+                Short(*range.start()),
+                Short(*range.end())
+            ),
+        );
+        false
+    }
+
+    /// Checks that the count `value` of the field `path` lies in `range`; if
+    /// not, records `must be within 1..=1000000, got 0`. Returns whether it
+    /// did.
+    pub fn check_count(&mut self, path: &str, value: u64, range: RangeInclusive<u64>) -> bool {
+        if range.contains(&value) {
+            return true;
+        }
+        self.push(
+            path.to_owned(),
+            format!(
+                "must be within {}..={}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        );
+        false
+    }
+
     /// Records the result of validating a nested config found at `prefix`.
     pub fn merge_nested(&mut self, prefix: &str, result: Result<(), InvalidConfig>) {
         if let Err(inner) = result {
@@ -132,6 +186,30 @@ impl fmt::Display for InvalidConfig {
 
 impl std::error::Error for InvalidConfig {}
 
+/// A range bound in the largest whole unit: `24h`, `5min`, `1ms`, `0s`.
+struct Short(Duration);
+
+impl fmt::Display for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, size) in [
+            ("h", 3_600_000_000_000u128),
+            ("min", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("µs", 1_000),
+        ] {
+            if nanos.is_multiple_of(size) {
+                return write!(f, "{}{unit}", nanos / size);
+            }
+        }
+        write!(f, "{nanos}ns")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +228,28 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("`retry.backoff.multiplier` must be at least 1")
+        );
+    }
+
+    #[test]
+    fn ranges_are_checked_and_named_in_humantime_units() {
+        let mut errors = InvalidConfig::default();
+        let ms = Duration::from_millis;
+        assert!(errors.check_duration("a", ms(1), ms(1)..=ms(86_400_000)));
+        assert!(!errors.check_duration("b", Duration::ZERO, ms(1)..=ms(300_000)));
+        assert!(!errors.check_duration("c", Duration::MAX, Duration::ZERO..=ms(1500)));
+        assert!(!errors.check_duration("d", ms(2), Duration::from_nanos(1)..=ms(1)));
+        assert!(errors.check_count("e", 7, 1..=7));
+        assert!(!errors.check_count("f", 0, 1..=1_000_000));
+        let reasons: Vec<_> = errors.errors().iter().map(FieldError::reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "must be within 1ms..=5min, got 0ns",
+                "must be within 0s..=1500ms, got 18446744073709551615.999999999s",
+                "must be within 1ns..=1ms, got 2ms",
+                "must be within 1..=1000000, got 0",
+            ]
         );
     }
 

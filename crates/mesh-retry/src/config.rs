@@ -11,6 +11,10 @@ pub const DEFAULT_ATTEMPT_HEADER: &str = "x-mesh-attempt";
 /// The default largest request body buffered for replay: 64 KiB.
 pub const DEFAULT_MAX_REPLAY_BODY: usize = 64 * 1024;
 
+const MILLI: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
 /// How many retries the budget allows, relative to traffic. See
 /// [`RetryBudget`](crate::RetryBudget).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,20 +87,30 @@ pub struct RetryConfig {
     pub backoff: Backoff,
     /// The budget shared by every clone of the layer's service.
     pub budget: BudgetConfig,
-    /// The longest a server's pushback (`Retry-After`,
-    /// `grpc-retry-pushback-ms`) may stretch one delay. At most 1 h; default 30 s.
+    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`)
+    /// a retry waits for; the delay is the longer of the backoff and the
+    /// pushback. A server asking for longer is saying "not now": no retry is
+    /// made and the caller gets that response at once (give-up reason
+    /// [`GiveUp::Pushback`](crate::GiveUp::Pushback)). 0s..=1h; default 30 s.
+    ///
+    /// Pushback reaches the policy already clamped by the classifier's
+    /// [`PushbackParser`](mesh_core::pushback::PushbackParser) (to
+    /// [`DEFAULT_MAX_PUSHBACK`](mesh_core::pushback::DEFAULT_MAX_PUSHBACK),
+    /// 5 min, in the default classifiers): keep `max_pushback` below that
+    /// maximum, or a longer pushback looks like the maximum and is waited for.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_pushback: Duration,
     /// The whole logical request, all attempts and delays included, must end
-    /// within this. `None` (the default): no overall deadline.
+    /// within this. `None` (the default): no overall deadline. 1ms..=24h.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub deadline: Option<Duration>,
     /// Each attempt must end within this, or it fails with a (retryable)
-    /// timeout. `None` (the default): no per-attempt timeout.
+    /// timeout. `None` (the default): no per-attempt timeout. 1ms..=1h.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub attempt_timeout: Option<Duration>,
     /// A retry starts only if at least this much time is left before the
-    /// deadline after its delay. Default 10 ms.
+    /// deadline after its delay. 0s..=1h and shorter than the deadline;
+    /// default 10 ms.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_attempt_time: Duration,
     /// Also retry `POST` and `PATCH` requests without an `Idempotency-Key`.
@@ -153,23 +167,22 @@ impl RetryConfig {
         }
         errors.merge_nested("backoff", self.backoff.validate());
         errors.merge_nested("budget", self.budget.validate());
-        if self.max_pushback > Duration::from_secs(3600) {
-            errors.push(
-                "max_pushback",
-                format!("must be at most 1h, got {:?}", self.max_pushback),
-            );
+        errors.check_duration("max_pushback", self.max_pushback, Duration::ZERO..=HOUR);
+        let deadline_ok = match self.deadline {
+            Some(d) => errors.check_duration("deadline", d, MILLI..=DAY),
+            None => true,
+        };
+        if let Some(d) = self.attempt_timeout {
+            errors.check_duration("attempt_timeout", d, MILLI..=HOUR);
         }
+        let min_ok = errors.check_duration(
+            "min_attempt_time",
+            self.min_attempt_time,
+            Duration::ZERO..=HOUR,
+        );
         if let Some(d) = self.deadline
-            && d.is_zero()
-        {
-            errors.push("deadline", "must be greater than zero (or absent)");
-        }
-        if let Some(d) = self.attempt_timeout
-            && d.is_zero()
-        {
-            errors.push("attempt_timeout", "must be greater than zero (or absent)");
-        }
-        if let Some(d) = self.deadline
+            && deadline_ok
+            && min_ok
             && self.min_attempt_time >= d
         {
             errors.push(
@@ -255,6 +268,46 @@ mod tests {
                 "max_replay_body",
             ]
         );
+    }
+
+    #[test]
+    fn durations_of_years_are_refused_with_the_allowed_range() {
+        let years = Duration::from_secs(500_000_000_000 * 31_557_600);
+        let c = RetryConfig {
+            backoff: Backoff::new(years, 2.0, years),
+            max_pushback: years,
+            deadline: Some(years),
+            attempt_timeout: Some(Duration::MAX),
+            min_attempt_time: years,
+            ..RetryConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        let got: Vec<_> = err
+            .errors()
+            .iter()
+            .map(|e| (e.path(), e.reason().split(", got").next().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("backoff.base", "must be within 1ns..=1h"),
+                ("backoff.cap", "must be within 0s..=1h"),
+                ("max_pushback", "must be within 0s..=1h"),
+                ("deadline", "must be within 1ms..=24h"),
+                ("attempt_timeout", "must be within 1ms..=1h"),
+                ("min_attempt_time", "must be within 0s..=1h"),
+            ]
+        );
+        // The upper edges are allowed.
+        RetryConfig {
+            max_pushback: HOUR,
+            deadline: Some(DAY),
+            attempt_timeout: Some(HOUR),
+            min_attempt_time: HOUR,
+            ..RetryConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[cfg(feature = "serde")]

@@ -20,7 +20,7 @@ use crate::body::TryCloneBody;
 use crate::copy::RequestCopy;
 use crate::error::DeadlineExceeded;
 use crate::metrics;
-use crate::policy::{Decision, GiveUp, RetryPolicy};
+use crate::policy::{Decision, GiveUp, RetryPolicy, instant_after};
 
 pin_project! {
     /// The response of a [`RetryService`](crate::RetryService): the first
@@ -157,7 +157,7 @@ where
                     match this.policy.decide(req, &result) {
                         Decision::Retry(delay) => {
                             drop(result);
-                            set_timer(this.timers, Instant::now() + delay);
+                            set_timer(this.timers, instant_after(Instant::now(), delay));
                             this.state.set(State::Waiting);
                         }
                         Decision::Stop(None) => return Poll::Ready(result),
@@ -204,7 +204,7 @@ where
                         None => copy.into_request(),
                     };
                     if let Some(timeout) = this.policy.config().attempt_timeout {
-                        set_timer(this.timers, Instant::now() + timeout);
+                        set_timer(this.timers, instant_after(Instant::now(), timeout));
                     }
                     let future = service.call(req);
                     this.state.set(State::Called { future });

@@ -59,7 +59,8 @@ pub struct HedgeLayer<C> {
 
 impl<C> HedgeLayer<C> {
     /// Hedges after `delay`, with `policy`'s idempotency rules, classifier,
-    /// attempt header and budget.
+    /// attempt header and budget. Any `delay` is safe: one beyond about 30
+    /// years (tokio's "far future") never hedges, and none panics.
     pub const fn new(delay: Duration, policy: RetryPolicy<C>) -> Self {
         Self { delay, policy }
     }
@@ -394,5 +395,20 @@ mod tests {
         assert!(!res.headers().contains_key("x-was-attempt"));
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_delay_is_safe() {
+        let (inner, calls) = backend(Duration::from_secs(3600), Duration::ZERO, 200);
+        let mut svc = HedgeLayer::new(Duration::MAX, policy(1)).layer(inner);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(http::Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

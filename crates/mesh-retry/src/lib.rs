@@ -19,7 +19,9 @@
 //! - **Within a budget** shared by all clones ([`RetryBudget`]): at most 20 %
 //!   of requests plus 10 per second, over 10 s; lock-free.
 //! - **After a backoff** with jitter, fresh for each request, stretched by
-//!   the server's pushback; a "do not retry" pushback stops.
+//!   the server's pushback up to [`RetryConfig::max_pushback`]; a longer
+//!   pushback ("not now") or a "do not retry" one stops at once, and the
+//!   caller gets the server's response.
 //! - **Before the deadline**: an optional overall deadline across attempts and
 //!   a per-attempt timeout; no retry starts that cannot finish in time.
 //! - **With the same body**: cloneable bodies are cloned without copying;

@@ -29,6 +29,10 @@ pub enum GiveUp {
     Budget,
     /// The delay would end too close to (or past) the deadline.
     Deadline,
+    /// The server's pushback (`Retry-After`, `grpc-retry-pushback-ms`) asked
+    /// for longer than [`RetryConfig::max_pushback`]: "not now", so the
+    /// caller gets that response at once.
+    Pushback,
     /// The request body was too large to keep for replay.
     BodyNotReplayable,
 }
@@ -40,6 +44,7 @@ impl GiveUp {
             GiveUp::MaxRetries => "max_retries",
             GiveUp::Budget => "budget_exhausted",
             GiveUp::Deadline => "deadline",
+            GiveUp::Pushback => "pushback_beyond_max",
             GiveUp::BodyNotReplayable => "body_not_replayable",
         }
     }
@@ -317,7 +322,7 @@ impl<C> RetryPolicy<C> {
 
     /// The absolute deadline, if there is one.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        Some(self.start? + self.shared.config.deadline?)
+        Some(instant_after(self.start?, self.shared.config.deadline?))
     }
 
     /// Decides what follows an attempt whose result is `result`; on a retry,
@@ -367,14 +372,31 @@ impl<C> RetryPolicy<C> {
         if !req.can_replay() {
             return give_up(self, GiveUp::BodyNotReplayable);
         }
+        let pushback = match outcome.pushback() {
+            Some(Pushback::After(p)) => p,
+            _ => Duration::ZERO,
+        };
+        let max_pushback = self.shared.config.max_pushback;
+        if pushback > max_pushback {
+            // The server said "not now": waiting that long would hold the
+            // caller for it, so the caller gets this response at once.
+            tracing::debug!(
+                attempt,
+                reason = GiveUp::Pushback.as_str(),
+                pushback_ms = saturating_millis(pushback),
+                max_pushback_ms = saturating_millis(max_pushback),
+                "not retrying"
+            );
+            metrics::give_up(GiveUp::Pushback);
+            self.give_up = Some(GiveUp::Pushback);
+            return Decision::Stop(Some(GiveUp::Pushback));
+        }
         let backoff = &self.shared.config.backoff;
-        let mut delay = self
+        let delay = self
             .session
             .get_or_insert_with(|| Box::new(backoff.session()))
-            .next_delay();
-        if let Some(Pushback::After(p)) = outcome.pushback() {
-            delay = delay.max(p.min(self.shared.config.max_pushback));
-        }
+            .next_delay()
+            .max(pushback);
         if let Some(deadline) = self.deadline()
             && delay.saturating_add(self.shared.config.min_attempt_time)
                 > deadline.saturating_duration_since(Instant::now())
@@ -399,7 +421,7 @@ impl<C> RetryPolicy<C> {
         tracing::debug!(
             attempt = next,
             reason = %Reason { outcome: &outcome, result },
-            delay_ms = delay.as_millis() as u64,
+            delay_ms = saturating_millis(delay),
             "retrying request"
         );
         Decision::Retry(delay)
@@ -467,6 +489,19 @@ impl<Res, E: 'static> fmt::Display for Reason<'_, Res, E> {
         }
         Ok(())
     }
+}
+
+/// `at + d`, saturating far in the future instead of panicking on overflow
+/// (validated configs never get there; this keeps any other value from
+/// panicking a call).
+pub(crate) fn instant_after(at: Instant, d: Duration) -> Instant {
+    // tokio's own "far future": about 30 years.
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    at.checked_add(d.min(FAR)).unwrap_or(at)
+}
+
+fn saturating_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -620,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn larger_pushback_replaces_the_delay_up_to_the_cap() {
+    fn a_larger_pushback_replaces_the_delay_and_one_beyond_the_cap_gives_up() {
         let mut p = RetryPolicy::new(RetryConfig {
             max_pushback: Duration::from_secs(5),
             ..config()
@@ -638,14 +673,42 @@ mod tests {
             p.decide(&mut r, &res("2")),
             Decision::Retry(Duration::from_secs(2))
         );
+        // At the cap: still waited for.
         assert_eq!(
-            p.decide(&mut r, &res("60")),
+            p.decide(&mut r, &res("5")),
             Decision::Retry(Duration::from_secs(5))
         );
         // A pushback shorter than the backoff does not shorten it.
         assert_eq!(
             p.decide(&mut r, &res("0")),
             Decision::Retry(Duration::from_millis(400))
+        );
+        // Beyond the cap: "not now", the response goes back at once (and the
+        // budget is not charged).
+        let mut p = RetryPolicy::new(RetryConfig {
+            max_pushback: Duration::from_secs(5),
+            ..config()
+        })
+        .unwrap();
+        let before = p.budget().remaining();
+        assert_eq!(
+            p.decide(&mut r, &res("6")),
+            Decision::Stop(Some(GiveUp::Pushback))
+        );
+        assert_eq!(p.gave_up(), Some(GiveUp::Pushback));
+        assert_eq!(p.budget().remaining(), before);
+        // The response, not an error, is what the caller gets.
+        let kept = RetryPolicy::<HttpClassifier>::finish(Some(GiveUp::Pushback), Ok(503u16));
+        assert_eq!(kept.unwrap(), 503);
+    }
+
+    #[test]
+    fn deadline_arithmetic_never_overflows() {
+        let start = Instant::now();
+        assert!(instant_after(start, Duration::MAX) > start);
+        assert_eq!(
+            instant_after(start, Duration::from_secs(1)),
+            start + Duration::from_secs(1)
         );
     }
 

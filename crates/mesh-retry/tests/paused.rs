@@ -142,3 +142,56 @@ async fn deadline_cuts_a_slow_attempt() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// Everything the `tracing` events of a test write.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pushback_beyond_max_pushback_is_not_waited_for() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The server asks for a minute; the config waits at most 30 s (its
+    // default): no retry, the 503 comes back at once.
+    let (inner, calls) = scripted(vec![(503, Some("60")), (200, None)]);
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(config()).unwrap())
+        .service(inner);
+    let start = Instant::now();
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+
+    // The give-up event says why, with both values.
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let event = logs
+        .lines()
+        .find(|l| l.contains("not retrying"))
+        .unwrap_or_else(|| panic!("no give-up event in {logs}"));
+    for field in [
+        "reason=\"pushback_beyond_max\"",
+        "pushback_ms=60000",
+        "max_pushback_ms=30000",
+    ] {
+        assert!(event.contains(field), "{field} not in {event}");
+    }
+}

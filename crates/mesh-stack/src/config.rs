@@ -44,6 +44,7 @@ use mesh_balance::BalanceConfig;
 use mesh_breaker::{BreakerConfig, OpenBehavior};
 use mesh_core::Endpoint;
 use mesh_core::config::InvalidConfig;
+use mesh_core::pushback::DEFAULT_MAX_PUSHBACK;
 use mesh_discovery::consul::ConsulConfig;
 use mesh_discovery::router::{DEFAULT_READY_TIMEOUT, RouterConfig};
 use mesh_retry::RetryConfig;
@@ -94,18 +95,29 @@ pub struct ServiceConfig {
     /// ejection lasts n times it), capped at `max_open_time`.
     pub breaker: BreakerConfig,
     /// Retries of the logical request, across endpoints. Its `deadline` is
-    /// the overall time limit of a call.
+    /// the overall time limit of a call. In a mesh its `max_pushback` must
+    /// be below 5 min: the mesh's classifiers read pushback clamped to 5 min
+    /// ([`DEFAULT_MAX_PUSHBACK`]), so a server asking for longer ends the
+    /// call at once only while `max_pushback` is shorter than that.
     pub retry: RetryConfig,
 }
 
 /// Where a service's endpoints come from.
+///
+/// With `serde`, a table with a `kind` (`static` or `consul`) and that kind's
+/// fields. Deserialized field by field (see `config/de.rs`), so that an error
+/// inside names its path (`discovery.endpoints[1].address`).
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 pub enum DiscoveryConfig {
     /// A fixed list of endpoints (`{ address = "10.0.0.1:80", weight = 2 }`).
     Static {
-        /// The endpoints; at least one.
+        /// The endpoints; at least one. Two entries with the same key or the
+        /// same address are an error naming the second
+        /// (`services.users.discovery.endpoints[2]`): they would be merged
+        /// (same key) or take double traffic (same address) without a word;
+        /// give one entry a `weight` instead.
         endpoints: Vec<Endpoint>,
     },
     /// Healthy instances of a Consul service, watched with blocking queries.
@@ -216,24 +228,28 @@ impl ServiceConfig {
         let mut errors = InvalidConfig::default();
         errors.merge_nested("discovery", self.discovery.validate());
         errors.merge_nested("balance", self.balance.validate());
-        if self.ready_timeout < Duration::from_millis(1)
-            || self.ready_timeout > Duration::from_secs(300)
-        {
-            errors.push(
-                "ready_timeout",
-                format!("must be within 1ms..=5min, got {:?}", self.ready_timeout),
-            );
-        }
-        if self.attempt_timeout < Duration::from_millis(1)
-            || self.attempt_timeout > Duration::from_secs(3600)
-        {
-            errors.push(
-                "attempt_timeout",
-                format!("must be within 1ms..=1h, got {:?}", self.attempt_timeout),
-            );
-        }
+        let ms = Duration::from_millis;
+        errors.check_duration("ready_timeout", self.ready_timeout, ms(1)..=ms(300_000));
+        errors.check_duration(
+            "attempt_timeout",
+            self.attempt_timeout,
+            ms(1)..=ms(3_600_000),
+        );
         errors.merge_nested("breaker", self.endpoint_breaker_config().validate());
         errors.merge_nested("retry", self.retry.validate());
+        // The mesh's classifiers read pushback clamped to this: a longer
+        // `max_pushback` would wait for it instead of giving up.
+        if self.retry.max_pushback >= DEFAULT_MAX_PUSHBACK
+            && self.retry.max_pushback <= Duration::from_secs(3600)
+        {
+            errors.push(
+                "retry.max_pushback",
+                format!(
+                    "must be below 5min in a mesh (its classifiers read pushback up to 5min), got {:?}",
+                    self.retry.max_pushback
+                ),
+            );
+        }
         errors.into_result()
     }
 }
@@ -252,6 +268,27 @@ impl DiscoveryConfig {
                         errors.push(
                             format!("endpoints[{i}].address"),
                             "must have a port above 0",
+                        );
+                    }
+                    // Quadratic, but a static list is short and this runs once.
+                    let earlier = &endpoints[..i];
+                    if let Some(j) = earlier.iter().position(|d| d.key() == e.key()) {
+                        errors.push(
+                            format!("endpoints[{i}]"),
+                            format!(
+                                "duplicates endpoints[{j}]: the same key `{}` (give one entry a weight instead)",
+                                e.key()
+                            ),
+                        );
+                    } else if let Some(j) = earlier.iter().position(|d| d.address() == e.address())
+                    {
+                        errors.push(
+                            format!("endpoints[{i}]"),
+                            format!(
+                                "duplicates endpoints[{j}]: the same address {}:{} (give one entry a weight instead)",
+                                e.address().host_str(),
+                                e.address().port()
+                            ),
                         );
                     }
                 }
@@ -337,10 +374,15 @@ pub enum ConfigError {
     },
     /// The text is not valid in its format, or has unknown fields or
     /// mistyped values.
-    #[error("cannot parse {format} config: {message}")]
+    #[error("cannot parse {format} config{}: {message}", at_path(.path.as_deref()))]
     Parse {
         /// `toml`, `yaml` or `json`.
         format: &'static str,
+        /// The field the parser was reading when it failed, as a dotted path
+        /// with indexes (`services.users.discovery.endpoints[2].address`), the
+        /// same in every format; `None` when the text failed before any field
+        /// (a syntax error at the top) or when serializing.
+        path: Option<String>,
         /// The parser's message, with the location.
         message: String,
     },
@@ -352,15 +394,50 @@ pub enum ConfigError {
     Invalid(#[from] InvalidConfig),
 }
 
+/// ` at `path`` for a parse error's message, or nothing.
+fn at_path(path: Option<&str>) -> String {
+    path.map(|p| format!(" at `{p}`")).unwrap_or_default()
+}
+
+/// A parse error with the field path serde was at, the same way for every
+/// format (TOML's own messages name the key, YAML's and JSON's only the
+/// line and column).
+#[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
+fn parse_error<E: std::fmt::Display>(
+    format: &'static str,
+    e: serde_path_to_error::Error<E>,
+) -> ConfigError {
+    let path = e.path().to_string();
+    // `.` is the root; `?` marks a segment serde could not name.
+    let path = (path != "." && !path.contains('?')).then_some(path);
+    ConfigError::Parse {
+        format,
+        path,
+        message: e.into_inner().to_string(),
+    }
+}
+
+/// An error with no field path: a syntax error before any field, trailing
+/// text, or a serializer's error (the config is ours, not the user's text).
+#[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
+fn pathless(format: &'static str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Parse {
+        format,
+        path: None,
+        message: e.to_string(),
+    }
+}
+
 #[cfg(feature = "serde")]
 impl MeshConfig {
-    /// Parses TOML and validates it.
+    /// Parses TOML and validates it. A parse error names the field it was
+    /// at ([`ConfigError::Parse`]'s `path`).
     #[cfg(feature = "toml")]
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            format: "toml",
-            message: e.to_string(),
-        })?;
+        // A syntax error comes before any field: no path.
+        let de = toml::Deserializer::parse(text).map_err(|e| pathless("toml", e))?;
+        let config: Self =
+            serde_path_to_error::deserialize(de).map_err(|e| parse_error("toml", e))?;
         config.validate()?;
         Ok(config)
     }
@@ -368,19 +445,16 @@ impl MeshConfig {
     /// Serializes to TOML.
     #[cfg(feature = "toml")]
     pub fn to_toml_string(&self) -> Result<String, ConfigError> {
-        toml::to_string(self).map_err(|e| ConfigError::Parse {
-            format: "toml",
-            message: e.to_string(),
-        })
+        toml::to_string(self).map_err(|e| pathless("toml", e))
     }
 
-    /// Parses YAML and validates it.
+    /// Parses YAML and validates it. A parse error names the field it was
+    /// at ([`ConfigError::Parse`]'s `path`).
     #[cfg(feature = "yaml")]
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
-            format: "yaml",
-            message: e.to_string(),
-        })?;
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Self =
+            serde_path_to_error::deserialize(de).map_err(|e| parse_error("yaml", e))?;
         config.validate()?;
         Ok(config)
     }
@@ -388,19 +462,18 @@ impl MeshConfig {
     /// Serializes to YAML.
     #[cfg(feature = "yaml")]
     pub fn to_yaml_string(&self) -> Result<String, ConfigError> {
-        serde_norway::to_string(self).map_err(|e| ConfigError::Parse {
-            format: "yaml",
-            message: e.to_string(),
-        })
+        serde_norway::to_string(self).map_err(|e| pathless("yaml", e))
     }
 
-    /// Parses JSON and validates it.
+    /// Parses JSON and validates it. A parse error names the field it was
+    /// at ([`ConfigError::Parse`]'s `path`).
     #[cfg(feature = "json")]
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
-            format: "json",
-            message: e.to_string(),
-        })?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Self =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| parse_error("json", e))?;
+        // Trailing text after the document.
+        de.end().map_err(|e| pathless("json", e))?;
         config.validate()?;
         Ok(config)
     }
@@ -408,10 +481,7 @@ impl MeshConfig {
     /// Serializes to pretty JSON.
     #[cfg(feature = "json")]
     pub fn to_json_string(&self) -> Result<String, ConfigError> {
-        serde_json::to_string_pretty(self).map_err(|e| ConfigError::Parse {
-            format: "json",
-            message: e.to_string(),
-        })
+        serde_json::to_string_pretty(self).map_err(|e| pathless("json", e))
     }
 
     /// Reads a file and parses it by extension (`.toml`, `.yaml`/`.yml`,
@@ -442,5 +512,7 @@ impl MeshConfig {
     }
 }
 
+#[cfg(feature = "serde")]
+mod de;
 #[cfg(test)]
 mod tests;

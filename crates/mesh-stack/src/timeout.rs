@@ -126,6 +126,15 @@ impl Drop for AttemptTimer {
     }
 }
 
+/// `now + timeout`, saturating about 30 years ahead (tokio's own "far
+/// future") rather than panicking: [`AttemptTimeout::new`] takes any
+/// `Duration`, and a validated config never gets near it.
+fn deadline_after(timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    let now = Instant::now();
+    now.checked_add(timeout.min(FAR)).unwrap_or(now)
+}
+
 // ===== AttemptTimeout =====
 
 /// Fails an attempt that takes longer than `timeout` with tower's
@@ -238,7 +247,7 @@ where
         let timeout = *this.timeout;
         let timer = this
             .timer
-            .get_or_insert_with(|| AttemptTimer::start(Instant::now() + timeout));
+            .get_or_insert_with(|| AttemptTimer::start(deadline_after(timeout)));
         ready!(timer.poll(cx));
         *this.timer = None;
         Poll::Ready(Err(Box::new(Elapsed::new())))
@@ -347,5 +356,14 @@ mod tests {
         );
         let err = svc.oneshot(()).await.unwrap_err();
         assert!(err.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_duration_is_a_limit_never_a_panic() {
+        let (tx, rx) = oneshot::channel();
+        let call = tokio::spawn(AttemptTimeout::new(answering(rx), Duration::MAX).oneshot(()));
+        tokio::time::sleep(Duration::from_secs(86_400 * 365)).await;
+        tx.send(3).unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), 3);
     }
 }

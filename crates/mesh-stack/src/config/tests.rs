@@ -228,3 +228,200 @@ fn from_path_picks_the_format_by_extension() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn duplicate_static_endpoints_are_named_by_their_index() {
+    let c = MeshConfig::new().service(
+        "users",
+        ServiceConfig::with_static([
+            Endpoint::from_address("127.0.0.1:8081".parse().unwrap()),
+            Endpoint::from_address("127.0.0.1:8082".parse().unwrap()),
+            Endpoint::from_address("127.0.0.1:8081".parse().unwrap()).with_weight(3),
+            // Another key, the same place: double traffic to one server.
+            Endpoint::new("users-b", "127.0.0.1:8082".parse().unwrap()),
+        ]),
+    );
+    let err = c.validate().unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services.users.discovery.endpoints[2]",
+            "services.users.discovery.endpoints[3]"
+        ]
+    );
+    let reasons: Vec<_> = err
+        .errors()
+        .iter()
+        .map(mesh_core::config::FieldError::reason)
+        .collect();
+    assert!(
+        reasons[0].starts_with("duplicates endpoints[0]"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("duplicates endpoints[1]: the same address 127.0.0.1:8082"),
+        "{reasons:?}"
+    );
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn duplicate_endpoints_in_a_file_are_an_error_naming_the_path() {
+    let text = r#"
+        [services.users.discovery]
+        kind = "static"
+        endpoints = [
+            { address = "127.0.0.1:8081" },
+            { address = "127.0.0.1:8082" },
+            { address = "127.0.0.1:8081", weight = 5 },
+        ]
+    "#;
+    let ConfigError::Invalid(err) = MeshConfig::from_toml_str(text).unwrap_err() else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(paths(&err), ["services.users.discovery.endpoints[2]"]);
+}
+
+#[test]
+fn a_max_pushback_the_classifiers_cannot_see_past_is_refused() {
+    let mut s =
+        ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:8081".parse().unwrap())]);
+    s.retry.max_pushback = Duration::from_secs(300);
+    let err = MeshConfig::new()
+        .service("users", s)
+        .validate()
+        .unwrap_err();
+    assert_eq!(paths(&err), ["services.users.retry.max_pushback"]);
+    assert!(err.to_string().contains("must be below 5min"), "{err}");
+}
+
+#[cfg(all(feature = "toml", feature = "yaml", feature = "json"))]
+#[test]
+fn parse_errors_name_the_field_path_in_every_format() {
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "toml",
+            "[services.users]\nattempt_timeout = \"soon\"\n[services.users.retry]\nmax_retries = -1\n",
+            "services.users.attempt_timeout",
+        ),
+        (
+            "yaml",
+            "services:\n  users:\n    retry:\n      backoff:\n        cap: soon\n",
+            "services.users.retry.backoff.cap",
+        ),
+        (
+            "json",
+            r#"{"services": {"users": {"breaker": {"half_open_max_calls": "three"}}}}"#,
+            "services.users.breaker.half_open_max_calls",
+        ),
+    ];
+    for (format, text, want) in cases {
+        let err = match format {
+            "toml" => MeshConfig::from_toml_str(text),
+            "yaml" => MeshConfig::from_yaml_str(text),
+            _ => MeshConfig::from_json_str(text),
+        }
+        .unwrap_err();
+        let ConfigError::Parse { path, .. } = &err else {
+            panic!("{format}: expected Parse, got {err}")
+        };
+        assert_eq!(path.as_deref(), Some(want), "{format}: {err}");
+        assert!(err.to_string().contains(&format!("at `{want}`")), "{err}");
+    }
+    // The same mistake in each format: the same path.
+    let toml = "[services.users.retry]\nmax_retries = \"3\"\n";
+    let yaml = "services:\n  users:\n    retry:\n      max_retries: \"3\"\n";
+    let json = r#"{"services":{"users":{"retry":{"max_retries":"3"}}}}"#;
+    for err in [
+        MeshConfig::from_toml_str(toml).unwrap_err(),
+        MeshConfig::from_yaml_str(yaml).unwrap_err(),
+        MeshConfig::from_json_str(json).unwrap_err(),
+    ] {
+        let ConfigError::Parse { path, .. } = &err else {
+            panic!("expected Parse, got {err}")
+        };
+        assert_eq!(
+            path.as_deref(),
+            Some("services.users.retry.max_retries"),
+            "{err}"
+        );
+    }
+    // A syntax error before any field has no path, and still a location;
+    // one inside a field names it.
+    let err = MeshConfig::from_json_str("{\"services\": ").unwrap_err();
+    assert!(err.to_string().contains("at `services`: EOF"), "{err}");
+    let err = MeshConfig::from_json_str("nonsense").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { path: None, .. }),
+        "{err}"
+    );
+}
+
+#[cfg(all(feature = "toml", feature = "yaml", feature = "json"))]
+#[test]
+fn errors_inside_a_discovery_source_name_their_path() {
+    let toml = "[services.users.discovery]\nkind = \"static\"\nendpoints = [{ address = \"127.0.0.1:1\" }, { address = \"nope\" }]\n";
+    let yaml = "services:\n  users:\n    discovery:\n      kind: static\n      endpoints:\n        - address: 127.0.0.1:1\n        - address: nope\n";
+    let json = r#"{"services":{"users":{"discovery":{"endpoints":[{"address":"127.0.0.1:1"},{"address":"nope"}],"kind":"static"}}}}"#;
+    for err in [
+        MeshConfig::from_toml_str(toml).unwrap_err(),
+        MeshConfig::from_yaml_str(yaml).unwrap_err(),
+        MeshConfig::from_json_str(json).unwrap_err(),
+    ] {
+        let ConfigError::Parse { path, .. } = &err else {
+            panic!("expected Parse, got {err}")
+        };
+        assert_eq!(
+            path.as_deref(),
+            Some("services.users.discovery.endpoints[1].address"),
+            "{err}"
+        );
+    }
+    // TOML still points at the line.
+    let err = MeshConfig::from_toml_str(toml).unwrap_err().to_string();
+    assert!(err.contains("line 3"), "{err}");
+
+    let err = MeshConfig::from_toml_str(
+        "[services.users.discovery]\nkind = \"consul\"\nwait = \"soon\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { path: Some(p), .. } if p == "services.users.discovery.wait"),
+        "{err}"
+    );
+    // Fields of the other kind, unknown fields and a missing kind are errors.
+    for bad in [
+        "[services.users.discovery]\nkind = \"static\"\nendpoints = []\nwait = \"5s\"\n",
+        "[services.users.discovery]\nkind = \"consul\"\nendpoints = []\n",
+        "[services.users.discovery]\nkind = \"static\"\nendpoints = []\nendpoint = 1\n",
+        "[services.users.discovery]\nendpoints = []\n",
+        "[services.users.discovery]\nkind = \"static\"\n",
+    ] {
+        assert!(
+            matches!(
+                MeshConfig::from_toml_str(bad),
+                Err(ConfigError::Parse { .. })
+            ),
+            "{bad}"
+        );
+    }
+    // Every Consul field reads back.
+    let c = MeshConfig::new().service(
+        "users",
+        ServiceConfig::with_consul(ConsulSourceConfig {
+            service: Some("users-v2".into()),
+            tags: vec!["v2".into()],
+            datacenter: Some("dc2".into()),
+            passing_only: false,
+            wait: Duration::from_secs(30),
+        }),
+    );
+    for text in [c.to_toml_string().unwrap(), c.to_json_string().unwrap()] {
+        let back = MeshConfig::from_toml_str(&text).or_else(|_| MeshConfig::from_json_str(&text));
+        assert_eq!(back.unwrap(), c, "{text}");
+    }
+    assert_eq!(
+        MeshConfig::from_yaml_str(&c.to_yaml_string().unwrap()).unwrap(),
+        c
+    );
+}
