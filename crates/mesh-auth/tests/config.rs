@@ -31,7 +31,7 @@ fn authorization_policy_from_json_defaults_to_deny() {
     );
 
     let bad: AuthorizationPolicy =
-        serde_json::from_str(r#"{ "rules": [ { "identity": "x", "paths": ["users"] } ] }"#)
+        serde_json::from_str(r#"{ "rules": [ { "identity": "apikey:x", "paths": ["users"] } ] }"#)
             .unwrap();
     assert_eq!(
         bad.compile().unwrap_err().errors()[0].path(),
@@ -41,14 +41,17 @@ fn authorization_policy_from_json_defaults_to_deny() {
 
 #[test]
 fn api_key_config_holds_hashes_only() {
-    let hash = ApiKeySet::hash_hex(&Secret::from("k1"));
+    let hash = ApiKeySet::hash_hex(&Secret::from("k1-0123456789abcdef"));
     let json = format!(
         r#"{{ "header": "bearer", "keys": [ {{ "identity": "billing", "sha256": "{hash}" }} ] }}"#
     );
     let cfg: ApiKeyAuthConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(cfg.header, ApiKeyHeader::Bearer);
     let set = cfg.key_set().unwrap();
-    assert_eq!(set.verify(b"k1").unwrap().as_str(), "billing");
+    assert_eq!(
+        set.verify(b"k1-0123456789abcdef").unwrap().as_str(),
+        "billing"
+    );
     let cfg: ApiKeyAuthConfig = serde_json::from_str(r#"{ "keys": [] }"#).unwrap();
     assert_eq!(cfg.header, ApiKeyHeader::default());
     assert!(cfg.validate().is_err());

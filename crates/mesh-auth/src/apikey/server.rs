@@ -20,7 +20,10 @@ use crate::future::ResponseFuture;
 /// gRPC calls get `grpc-status` 16 (`UNAUTHENTICATED`) instead.
 ///
 /// The 401 has an empty body and says nothing about *why* (missing, unknown,
-/// revoked): that would only help someone guessing. The key set can be
+/// revoked, sent twice): that would only help someone guessing. A request
+/// carrying the key header more than once is refused. Once the key is
+/// accepted its header is removed from the request, so the handler (and
+/// whatever it logs or forwards) never sees it. The key set can be
 /// replaced at run time with [`replace_keys`](Self::replace_keys), for every
 /// service built from this layer at once.
 ///
@@ -32,7 +35,7 @@ use crate::future::ResponseFuture;
 /// use mesh_auth::apikey::{ApiKeyAuthLayer, ApiKeyHeader, ApiKeySet};
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 ///
-/// let keys = ApiKeySet::new().with_key("billing", &"s3cret".into());
+/// let keys = ApiKeySet::new().with_key("billing", &"sk-0123456789abcdef".into());
 /// let mut svc = ServiceBuilder::new()
 ///     .layer(ApiKeyAuthLayer::new(ApiKeyHeader::default(), keys))
 ///     .service(service_fn(|req: http::Request<()>| async move {
@@ -40,7 +43,7 @@ use crate::future::ResponseFuture;
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(who))
 ///     }));
 ///
-/// let req = http::Request::builder().header("x-api-key", "s3cret").body(()).unwrap();
+/// let req = http::Request::builder().header("x-api-key", "sk-0123456789abcdef").body(()).unwrap();
 /// let res = svc.ready().await.unwrap().call(req).await.unwrap();
 /// assert_eq!(res.body(), "billing");
 ///
@@ -127,24 +130,25 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let identity = match self.shared.header.extract(req.headers()) {
-            None => Err("missing"),
-            Some(key) => self
-                .shared
+        let identity = self.shared.header.extract(req.headers()).and_then(|key| {
+            self.shared
                 .keys
                 .load()
                 .verify(key)
                 .cloned()
-                .ok_or("unknown"),
-        };
+                .ok_or("unknown")
+        });
         match identity {
             Ok(identity) => {
                 tracing::trace!(identity = %identity, "API key accepted");
+                // The handler needs the caller, not the key: drop it, so it
+                // cannot be logged, echoed or forwarded from here on.
+                req.headers_mut().remove(self.shared.header.name());
                 req.extensions_mut().insert(identity);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Err(reason) => {
-                // The reason is one of two fixed words; never the key.
+                // The reason is one of three fixed words; never the key.
                 tracing::debug!(reason, "API key rejected");
                 #[cfg(feature = "metrics")]
                 metrics::counter!("mesh_auth_api_key_rejected_total", "reason" => reason)

@@ -44,5 +44,5 @@ mod policy;
 mod service;
 
 pub use layer::AuthorizeLayer;
-pub use policy::{AuthorizationPolicy, CompiledPolicy, Decision, Rule};
+pub use policy::{AuthorizationPolicy, CompiledPolicy, Decision, Rule, Verdict};
 pub use service::Authorize;
