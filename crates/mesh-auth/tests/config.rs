@@ -83,3 +83,36 @@ fn tls_configs_and_secret_sources_from_json() {
     // Writing a config back out never writes the secret.
     assert!(!serde_json::to_string(&v).unwrap().contains("hunter2"));
 }
+
+#[test]
+fn written_configs_never_hold_a_key_and_placeholders_never_read_back_as_one() {
+    // Row 9 of issue 19: an inline private key was serialized in clear, and
+    // a redacted secret read back as a working key whose value was
+    // "[redacted]".
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHUPVDZuSlnD1zVfzFXrb33ijOB1kXzpkzxZPUEwZpmD\n-----END PRIVATE KEY-----\n";
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let server = ServerTlsConfig::new(
+        PemSource::pem(CERT),
+        PemSource::pem(CERT),
+        PemSource::pem(KEY),
+    );
+    let json = serde_json::to_string(&server).unwrap();
+    assert!(!json.contains("MC4CAQAw"), "{json}");
+    assert!(
+        json.contains("AAAA"),
+        "certificates are not secrets: {json}"
+    );
+    let err = serde_json::from_str::<ServerTlsConfig>(&json).unwrap_err();
+    assert!(err.to_string().contains("placeholder"), "{err}");
+
+    let client = ClientTlsConfig::new(PemSource::pem(CERT))
+        .with_client_cert(PemSource::pem(CERT), PemSource::pem(KEY));
+    let json = serde_json::to_string(&client).unwrap();
+    assert!(!json.contains("MC4CAQAw"), "{json}");
+    assert!(serde_json::from_str::<ClientTlsConfig>(&json).is_err());
+
+    let secret = SecretSource::Value(Secret::from("sk-live-0123456789abcdef"));
+    let json = serde_json::to_string(&secret).unwrap();
+    assert_eq!(json, r#"{"value":"[redacted]"}"#);
+    assert!(serde_json::from_str::<SecretSource>(&json).is_err());
+}

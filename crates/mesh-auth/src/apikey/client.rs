@@ -85,8 +85,16 @@ impl ApiKeyLayer {
 /// are not followed (the 3xx comes back to the caller), so the key never
 /// travels to a host a `Location` header names. Opt back in with
 /// `.redirect(...)` on the builder if you must. Feature `reqwest`.
+///
+/// reqwest's TLS needs a process-wide rustls crypto provider; when none is
+/// installed yet, this installs rustls' `ring` provider (as mesh-discovery's
+/// Consul client does).
 #[cfg(feature = "reqwest")]
 pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
 }
 
