@@ -337,7 +337,9 @@ pub enum ConfigError {
     Parse {
         /// `toml`, `yaml` or `json`.
         format: &'static str,
-        /// The parser's message, with the location.
+        /// The parser's message, with the location. Never the offending
+        /// line or value: quoted values are replaced by `"…"`, so a typo
+        /// on a secret's line does not put the secret into a log.
         message: String,
     },
     /// The file's extension is not one of the enabled formats.
@@ -355,7 +357,12 @@ impl MeshConfig {
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             format: "toml",
-            message: e.to_string(),
+            // Not `e.to_string()`: it quotes the whole offending line,
+            // which may be the token's.
+            message: redact::message(
+                e.message(),
+                e.span().map(|s| redact::line_column(text, s.start)),
+            ),
         })?;
         config.validate()?;
         Ok(config)
@@ -375,7 +382,7 @@ impl MeshConfig {
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
         let config: Self = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
             format: "yaml",
-            message: e.to_string(),
+            message: redact::scrub(&e.to_string()),
         })?;
         config.validate()?;
         Ok(config)
@@ -395,7 +402,7 @@ impl MeshConfig {
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
         let config: Self = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
             format: "json",
-            message: e.to_string(),
+            message: redact::scrub(&e.to_string()),
         })?;
         config.validate()?;
         Ok(config)
@@ -438,5 +445,7 @@ impl MeshConfig {
     }
 }
 
+#[cfg(any(feature = "toml", feature = "json", feature = "yaml"))]
+mod redact;
 #[cfg(test)]
 mod tests;
