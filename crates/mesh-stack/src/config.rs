@@ -48,6 +48,8 @@ use mesh_discovery::consul::ConsulConfig;
 use mesh_discovery::router::{DEFAULT_READY_TIMEOUT, RouterConfig};
 use mesh_retry::RetryConfig;
 
+use crate::security::{MeshTlsConfig, ServerSecurityConfig, ServiceApiKeyConfig};
+
 /// The default per-attempt timeout of a service: 2 s.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,6 +66,13 @@ pub struct MeshConfig {
     /// The logical services, by name. The name is what requests address
     /// (`http://users/...`) and what metrics and logs are labelled with.
     pub services: BTreeMap<String, ServiceConfig>,
+    /// `[tls]`: this program's certificate, trusted CAs and the identity
+    /// each service must prove (see [`crate::security`]).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub tls: Option<MeshTlsConfig>,
+    /// `[server]`: who may call this program, and the API keys it accepts.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub server: Option<ServerSecurityConfig>,
 }
 
 /// One logical service: where its endpoints are and how calls to it behave.
@@ -93,6 +102,9 @@ pub struct ServiceConfig {
     /// Retries of the logical request, across endpoints. Its `deadline` is
     /// the overall time limit of a call.
     pub retry: RetryConfig,
+    /// `[services.x.api_key]`: the API key presented to this service.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub api_key: Option<ServiceApiKeyConfig>,
 }
 
 /// Where a service's endpoints come from.
@@ -185,6 +197,7 @@ impl ServiceConfig {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
+            api_key: None,
         }
     }
 
@@ -304,6 +317,7 @@ impl MeshConfig {
             }
             errors.merge_nested(&format!("services.{name}"), service.validate());
         }
+        crate::security::validate(self, &mut errors);
         errors.into_result()
     }
 }

@@ -12,9 +12,10 @@ use tower_service::Service;
 use super::header::ApiKeyHeader;
 use super::keyset::ApiKeySet;
 use crate::future::ResponseFuture;
+use crate::identity::{CallerIdentity, IdentityKind};
 
 /// Rejects requests without a valid API key with `401 Unauthorized`, and puts
-/// the key's [`CallerIdentity`](crate::CallerIdentity) into the extensions of
+/// the key's [`CallerIdentity`] into the extensions of
 /// the others.
 ///
 /// gRPC calls get `grpc-status` 16 (`UNAUTHENTICATED`) instead.
@@ -60,6 +61,8 @@ pub struct ApiKeyAuthLayer {
 struct Shared {
     header: ApiKeyHeader,
     keys: ArcSwap<ApiKeySet>,
+    /// Let requests through that already carry a certificate's identity.
+    accept_mtls: bool,
 }
 
 impl ApiKeyAuthLayer {
@@ -69,6 +72,42 @@ impl ApiKeyAuthLayer {
             shared: Arc::new(Shared {
                 header,
                 keys: ArcSwap::from_pointee(keys),
+                accept_mtls: false,
+            }),
+        }
+    }
+
+    /// Lets requests through without a key when they already carry the
+    /// [`CallerIdentity`] of an mTLS client certificate (put there by
+    /// `tls::serve` or tonic's `incoming`), for servers that accept either.
+    /// A key header on such a request is removed, never checked: the
+    /// certificate is the identity.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use mesh_auth::CallerIdentity;
+    /// use mesh_auth::apikey::{ApiKeyAuthLayer, ApiKeyHeader, ApiKeySet};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(ApiKeyAuthLayer::new(ApiKeyHeader::default(), ApiKeySet::new()).accept_mtls_callers())
+    ///     .service(service_fn(|req: http::Request<()>| async move {
+    ///         let who = req.extensions().get::<CallerIdentity>().unwrap().to_string();
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(who))
+    ///     }));
+    /// let mut req = http::Request::new(());
+    /// req.extensions_mut().insert(CallerIdentity::spiffe("spiffe://example.org/orders"));
+    /// assert_eq!(svc.clone().oneshot(req).await.unwrap().body(), "spiffe://example.org/orders");
+    /// assert_eq!(svc.oneshot(http::Request::new(())).await.unwrap().status(), 401);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn accept_mtls_callers(self) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                header: self.shared.header.clone(),
+                keys: ArcSwap::new(self.shared.keys.load_full()),
+                accept_mtls: true,
             }),
         }
     }
@@ -130,6 +169,15 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        if self.shared.accept_mtls
+            && req
+                .extensions()
+                .get::<CallerIdentity>()
+                .is_some_and(|id| id.kind() != IdentityKind::ApiKey)
+        {
+            req.headers_mut().remove(self.shared.header.name());
+            return ResponseFuture::inner(self.inner.call(req));
+        }
         let identity = self.shared.header.extract(req.headers()).and_then(|key| {
             self.shared
                 .keys

@@ -73,10 +73,7 @@ mod tests {
             scrub(r#"invalid type: string "hunter2", expected a duration"#),
             r#"invalid type: string "…", expected a duration"#
         );
-        assert_eq!(
-            scrub(r#"a "b\"c" d "e"#),
-            r#"a "…" d "…"#
-        );
+        assert_eq!(scrub(r#"a "b\"c" d "e"#), r#"a "…" d "…"#);
         assert_eq!(
             scrub("unknown variant `hunter2`, expected `static` or `consul`"),
             "unknown variant `…`, expected `static` or `consul`"
