@@ -57,7 +57,8 @@ fuzz_target!(|data: &[u8]| {
                 ];
                 // A non-canonical path (dot segments, encoded slashes) is
                 // denied before any rule or default is looked at.
-                let canonical = compiled.explain(None, &method, &path).reason != "non_canonical_path";
+                let canonical =
+                    compiled.explain(None, &method, &path).reason != "non_canonical_path";
                 for caller in &callers {
                     let d = compiled.decide(Some(caller), &method, &path);
                     if policy.default == Decision::Allow && canonical {
@@ -67,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(d, Decision::Deny);
                     }
                 }
-                let anonymous = if canonical { policy.default } else { Decision::Deny };
+                let anonymous = if canonical {
+                    policy.default
+                } else {
+                    Decision::Deny
+                };
                 assert_eq!(compiled.decide(None, &method, &path), anonymous);
             }
             (Err(a), Err(b)) => assert_eq!(a, b),

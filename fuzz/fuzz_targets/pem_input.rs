@@ -73,7 +73,10 @@ fn check_identity(id: Result<CallerIdentity, TlsError>) {
             );
         }
         Err(e) => assert!(
-            matches!(e.kind(), TlsErrorKind::Handshake | TlsErrorKind::NoIdentity | TlsErrorKind::InvalidIdentity),
+            matches!(
+                e.kind(),
+                TlsErrorKind::Handshake | TlsErrorKind::NoIdentity | TlsErrorKind::InvalidIdentity
+            ),
             "{e}"
         ),
     }

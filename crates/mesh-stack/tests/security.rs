@@ -280,3 +280,32 @@ rules = [ { identity = "spiffe://test.mesh/orders", methods = ["GET"], paths = [
         );
     }
 }
+
+// The contract of the `config_secrets` fuzz target, as a proptest.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn parse_errors_never_contain_the_token(
+        before in "(\\[consul\\]\n|address = \"127.0.0.1:8500\"\n|[\\[\\]a-z=\"{}:,. \n#'0-9]){0,12}",
+        after in "[\\[\\]a-z=\"{}:,. \n#'0-9x]{0,30}",
+        format in 0u8..3,
+    ) {
+        const SECRET: &str = "Zq9-SECRET-v4lu3-8KxP2mW7";
+        let line = match format {
+            0 => format!("token = \"{SECRET}\""),
+            1 => format!("token: \"{SECRET}\""),
+            _ => format!("\"token\": \"{SECRET}\""),
+        };
+        let document = format!("{before}\n{line}\n{after}");
+        let parsed = match format {
+            0 => MeshConfig::from_toml_str(&document),
+            1 => MeshConfig::from_yaml_str(&document),
+            _ => MeshConfig::from_json_str(&document),
+        };
+        if let Err(err @ ConfigError::Parse { .. }) = parsed {
+            let text = format!("{err} {err:?}");
+            proptest::prop_assert!(!text.contains("SECRET-v4lu3"), "{}", text);
+        }
+    }
+}
