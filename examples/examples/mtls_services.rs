@@ -1,13 +1,19 @@
 //! Two axum services, `orders` and `users`, calling each other over mutual
-//! TLS with SPIFFE identities, each allowing only the callers it expects.
+//! TLS with SPIFFE identities, each allowing only the callers it expects,
+//! all of it from each program's mesh config file.
 //!
 //! A throwaway CA and certificates are made at start (in a real mesh they come
-//! from SPIRE or your PKI, as files that rotate). Then:
+//! from SPIRE or your PKI, as files that rotate). Each program then reads one
+//! TOML file: `[tls]` (its certificate, the CA, the identity each service it
+//! calls must prove), `[services.*]` (where they are, and an API key for
+//! those that want one) and `[server]` (who may call it). `Mesh::server_tls`
+//! and `Mesh::server_layer` serve; `Mesh::secure_reqwest_client` calls.
 //!
 //! 1. the gateway calls `orders`, which calls `users` for the customer;
 //! 2. the gateway calls `users`, which calls `orders` for the history;
 //! 3. `orders` tries something its policy forbids: 403;
-//! 4. a client with a certificate from another CA never gets a connection.
+//! 4. a reporting job without a certificate calls `users` with an API key;
+//! 5. a client with a certificate from another CA never gets a connection.
 //!
 //! Run with `cargo run -p examples --example mtls_services`.
 
@@ -18,37 +24,42 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::get;
 use axum::{Extension, Router};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use mesh_auth::authz::{AuthorizationPolicy, AuthorizeLayer, Rule};
-use mesh_auth::tls::{ClientTlsConfig, MtlsAcceptor, PemSource, ServerTlsConfig, serve};
-use mesh_auth::{CallerIdentity, TlsError};
+use http_body_util::BodyExt;
+use mesh_auth::apikey::ApiKeySet;
+use mesh_auth::tls::{ClientTlsConfig, MtlsAcceptor, PemSource, serve};
+use mesh_auth::{CallerIdentity, Secret, TlsError};
 use mesh_core::BoxError;
+use mesh_stack::reqwest::ReqwestService;
+use mesh_stack::security::Credentials;
+use mesh_stack::{Mesh, MeshConfig, MeshService};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use tower::ServiceExt;
 
 const ORDERS: &str = "spiffe://example.org/orders";
 const USERS: &str = "spiffe://example.org/users";
 const GATEWAY: &str = "spiffe://example.org/gateway";
+/// The reporting job's API key (in production: `key = { env = "..." }`).
+const REPORTS_KEY: &str = "sk-reports-2f1c9a7e5b3d4c6a";
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-/// What a service needs to call its peer: a client that presents our
-/// certificate and accepts only the peer's identity, and where the peer is.
+/// A client of one service through the mesh: mTLS with the service's
+/// identity checked, its API key if it has one, retries, no redirects.
 #[derive(Clone)]
 struct Peer {
-    client: HttpsClient,
-    base: String,
+    client: MeshService<Credentials<ReqwestService>>,
+    base: &'static str,
 }
 
 impl Peer {
+    fn new(mesh: &Mesh, service: &'static str, base: &'static str) -> Result<Self, BoxError> {
+        Ok(Self {
+            client: mesh.secure_reqwest_client(service)?,
+            base,
+        })
+    }
+
     async fn get(&self, path: &str) -> Result<(u16, String), BoxError> {
-        let req = http::Request::get(format!("{}{path}", self.base)).body(Empty::new())?;
-        // A per-call deadline, as the mesh stack's timeout layer would set.
-        let res = tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await??;
+        let req = http::Request::get(format!("{}{path}", self.base)).body(String::new())?;
+        let res = self.client.clone().oneshot(req).await?;
         let status = res.status().as_u16();
         let body = res.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -85,24 +96,17 @@ fn orders_app(users: Peer) -> Router {
             }),
         )
         .with_state(users)
-        // Who may call orders: the gateway, and users reading order history.
-        .layer(AuthorizeLayer::new(
-            AuthorizationPolicy::deny_by_default(vec![
-                Rule::allow(GATEWAY),
-                Rule::allow(USERS)
-                    .methods(["GET"])
-                    .paths(["/orders/by-user"]),
-            ])
-            .compile()
-            .expect("valid policy"),
-        ))
 }
 
 fn users_app(orders: Peer) -> Router {
     Router::new()
         .route(
             "/users/{id}",
-            get(|UrlPath(id): UrlPath<u32>| async move { format!("user {id}: Ada") }),
+            get(
+                |UrlPath(id): UrlPath<u32>, Extension(caller): Extension<CallerIdentity>| async move {
+                    format!("user {id}: Ada (for {caller})")
+                },
+            ),
         )
         .route(
             "/users/{id}/history",
@@ -117,22 +121,40 @@ fn users_app(orders: Peer) -> Router {
         )
         .route("/admin/users", get(|| async { "all users" }))
         .with_state(orders)
-        // Who may call users: the gateway, and orders reading single users.
-        .layer(AuthorizeLayer::new(
-            AuthorizationPolicy::deny_by_default(vec![
-                Rule::allow(GATEWAY),
-                Rule::allow(ORDERS).methods(["GET"]).paths(["/users"]),
-            ])
-            .compile()
-            .expect("valid policy"),
-        ))
+}
+
+/// One program's mesh config file: its certificate, the services it calls
+/// (address and identity), and its own `[server]` policy.
+fn mesh_file(
+    pki: &Pki,
+    (cert, key): &(PathBuf, PathBuf),
+    calls: &[(&str, &str, SocketAddr)],
+    server: &str,
+) -> String {
+    let mut file = format!(
+        "[tls]\nca = {{ file = {:?} }}\ncert = {{ file = {:?} }}\nkey = {{ file = {:?} }}\n\n",
+        pki.ca_path.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    file.push_str("[tls.server_identities]\n");
+    for (name, identity, _) in calls {
+        file.push_str(&format!("{name} = {identity:?}\n"));
+    }
+    for (name, _, addr) in calls {
+        file.push_str(&format!(
+            "\n[services.{name}]\ndiscovery = {{ kind = \"static\", endpoints = [{{ address = \"{addr}\" }}] }}\n"
+        ));
+    }
+    file.push_str(server);
+    file
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-        .with_target(false)
+        .with_target(true)
         .init();
     let pki = Pki::new("example.org CA")?;
 
@@ -141,29 +163,66 @@ async fn main() -> Result<(), BoxError> {
     let orders_addr = orders_listener.local_addr()?;
     let users_addr = users_listener.local_addr()?;
 
-    // Each service: a server config for its own certificate, and a client
-    // config that presents it and expects exactly the peer's identity.
-    let orders_tls = pki.issue("orders", ORDERS)?;
-    let users_tls = pki.issue("users", USERS)?;
-    let orders_to_users = peer(&pki, &orders_tls, USERS, users_addr)?;
-    let users_to_orders = peer(&pki, &users_tls, ORDERS, orders_addr)?;
+    // Who may call orders: the gateway, and users reading order history.
+    let orders_policy = format!(
+        "\n[server.authorization]\nrules = [\n  {{ identity = {GATEWAY:?} }},\n  \
+         {{ identity = {USERS:?}, methods = [\"GET\"], paths = [\"/orders/by-user\"] }},\n]\n"
+    );
+    // Who may call users: the gateway, orders reading single users, and the
+    // reporting job (by API key) reading single users.
+    let users_policy = format!(
+        "\n[server.authorization]\nrules = [\n  {{ identity = {GATEWAY:?} }},\n  \
+         {{ identity = {ORDERS:?}, methods = [\"GET\"], paths = [\"/users\"] }},\n  \
+         {{ identity = \"apikey:reports\", methods = [\"GET\"], paths = [\"/users\"] }},\n]\n\n\
+         [server.api_keys]\nkeys = [ {{ identity = \"reports\", sha256 = {:?} }} ]\n",
+        ApiKeySet::hash_hex(&Secret::from(REPORTS_KEY))
+    );
+    let orders_mesh = Mesh::new(MeshConfig::from_toml_str(&mesh_file(
+        &pki,
+        &pki.issue("orders", ORDERS)?,
+        &[("users", USERS, users_addr)],
+        &orders_policy,
+    ))?)?;
+    let users_mesh = Mesh::new(MeshConfig::from_toml_str(&mesh_file(
+        &pki,
+        &pki.issue("users", USERS)?,
+        &[("orders", ORDERS, orders_addr)],
+        &users_policy,
+    ))?)?;
 
-    let orders_server = server(&pki, &orders_tls)?;
-    let users_server = server(&pki, &users_tls)?;
+    // Each server: [tls] for the handshake, [server] as one layer.
+    let orders_tls = orders_mesh.server_tls()?.ok_or("orders has no [tls]")?;
+    let users_tls = users_mesh.server_tls()?.ok_or("users has no [tls]")?;
     tokio::spawn(serve(
         orders_listener,
-        MtlsAcceptor::new(&orders_server),
-        orders_app(orders_to_users),
+        MtlsAcceptor::new(&orders_tls),
+        orders_app(Peer::new(&orders_mesh, "users", "https://users")?)
+            .layer(orders_mesh.server_layer()?),
     ));
+    // users also accepts API keys: a second, plain-HTTP listener for callers
+    // without a certificate, behind the same layer.
+    let keys_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let keys_addr = keys_listener.local_addr()?;
+    let users_app = users_app(Peer::new(&users_mesh, "orders", "https://orders")?)
+        .layer(users_mesh.server_layer()?);
     tokio::spawn(serve(
         users_listener,
-        MtlsAcceptor::new(&users_server),
-        users_app(users_to_orders),
+        MtlsAcceptor::new(&users_tls),
+        users_app.clone(),
     ));
+    tokio::spawn(async move { axum::serve(keys_listener, users_app).await });
 
-    let gateway_tls = pki.issue("gateway", GATEWAY)?;
-    let to_orders = peer(&pki, &gateway_tls, ORDERS, orders_addr)?;
-    let to_users = peer(&pki, &gateway_tls, USERS, users_addr)?;
+    let gateway_mesh = Mesh::new(MeshConfig::from_toml_str(&mesh_file(
+        &pki,
+        &pki.issue("gateway", GATEWAY)?,
+        &[
+            ("orders", ORDERS, orders_addr),
+            ("users", USERS, users_addr),
+        ],
+        "",
+    ))?)?;
+    let to_orders = Peer::new(&gateway_mesh, "orders", "https://orders")?;
+    let to_users = Peer::new(&gateway_mesh, "users", "https://users")?;
 
     println!("== gateway -> orders -> users");
     println!("  {:?}", to_orders.get("/orders/42").await?);
@@ -172,20 +231,37 @@ async fn main() -> Result<(), BoxError> {
     println!("\n== orders -> users /admin/users (not in users' policy)");
     println!("  {:?}", to_orders.get("/try-forbidden").await?);
 
+    println!("\n== a reporting job with an API key, no certificate");
+    let reports_mesh = Mesh::new(MeshConfig::from_toml_str(&format!(
+        "[services.users]\ndiscovery = {{ kind = \"static\", endpoints = [{{ address = \"{keys_addr}\" }}] }}\n\
+         api_key = {{ key = {{ value = {REPORTS_KEY:?} }} }}\n"
+    ))?)?;
+    let reports = Peer::new(&reports_mesh, "users", "http://users")?;
+    println!("  {:?}", reports.get("/users/7").await?);
+    println!(
+        "  {:?} (not in its rule)",
+        reports.get("/admin/users").await?
+    );
+
     println!("\n== a client whose certificate comes from another CA");
     let rogue = Pki::new("rogue CA")?;
     let rogue_tls = rogue.issue("rogue", GATEWAY)?;
     let client = ClientTlsConfig::new(PemSource::file(&pki.ca_path))
         .with_client_cert(PemSource::file(&rogue_tls.0), PemSource::file(&rogue_tls.1))
         .with_server_identity(ORDERS)
+        .build()?
+        .reqwest_builder()
         .build()?;
-    let rogue_peer = Peer {
-        client: Client::builder(TokioExecutor::new()).build(client.https_connector()),
-        base: format!("https://localhost:{}", orders_addr.port()),
-    };
-    match rogue_peer.get("/orders/42").await {
-        Ok(res) => println!("  unexpectedly served: {res:?}"),
-        Err(e) => match TlsError::find(&*e) {
+    match client
+        .get(format!(
+            "https://localhost:{}/orders/42",
+            orders_addr.port()
+        ))
+        .send()
+        .await
+    {
+        Ok(res) => println!("  unexpectedly served: {}", res.status()),
+        Err(e) => match TlsError::find(&e) {
             Some(tls) => println!("  refused: {} ({})", tls.kind(), tls),
             // TLS 1.3 clients send the request before the server has checked
             // their certificate; the server's reset can overtake its alert.
@@ -196,35 +272,6 @@ async fn main() -> Result<(), BoxError> {
     let _ = std::fs::remove_dir_all(&pki.dir);
     let _ = std::fs::remove_dir_all(&rogue.dir);
     Ok(())
-}
-
-fn server(
-    pki: &Pki,
-    (cert, key): &(PathBuf, PathBuf),
-) -> Result<mesh_auth::tls::MtlsServerConfig, BoxError> {
-    Ok(ServerTlsConfig::new(
-        PemSource::file(&pki.ca_path),
-        PemSource::file(cert),
-        PemSource::file(key),
-    )
-    .with_reload_interval(Duration::from_secs(30))
-    .build()?)
-}
-
-fn peer(
-    pki: &Pki,
-    (cert, key): &(PathBuf, PathBuf),
-    expect: &str,
-    addr: SocketAddr,
-) -> Result<Peer, BoxError> {
-    let tls = ClientTlsConfig::new(PemSource::file(&pki.ca_path))
-        .with_client_cert(PemSource::file(cert), PemSource::file(key))
-        .with_server_identity(expect)
-        .build()?;
-    Ok(Peer {
-        client: Client::builder(TokioExecutor::new()).build(tls.https_connector()),
-        base: format!("https://localhost:{}", addr.port()),
-    })
 }
 
 /// A throwaway CA writing its files into a temporary directory.

@@ -10,7 +10,9 @@
 //! it carries the configured key (bearer scheme case-insensitive, ASCII
 //! whitespace trimmed), with the key's identity, and is a 401 otherwise;
 //! `compile` fails exactly when `validate` does; a policy never denies what
-//! its default allows, and a caller without identity gets the default.
+//! its default allows, and a caller without identity gets the default,
+//! except on a non-canonical path (dot segments, encoded slashes), which is
+//! always denied.
 
 #![no_main]
 
@@ -27,7 +29,7 @@ use mesh_auth::{CallerIdentity, Secret};
 use tower_layer::Layer;
 use tower_service::Service;
 
-const KEY: &[u8] = b"k1-secret";
+const KEY: &[u8] = b"k1-secret-0123456789";
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -53,13 +55,25 @@ fuzz_target!(|data: &[u8]| {
                     CallerIdentity::dns("orders.internal"),
                     CallerIdentity::api_key("billing"),
                 ];
+                // A non-canonical path (dot segments, encoded slashes) is
+                // denied before any rule or default is looked at.
+                let canonical =
+                    compiled.explain(None, &method, &path).reason != "non_canonical_path";
                 for caller in &callers {
                     let d = compiled.decide(Some(caller), &method, &path);
-                    if policy.default == Decision::Allow {
+                    if policy.default == Decision::Allow && canonical {
                         assert_eq!(d, Decision::Allow);
                     }
+                    if !canonical {
+                        assert_eq!(d, Decision::Deny);
+                    }
                 }
-                assert_eq!(compiled.decide(None, &method, &path), policy.default);
+                let anonymous = if canonical {
+                    policy.default
+                } else {
+                    Decision::Deny
+                };
+                assert_eq!(compiled.decide(None, &method, &path), anonymous);
             }
             (Err(a), Err(b)) => assert_eq!(a, b),
             (v, c) => panic!("validate {v:?} but compile {:?}", c.map(drop)),

@@ -6,7 +6,9 @@
 //! Contract: parsing never panics and fails only with a typed `ConfigError`;
 //! an accepted config validates again, yields its router and breaker
 //! settings, and survives a round trip through its own format and through
-//! JSON unchanged (except the Consul token, which is never serialized).
+//! JSON unchanged (except the Consul token, which is never serialized); a
+//! config with an inline secret (API key `value`, PEM private key) prints
+//! with it redacted, and that print does not parse back.
 
 #![no_main]
 
@@ -66,6 +68,30 @@ fuzz_target!(|data: &[u8]| {
             .expect("the mesh's breaker settings of an accepted config validate");
     }
 
+    // Inline secrets (an API key's `value`, a PEM private key) are written
+    // out as `"[redacted]"`, which reads back as an error, never as a
+    // secret: such a config cannot round-trip, and must not.
+    let inline_secret = config.services.values().any(|s| {
+        s.api_key
+            .as_ref()
+            .is_some_and(|k| matches!(k.key, mesh_auth::SecretSource::Value(_)))
+    }) || config.tls.as_ref().is_some_and(|t| {
+        [&t.ca, &t.cert, &t.key]
+            .into_iter()
+            .chain(t.trust_bundles.values())
+            .any(|p| matches!(p, mesh_auth::tls::PemSource::Pem(text) if text.contains("PRIVATE KEY")))
+    });
+    if inline_secret {
+        for to in [format, Format::Json] {
+            if let Ok(text) = print(to, &config) {
+                assert!(
+                    parse(to, &text).is_err(),
+                    "a redacted secret read back\n{text}"
+                );
+            }
+        }
+        return;
+    }
     let mut expected = config.clone();
     if let Some(consul) = &mut expected.consul {
         consul.token = None;

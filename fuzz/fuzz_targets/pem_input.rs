@@ -5,7 +5,7 @@
 //! `Io`: the bytes are in memory); building a server or client TLS config
 //! from the document fails only with `MalformedPem` or `Config`; a
 //! certificate's identity comes from a URI or DNS SAN (with a trust domain
-//! exactly when it is `spiffe://`), or is a typed `Handshake`/`NoIdentity`
+//! exactly when it is `spiffe://`), or is a typed `Handshake`/`NoIdentity`/`InvalidIdentity`
 //! error; raw bytes as a peer certificate likewise.
 
 #![no_main]
@@ -73,7 +73,10 @@ fn check_identity(id: Result<CallerIdentity, TlsError>) {
             );
         }
         Err(e) => assert!(
-            matches!(e.kind(), TlsErrorKind::Handshake | TlsErrorKind::NoIdentity),
+            matches!(
+                e.kind(),
+                TlsErrorKind::Handshake | TlsErrorKind::NoIdentity | TlsErrorKind::InvalidIdentity
+            ),
             "{e}"
         ),
     }

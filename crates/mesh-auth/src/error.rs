@@ -29,6 +29,11 @@ pub enum TlsErrorKind {
     MissingClientCertificate,
     /// The peer's certificate carries neither a URI nor a DNS SAN.
     NoIdentity,
+    /// The peer's certificate carries an identity that is not acceptable:
+    /// more than one URI SAN, or a URI SAN that is not a well-formed SPIFFE ID.
+    InvalidIdentity,
+    /// The peer's certificate (or one in its chain) was revoked by a CRL.
+    Revoked,
     /// A PEM file or buffer held no usable certificate or key.
     MalformedPem,
     /// A certificate or key file could not be read.
@@ -49,6 +54,8 @@ impl TlsErrorKind {
             TlsErrorKind::WrongIdentity => "wrong_identity",
             TlsErrorKind::MissingClientCertificate => "missing_client_certificate",
             TlsErrorKind::NoIdentity => "no_identity",
+            TlsErrorKind::InvalidIdentity => "invalid_identity",
+            TlsErrorKind::Revoked => "revoked",
             TlsErrorKind::MalformedPem => "malformed_pem",
             TlsErrorKind::Io => "io",
             TlsErrorKind::Config => "config",
@@ -131,6 +138,7 @@ impl TlsError {
         let kind = match alert {
             "UnknownCA" => TlsErrorKind::UnknownCa,
             "CertificateExpired" => TlsErrorKind::Expired,
+            "CertificateRevoked" => TlsErrorKind::Revoked,
             "CertificateRequired" => TlsErrorKind::MissingClientCertificate,
             _ => TlsErrorKind::Handshake,
         };
@@ -176,6 +184,7 @@ fn certificate_kind(err: &CertificateError) -> TlsErrorKind {
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             TlsErrorKind::NotYetValid
         }
+        CertificateError::Revoked => TlsErrorKind::Revoked,
         CertificateError::Other(other) => {
             let inner: &(dyn StdError + 'static) = &*other.0;
             if inner.downcast_ref::<WrongIdentity>().is_some() {
@@ -194,6 +203,7 @@ fn alert_kind(alert: AlertDescription) -> TlsErrorKind {
     match alert {
         AlertDescription::UnknownCA => TlsErrorKind::UnknownCa,
         AlertDescription::CertificateExpired => TlsErrorKind::Expired,
+        AlertDescription::CertificateRevoked => TlsErrorKind::Revoked,
         AlertDescription::CertificateRequired => TlsErrorKind::MissingClientCertificate,
         _ => TlsErrorKind::Handshake,
     }

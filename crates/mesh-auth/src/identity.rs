@@ -51,15 +51,36 @@ impl IdentityKind {
 
 /// The verified identity of the caller of a request, found in its extensions.
 ///
-/// Cheap to clone (one `Arc`). Holds no secret: it is safe to log.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Cheap to clone (one `Arc`). Holds no secret: it is safe to log. Two
+/// identities are equal when their kind and name are; the certificate
+/// fingerprint an mTLS identity carries (for audit events) is not compared.
+#[derive(Clone)]
 pub struct CallerIdentity {
     name: Arc<str>,
     kind: IdentityKind,
+    fingerprint: Option<Arc<str>>,
+}
+
+impl PartialEq for CallerIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.name == other.name
+    }
+}
+
+impl Eq for CallerIdentity {}
+
+impl std::hash::Hash for CallerIdentity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+        self.name.hash(state);
+    }
 }
 
 impl CallerIdentity {
     /// An identity from a URI SAN, such as `spiffe://example.org/orders`.
+    ///
+    /// The text is taken as given; [`CallerIdentity::from_certificate`] is
+    /// the one that checks it ([`parse_spiffe_id`]).
     pub fn spiffe(uri: impl Into<Arc<str>>) -> Self {
         Self::new(IdentityKind::Spiffe, uri)
     }
@@ -79,6 +100,7 @@ impl CallerIdentity {
         Self {
             name: name.into(),
             kind,
+            fingerprint: None,
         }
     }
 
@@ -92,14 +114,30 @@ impl CallerIdentity {
         self.kind
     }
 
-    /// The trust domain of a `spiffe://` identity (`example.org`).
+    /// The trust domain of a SPIFFE identity (`example.org`); `None` for
+    /// DNS and API-key identities.
     pub fn trust_domain(&self) -> Option<&str> {
+        if self.kind != IdentityKind::Spiffe {
+            return None;
+        }
         let rest = self.name.strip_prefix("spiffe://")?;
         Some(rest.split('/').next().unwrap_or(rest))
     }
 
-    /// The identity a (verified) certificate carries: its first `spiffe://`
-    /// URI SAN, else its first URI SAN, else its first DNS SAN.
+    /// The SHA-256 of the certificate this identity came from, in lower-case
+    /// hex (what `openssl x509 -fingerprint -sha256` prints, without colons);
+    /// `None` for API-key identities. Audit events carry it.
+    pub fn certificate_fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// The identity a (verified) certificate carries.
+    ///
+    /// A certificate with a URI SAN must have exactly one, and it must be a
+    /// well-formed SPIFFE ID ([`parse_spiffe_id`]): two URI SANs, or one
+    /// that is not `spiffe://`, is [`TlsErrorKind::InvalidIdentity`] rather
+    /// than a guess at which one was meant. Without a URI SAN the identity
+    /// is the first DNS SAN.
     ///
     /// Fails with [`TlsErrorKind::Handshake`] when the DER does not parse and
     /// [`TlsErrorKind::NoIdentity`] when it carries no usable SAN.
@@ -110,24 +148,107 @@ impl CallerIdentity {
                 format!("certificate does not parse: {e}"),
             )
         })?;
-        let mut first_uri = None;
-        for uri in parsed.valid_uri_names() {
-            if uri.starts_with("spiffe://") {
-                return Ok(Self::spiffe(uri));
+        let mut uris = parsed.valid_uri_names();
+        let mut identity = match (uris.next(), uris.next()) {
+            (Some(_), Some(_)) => {
+                return Err(TlsError::new(
+                    TlsErrorKind::InvalidIdentity,
+                    "certificate has more than one URI subject alternative name",
+                ));
             }
-            first_uri.get_or_insert(uri);
+            (Some(uri), None) => {
+                parse_spiffe_id(uri).map_err(|why| {
+                    TlsError::new(
+                        TlsErrorKind::InvalidIdentity,
+                        format!("URI SAN is not a valid SPIFFE ID: {why}"),
+                    )
+                })?;
+                Self::spiffe(uri)
+            }
+            (None, _) => match parsed.valid_dns_names().next() {
+                Some(dns) => Self::dns(dns),
+                None => {
+                    return Err(TlsError::new(
+                        TlsErrorKind::NoIdentity,
+                        "certificate has neither a URI nor a DNS subject alternative name",
+                    ));
+                }
+            },
+        };
+        identity.fingerprint = Some(fingerprint(cert).into());
+        Ok(identity)
+    }
+}
+
+fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    sha2::Sha256::digest(cert.as_ref())
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Checks that `id` is a SPIFFE ID as the SPIFFE standard defines it, and
+/// returns its trust domain.
+///
+/// `spiffe://` in lower case; a trust domain of lower-case letters, digits,
+/// `.`, `-` and `_` (no port, no user info, no upper case); a path of
+/// non-empty segments of letters, digits, `.`, `-` and `_`, none of them `.`
+/// or `..`; no query, fragment or percent-encoding; at most 2048 bytes.
+/// The error says which rule was broken.
+///
+/// This is the whole of the standard's grammar, written out rather than
+/// pulling in the `spiffe` crate (whose Workload API client brings tonic
+/// and protobuf with it) for forty lines of checks.
+///
+/// ```
+/// use mesh_auth::parse_spiffe_id;
+///
+/// assert_eq!(parse_spiffe_id("spiffe://example.org/ns/prod/sa/orders"), Ok("example.org"));
+/// assert!(parse_spiffe_id("spiffe://Example.org/orders").is_err());
+/// assert!(parse_spiffe_id("spiffe://example.org/a/../admin").is_err());
+/// assert!(parse_spiffe_id("https://example.org/orders").is_err());
+/// ```
+pub fn parse_spiffe_id(id: &str) -> Result<&str, &'static str> {
+    if id.len() > 2048 {
+        return Err("longer than 2048 bytes");
+    }
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or("does not start with `spiffe://`")?;
+    let (domain, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if domain.is_empty() {
+        return Err("has an empty trust domain");
+    }
+    if !domain
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err("trust domain may hold only a-z, 0-9, `.`, `-` and `_`");
+    }
+    if path.is_empty() {
+        return Ok(domain);
+    }
+    for segment in path[1..].split('/') {
+        match segment {
+            "" => return Err("path has an empty segment (or a trailing `/`)"),
+            "." | ".." => return Err("path has a `.` or `..` segment"),
+            _ => {}
         }
-        if let Some(uri) = first_uri {
-            return Ok(Self::spiffe(uri));
-        }
-        match parsed.valid_dns_names().next() {
-            Some(dns) => Ok(Self::dns(dns)),
-            None => Err(TlsError::new(
-                TlsErrorKind::NoIdentity,
-                "certificate has neither a URI nor a DNS subject alternative name",
-            )),
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err("path may hold only a-z, A-Z, 0-9, `.`, `-`, `_` and `/`");
         }
     }
+    Ok(domain)
 }
 
 impl fmt::Debug for CallerIdentity {
@@ -162,10 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn prefers_spiffe_then_uri_then_dns() {
+    fn prefers_spiffe_then_dns() {
         let c = cert_with(&[dns("orders.local"), uri("spiffe://td/orders")]);
         let id = CallerIdentity::from_certificate(&c).unwrap();
         assert_eq!(id, CallerIdentity::spiffe("spiffe://td/orders"));
+        assert_eq!(id.certificate_fingerprint().map(str::len), Some(64));
 
         let c = cert_with(&[dns("orders.local")]);
         let id = CallerIdentity::from_certificate(&c).unwrap();
@@ -181,6 +303,45 @@ mod tests {
         let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
         let err = CallerIdentity::from_certificate(&junk).unwrap_err();
         assert_eq!(err.kind(), TlsErrorKind::Handshake);
+    }
+
+    #[test]
+    fn uri_sans_are_parsed_strictly() {
+        // Row 5 of issue 19: each of these was accepted, the first
+        // `spiffe://` SAN winning.
+        for sans in [
+            vec![uri("spiffe://td/orders"), uri("spiffe://td/admin")],
+            vec![uri("https://td/orders")],
+            vec![uri("spiffe://td/a/../admin")],
+            vec![uri("spiffe://TD/orders")],
+            vec![uri("spiffe://td:443/orders")],
+            vec![uri("spiffe://td/orders?x=1")],
+            vec![uri("spiffe://td/orders/")],
+            vec![uri("spiffe://td/or%2fders")],
+        ] {
+            let err = CallerIdentity::from_certificate(&cert_with(&sans)).unwrap_err();
+            assert_eq!(err.kind(), TlsErrorKind::InvalidIdentity, "{sans:?}");
+        }
+        assert_eq!(parse_spiffe_id("spiffe://td"), Ok("td"));
+        assert_eq!(
+            parse_spiffe_id("spiffe://td.example-1_x/A.b-c_d/e"),
+            Ok("td.example-1_x")
+        );
+        assert!(parse_spiffe_id("spiffe:///x").is_err());
+        assert!(parse_spiffe_id("spiffe://td//x").is_err());
+        assert!(parse_spiffe_id("spiffe://u@td/x").is_err());
+    }
+
+    #[test]
+    fn trust_domain_is_only_for_spiffe_identities() {
+        assert_eq!(
+            CallerIdentity::api_key("spiffe://td/x").trust_domain(),
+            None
+        );
+        assert_eq!(
+            CallerIdentity::spiffe("spiffe://td/x").trust_domain(),
+            Some("td")
+        );
     }
 
     proptest::proptest! {

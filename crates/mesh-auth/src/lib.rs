@@ -36,9 +36,9 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! // Server: key check, then authorization, then the handler.
-//! let keys = ApiKeySet::new().with_key("billing", &"k-billing".into());
+//! let keys = ApiKeySet::new().with_key("billing", &"sk-billing-0123456789".into());
 //! let policy = AuthorizationPolicy::deny_by_default(vec![
-//!     Rule::allow("billing").methods(["POST"]).paths(["/invoices"]),
+//!     Rule::allow("apikey:billing").methods(["POST"]).paths(["/invoices"]),
 //! ])
 //! .compile()
 //! .unwrap();
@@ -54,7 +54,7 @@
 //! let mut client = ServiceBuilder::new()
 //!     .layer(ApiKeyLayer::from_source(
 //!         ApiKeyHeader::default(),
-//!         &SecretSource::Value("k-billing".into()),
+//!         &SecretSource::Value("sk-billing-0123456789".into()),
 //!     ).unwrap())
 //!     .service(server);
 //!
@@ -94,5 +94,5 @@ mod secret;
 pub mod tls;
 
 pub use error::{TlsError, TlsErrorKind, WrongIdentity};
-pub use identity::{CallerIdentity, IdentityKind};
+pub use identity::{CallerIdentity, IdentityKind, parse_spiffe_id};
 pub use secret::{Secret, SecretError, SecretSource};

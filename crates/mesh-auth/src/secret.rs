@@ -10,6 +10,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// What a secret serializes as, and what reads back as an error.
+pub(crate) const REDACTED: &str = "[redacted]";
+
+#[cfg(feature = "serde")]
+pub(crate) const REDACTED_READ_BACK: &str = "this value is the `[redacted]` placeholder a config \
+     is written out with, not a secret: put the secret back, or use `env`/`file`";
+
 /// Secret bytes (an API key, a token). `Debug` shows `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<[u8]>);
@@ -111,11 +118,16 @@ mod serde_secret {
 
     pub(super) fn serialize<S: serde::Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
         // Writing a config back out must not write the secret.
-        s.serialize_str("[redacted]")
+        s.serialize_str(super::REDACTED)
     }
 
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
         let s = <String as serde::Deserialize>::deserialize(d)?;
+        // A config written back out reads back in: the placeholder must not
+        // become a working secret whose value is "[redacted]".
+        if s == super::REDACTED {
+            return Err(serde::de::Error::custom(super::REDACTED_READ_BACK));
+        }
         Ok(Secret::from(s))
     }
 }

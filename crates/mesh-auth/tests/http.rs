@@ -184,7 +184,7 @@ async fn reqwest_client_over_mtls() {
 async fn start_key_users(layer: ApiKeyAuthLayer) -> (SocketAddr, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let policy = AuthorizeLayer::new(
-        AuthorizationPolicy::deny_by_default(vec![Rule::allow("orders").paths(["/users"])])
+        AuthorizationPolicy::deny_by_default(vec![Rule::allow("apikey:orders").paths(["/users"])])
             .compile()
             .unwrap(),
     );
@@ -219,28 +219,33 @@ async fn get_with_key(addr: SocketAddr, header: ApiKeyHeader, key: Option<&str>)
 #[tokio::test]
 async fn api_keys_identify_callers_and_reject_the_rest_with_401() {
     let keys = ApiKeySet::new()
-        .with_key("orders", &"k-orders".into())
-        .with_key("reports", &"k-reports".into());
+        .with_key("orders", &"sk-orders-0123456789abcdef".into())
+        .with_key("reports", &"sk-reports-0123456789abcdef".into());
     let (addr, hits) = start_key_users(ApiKeyAuthLayer::new(ApiKeyHeader::default(), keys)).await;
     let h = ApiKeyHeader::default;
 
     assert_eq!(
-        get_with_key(addr, h(), Some("k-orders")).await,
+        get_with_key(addr, h(), Some("sk-orders-0123456789abcdef")).await,
         (200, Bytes::from("orders"))
     );
     let (status, body) = get_with_key(addr, h(), None).await;
     assert_eq!((status, body.len()), (401, 0), "no detail for the caller");
-    let (status, body) = get_with_key(addr, h(), Some("k-guess")).await;
+    let (status, body) = get_with_key(addr, h(), Some("sk-guess-0123456789abcdef")).await;
     assert_eq!((status, body.len()), (401, 0));
     // Known key, but the policy does not allow this caller: 403.
-    assert_eq!(get_with_key(addr, h(), Some("k-reports")).await.0, 403);
+    assert_eq!(
+        get_with_key(addr, h(), Some("sk-reports-0123456789abcdef"))
+            .await
+            .0,
+        403
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn api_keys_rotate_with_both_keys_valid_during_the_switch() {
-    let old = Secret::from("k-old");
-    let new = Secret::from("k-new");
+    let old = Secret::from("sk-old-0123456789abcdef");
+    let new = Secret::from("sk-new-0123456789abcdef");
     let layer = ApiKeyAuthLayer::new(
         ApiKeyHeader::Bearer,
         ApiKeySet::new().with_key("orders", &old),
@@ -248,20 +253,50 @@ async fn api_keys_rotate_with_both_keys_valid_during_the_switch() {
     let (addr, hits) = start_key_users(layer.clone()).await;
     let b = || ApiKeyHeader::Bearer;
 
-    assert_eq!(get_with_key(addr, b(), Some("k-old")).await.0, 200);
-    assert_eq!(get_with_key(addr, b(), Some("k-new")).await.0, 401);
+    assert_eq!(
+        get_with_key(addr, b(), Some("sk-old-0123456789abcdef"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get_with_key(addr, b(), Some("sk-new-0123456789abcdef"))
+            .await
+            .0,
+        401
+    );
     // Step 1: both keys valid while clients roll over.
     layer.replace_keys(
         ApiKeySet::new()
             .with_key("orders", &old)
             .with_key("orders", &new),
     );
-    assert_eq!(get_with_key(addr, b(), Some("k-old")).await.0, 200);
-    assert_eq!(get_with_key(addr, b(), Some("k-new")).await.0, 200);
+    assert_eq!(
+        get_with_key(addr, b(), Some("sk-old-0123456789abcdef"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get_with_key(addr, b(), Some("sk-new-0123456789abcdef"))
+            .await
+            .0,
+        200
+    );
     // Step 2: the old key is retired.
     layer.replace_keys(ApiKeySet::new().with_key("orders", &new));
-    assert_eq!(get_with_key(addr, b(), Some("k-old")).await.0, 401);
-    assert_eq!(get_with_key(addr, b(), Some("k-new")).await.0, 200);
+    assert_eq!(
+        get_with_key(addr, b(), Some("sk-old-0123456789abcdef"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        get_with_key(addr, b(), Some("sk-new-0123456789abcdef"))
+            .await
+            .0,
+        200
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 4);
 }
 
@@ -270,7 +305,7 @@ async fn client_layer_sends_the_key_the_backend_receives() {
     let backend = mesh_testkit::Backend::start().await.unwrap();
     let dir = common::temp_dir("apikey-file");
     let path = dir.join("key");
-    std::fs::write(&path, "k-from-file\n").unwrap();
+    std::fs::write(&path, "sk-from-file-0123456789abcdef\n").unwrap();
     let layer = ApiKeyLayer::from_source(ApiKeyHeader::Bearer, &SecretSource::File(path)).unwrap();
     let mut client = ServiceBuilder::new()
         .layer(layer)
@@ -284,6 +319,9 @@ async fn client_layer_sends_the_key_the_backend_receives() {
     let received = backend.requests();
     assert_eq!(received.len(), 2);
     for r in received {
-        assert_eq!(r.headers["authorization"], "Bearer k-from-file");
+        assert_eq!(
+            r.headers["authorization"],
+            "Bearer sk-from-file-0123456789abcdef"
+        );
     }
 }

@@ -55,9 +55,10 @@ async fn keys_never_reach_the_logs() {
     // Careless code that logs the config objects must not leak either.
     tracing::info!(?source, ?client_layer, ?server_layer, ?keys, "configured");
 
-    let policy = AuthorizationPolicy::deny_by_default(vec![Rule::allow("orders").paths(["/ok"])])
-        .compile()
-        .unwrap();
+    let policy =
+        AuthorizationPolicy::deny_by_default(vec![Rule::allow("apikey:orders").paths(["/ok"])])
+            .compile()
+            .unwrap();
     let server = ServiceBuilder::new()
         .layer(server_layer.clone())
         .layer(AuthorizeLayer::new(policy))

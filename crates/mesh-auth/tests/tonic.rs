@@ -82,3 +82,67 @@ async fn grpc_callers_get_grpc_statuses_not_http_ones() {
     let plain = http::Request::get("/users").body(()).unwrap();
     assert_eq!(svc.oneshot(plain).await.unwrap().status(), 403);
 }
+
+#[tokio::test]
+async fn a_tonic_server_layered_for_mtls_or_api_keys_authorizes_grpc_calls() {
+    use mesh_auth::apikey::{ApiKeyAuthLayer, ApiKeyHeader, ApiKeySet};
+    use mesh_auth::authz::{AuthorizationPolicy, AuthorizeLayer, Rule};
+
+    // What mesh-stack's `Mesh::server_layer` builds: mTLS callers pass the
+    // key check, then the policy decides.
+    let ca = Ca::new("mesh CA");
+    let leaf = ca.leaf(&[USERS, "localhost"], Validity::Now);
+    let server = ServerTlsConfig::new(ca.source(), leaf.cert(), leaf.key())
+        .build()
+        .unwrap();
+    let policy =
+        AuthorizationPolicy::deny_by_default(vec![Rule::allow(ORDERS).paths(["/test.Users/"])])
+            .compile()
+            .unwrap();
+    let svc = tower::service_fn(|_req: http::Request<tonic::body::Body>| async move {
+        let res = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "0")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        Ok::<_, Infallible>(res)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incoming = MtlsAcceptor::new(&server).incoming(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(
+                ApiKeyAuthLayer::new(ApiKeyHeader::default(), ApiKeySet::new())
+                    .accept_mtls_callers(),
+            )
+            .layer(AuthorizeLayer::new(policy))
+            .serve_with_incoming(svc, incoming),
+    );
+
+    let client_leaf = ca.leaf(&[ORDERS], Validity::Now);
+    let tls = ClientTlsConfig::new(ca.source())
+        .with_client_cert(client_leaf.cert(), client_leaf.key())
+        .with_server_identity(USERS)
+        .build()
+        .unwrap();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(tls.https_connector());
+    let call = |path: &str| {
+        http::Request::post(format!("https://localhost:{port}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Empty::new())
+            .unwrap()
+    };
+    let res = client.request(call("/test.Users/Get")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "0");
+    let res = client.request(call("/test.Admin/Drop")).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "7"); // PERMISSION_DENIED
+    let res = client
+        .request(call("/test.Users/../test.Admin/Drop"))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["grpc-status"], "7");
+}

@@ -49,6 +49,8 @@ use mesh_discovery::consul::ConsulConfig;
 use mesh_discovery::router::{DEFAULT_READY_TIMEOUT, RouterConfig};
 use mesh_retry::RetryConfig;
 
+use crate::security::{MeshTlsConfig, ServerSecurityConfig, ServiceApiKeyConfig};
+
 /// The default per-attempt timeout of a service: 2 s.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -65,6 +67,13 @@ pub struct MeshConfig {
     /// The logical services, by name. The name is what requests address
     /// (`http://users/...`) and what metrics and logs are labelled with.
     pub services: BTreeMap<String, ServiceConfig>,
+    /// `[tls]`: this program's certificate, trusted CAs and the identity
+    /// each service must prove (see [`crate::security`]).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub tls: Option<MeshTlsConfig>,
+    /// `[server]`: who may call this program, and the API keys it accepts.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub server: Option<ServerSecurityConfig>,
 }
 
 /// One logical service: where its endpoints are and how calls to it behave.
@@ -100,6 +109,9 @@ pub struct ServiceConfig {
     /// ([`DEFAULT_MAX_PUSHBACK`]), so a server asking for longer ends the
     /// call at once only while `max_pushback` is shorter than that.
     pub retry: RetryConfig,
+    /// `[services.x.api_key]`: the API key presented to this service.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub api_key: Option<ServiceApiKeyConfig>,
 }
 
 /// Where a service's endpoints come from.
@@ -200,6 +212,7 @@ impl ServiceConfig {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
+            api_key: None,
         }
     }
 
@@ -345,6 +358,7 @@ impl MeshConfig {
             }
             errors.merge_nested(&format!("services.{name}"), service.validate());
         }
+        crate::security::validate(self, &mut errors);
         errors.into_result()
     }
 }
@@ -383,7 +397,9 @@ pub enum ConfigError {
         /// same in every format; `None` when the text failed before any field
         /// (a syntax error at the top) or when serializing.
         path: Option<String>,
-        /// The parser's message, with the location.
+        /// The parser's message, with the location. Never the offending
+        /// line or value: quoted values are replaced by `"…"`, so a typo
+        /// on a secret's line does not put the secret into a log.
         message: String,
     },
     /// The file's extension is not one of the enabled formats.
@@ -402,10 +418,12 @@ fn at_path(path: Option<&str>) -> String {
 /// A parse error with the field path serde was at, the same way for every
 /// format (TOML's own messages name the key, YAML's and JSON's only the
 /// line and column).
+/// The parser's error is rendered by `render`, which redacts what it quotes.
 #[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
-fn parse_error<E: std::fmt::Display>(
+fn parse_error<E>(
     format: &'static str,
     e: serde_path_to_error::Error<E>,
+    render: impl FnOnce(E) -> String,
 ) -> ConfigError {
     let path = e.path().to_string();
     // `.` is the root; `?` marks a segment serde could not name.
@@ -413,18 +431,18 @@ fn parse_error<E: std::fmt::Display>(
     ConfigError::Parse {
         format,
         path,
-        message: e.into_inner().to_string(),
+        message: render(e.into_inner()),
     }
 }
 
 /// An error with no field path: a syntax error before any field, trailing
 /// text, or a serializer's error (the config is ours, not the user's text).
 #[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
-fn pathless(format: &'static str, e: impl std::fmt::Display) -> ConfigError {
+fn pathless(format: &'static str, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Parse {
         format,
         path: None,
-        message: e.to_string(),
+        message: message.to_string(),
     }
 }
 
@@ -434,10 +452,19 @@ impl MeshConfig {
     /// at ([`ConfigError::Parse`]'s `path`).
     #[cfg(feature = "toml")]
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let toml_message = |e: toml::de::Error| {
+            // Not `e.to_string()`: it quotes the whole offending line, which
+            // may be the token's.
+            redact::message(
+                e.message(),
+                e.span().map(|s| redact::line_column(text, s.start)),
+            )
+        };
         // A syntax error comes before any field: no path.
-        let de = toml::Deserializer::parse(text).map_err(|e| pathless("toml", e))?;
-        let config: Self =
-            serde_path_to_error::deserialize(de).map_err(|e| parse_error("toml", e))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| pathless("toml", toml_message(e)))?;
+        let config: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| parse_error("toml", e, toml_message))?;
         config.validate()?;
         Ok(config)
     }
@@ -453,8 +480,8 @@ impl MeshConfig {
     #[cfg(feature = "yaml")]
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
         let de = serde_norway::Deserializer::from_str(text);
-        let config: Self =
-            serde_path_to_error::deserialize(de).map_err(|e| parse_error("yaml", e))?;
+        let config: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| parse_error("yaml", e, |e| redact::scrub(&e.to_string())))?;
         config.validate()?;
         Ok(config)
     }
@@ -470,10 +497,11 @@ impl MeshConfig {
     #[cfg(feature = "json")]
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let config: Self =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| parse_error("json", e))?;
+        let config: Self = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| parse_error("json", e, |e| redact::scrub(&e.to_string())))?;
         // Trailing text after the document.
-        de.end().map_err(|e| pathless("json", e))?;
+        de.end()
+            .map_err(|e| pathless("json", redact::scrub(&e.to_string())))?;
         config.validate()?;
         Ok(config)
     }
@@ -514,5 +542,7 @@ impl MeshConfig {
 
 #[cfg(feature = "serde")]
 mod de;
+#[cfg(any(feature = "toml", feature = "json", feature = "yaml"))]
+mod redact;
 #[cfg(test)]
 mod tests;

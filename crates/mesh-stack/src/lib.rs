@@ -74,12 +74,16 @@ pub mod endpoint;
 pub mod mesh;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+pub mod security;
 pub mod timeout;
 
 pub use builder::ServiceBuilderExt;
 pub use config::{ConfigError, ConsulSourceConfig, DiscoveryConfig, MeshConfig, ServiceConfig};
 pub use endpoint::EndpointLayer;
 pub use mesh::{GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService};
+pub use security::{
+    CredentialsLayer, MeshTlsConfig, ServerSecurityConfig, ServerSecurityLayer, ServiceApiKeyConfig,
+};
 pub use timeout::AttemptTimeout;
 
 // The layers and their configs, so that `mesh-stack` alone is enough.
@@ -92,6 +96,8 @@ pub use mesh_retry::{
     BudgetExhausted, DeadlineExceeded, ReplayBodyLayer, RetryConfig, RetryLayer, RetryPolicy,
 };
 
+/// `mesh-auth`: mTLS, API keys and authorization.
+pub use mesh_auth as auth;
 /// `mesh-balance`: endpoint choice strategies.
 pub use mesh_balance as balance;
 /// `mesh-breaker`: the circuit breaker.

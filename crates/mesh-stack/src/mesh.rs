@@ -89,6 +89,7 @@ impl MeshBuilder {
     /// lazily, when a service's first stack is built.
     pub fn build(self) -> Result<Mesh, MeshError> {
         self.config.validate()?;
+        crate::security::warn_insecure(&self.config);
         let consul = match (self.consul, &self.config.consul) {
             (Some(c), _) => Some(c),
             (None, Some(cfg)) => Some(ConsulClient::new(cfg)?),
@@ -283,6 +284,91 @@ impl Mesh {
         client: reqwest::Client,
     ) -> Result<MeshService<crate::reqwest::ReqwestService>, MeshError> {
         self.http_client(name, crate::reqwest::ReqwestService::new(client))
+    }
+
+    // ===== security: [tls], [services.x.api_key], [server] (issue 19) =====
+
+    /// The mTLS client config for calls to the service `name`, from `[tls]`
+    /// (with the identity `[tls.server_identities]` gives it, checked instead
+    /// of the host name); `None` without a `[tls]` section. Hand its
+    /// `https_connector()` (mesh-auth feature `hyper`) to hyper-util's client
+    /// under [`http_client`](Self::http_client) or
+    /// [`grpc_client`](Self::grpc_client), and send requests to
+    /// `https://name/...`.
+    pub fn client_tls(
+        &self,
+        name: &str,
+    ) -> Result<Option<mesh_auth::tls::MtlsClientConfig>, MeshError> {
+        self.service_config(name)?;
+        let Some(tls) = &self.shared.config.tls else {
+            return Ok(None);
+        };
+        let config = tls
+            .client_config(name)
+            .build()
+            .map_err(|e| crate::security::tls_error(&e))?;
+        Ok(Some(config))
+    }
+
+    /// The layer adding the service's API key (`[services.name.api_key]`)
+    /// to every request; a no-op for a service without one. Put it between
+    /// the stack and the inner client: `mesh.http_client(name,
+    /// mesh.credentials_layer(name)?.layer(client))`.
+    pub fn credentials_layer(
+        &self,
+        name: &str,
+    ) -> Result<crate::security::CredentialsLayer, MeshError> {
+        let config = self.service_config(name)?;
+        crate::security::CredentialsLayer::new(config.api_key.as_ref())
+            .map_err(|e| MeshError::Invalid(e.nest(&format!("services.{name}"))))
+    }
+
+    /// The stack of the service `name` over a reqwest client this builds:
+    /// presenting `[tls]`'s certificate and checking the service's identity
+    /// (HTTPS only, when `[tls]` is set), sending its API key, and **not
+    /// following redirects**, so neither credential travels to a host a
+    /// `Location` header names.
+    #[cfg(feature = "reqwest")]
+    pub fn secure_reqwest_client(
+        &self,
+        name: &str,
+    ) -> Result<MeshService<crate::security::Credentials<crate::reqwest::ReqwestService>>, MeshError>
+    {
+        let builder = match self.client_tls(name)? {
+            Some(tls) => tls.reqwest_builder(),
+            None => mesh_auth::apikey::reqwest_builder(),
+        };
+        let client = builder
+            .build()
+            .map_err(|e| MeshError::Invalid(InvalidConfig::field("tls", e.to_string())))?;
+        let inner = self
+            .credentials_layer(name)?
+            .layer(crate::reqwest::ReqwestService::new(client));
+        self.http_client(name, inner)
+    }
+
+    /// The mTLS server config from `[tls]` (clients must chain to its `ca`,
+    /// or to their trust domain's bundle); `None` without a `[tls]` section.
+    /// Serve with `mesh_auth::tls::serve` (axum, hyper) or
+    /// `MtlsAcceptor::incoming` (tonic).
+    pub fn server_tls(&self) -> Result<Option<mesh_auth::tls::MtlsServerConfig>, MeshError> {
+        let Some(tls) = &self.shared.config.tls else {
+            return Ok(None);
+        };
+        let config = tls
+            .server_config()
+            .build()
+            .map_err(|e| crate::security::tls_error(&e))?;
+        Ok(Some(config))
+    }
+
+    /// One layer for an axum `Router` (`.layer(...)`) or a tonic `Server`:
+    /// accepts callers by mTLS identity or by an API key of
+    /// `[server.api_keys]`, and applies `[server.authorization]` (deny by
+    /// default; without a `[server]` section, every request is denied).
+    pub fn server_layer(&self) -> Result<crate::security::ServerSecurityLayer, MeshError> {
+        let config = crate::security::server_config(&self.shared.config);
+        Ok(crate::security::ServerSecurityLayer::new(&config)?)
     }
 }
 

@@ -13,7 +13,18 @@ use crate::secret::{Secret, SecretError, SecretSource};
 ///
 /// The header value is built once and marked sensitive (so hyper's HPACK never
 /// indexes it); cloning it per request is a reference-count increment. Its
-/// `Debug` never shows the key.
+/// `Debug` never shows the key. Keys shorter than
+/// [`MIN_KEY_LEN`](super::MIN_KEY_LEN) bytes are refused.
+///
+/// # Redirects
+///
+/// The key goes wherever the inner client sends the request. A client that
+/// follows redirects by itself (reqwest's default client does, up to 10)
+/// would carry it to any host a `Location` header names: reqwest strips
+/// `Authorization` on a cross-host redirect but not `x-api-key`. Put this
+/// layer over a client that does not follow redirects: hyper-util's client,
+/// or reqwest built with [`reqwest_builder`](super::reqwest_builder)
+/// (feature `reqwest`), which returns the 3xx to the caller.
 ///
 /// # Example
 ///
@@ -22,11 +33,12 @@ use crate::secret::{Secret, SecretError, SecretSource};
 /// use mesh_auth::SecretSource;
 /// use tower::{ServiceBuilder, service_fn};
 ///
-/// let layer = ApiKeyLayer::from_source(ApiKeyHeader::Bearer, &SecretSource::Value("s3cret".into()))?;
-/// assert!(!format!("{layer:?}").contains("s3cret"));
+/// let key = SecretSource::Value("sk-0123456789abcdef".into());
+/// let layer = ApiKeyLayer::from_source(ApiKeyHeader::Bearer, &key)?;
+/// assert!(!format!("{layer:?}").contains("sk-0123456789abcdef"));
 /// let client = ServiceBuilder::new().layer(layer).service(service_fn(
 ///     |req: http::Request<()>| async move {
-///         assert_eq!(req.headers()["authorization"], "Bearer s3cret");
+///         assert_eq!(req.headers()["authorization"], "Bearer sk-0123456789abcdef");
 ///         Ok::<_, std::convert::Infallible>(())
 ///     },
 /// ));
@@ -42,7 +54,15 @@ pub struct ApiKeyLayer {
 impl ApiKeyLayer {
     /// A layer sending `key` in `header`. Fails if the key cannot be a header
     /// value (control characters); the error does not contain the key.
+    /// Fails too if the key is shorter than [`MIN_KEY_LEN`](super::MIN_KEY_LEN)
+    /// bytes.
     pub fn new(header: ApiKeyHeader, key: &Secret) -> Result<Self, SecretError> {
+        if key.expose().len() < super::MIN_KEY_LEN {
+            return Err(SecretError::new(format!(
+                "API key is shorter than {} bytes",
+                super::MIN_KEY_LEN
+            )));
+        }
         let mut bytes = Vec::with_capacity(key.expose().len() + 7);
         if header == ApiKeyHeader::Bearer {
             bytes.extend_from_slice(b"Bearer ");
@@ -59,6 +79,23 @@ impl ApiKeyLayer {
     pub fn from_source(header: ApiKeyHeader, source: &SecretSource) -> Result<Self, SecretError> {
         Self::new(header, &source.load()?)
     }
+}
+
+/// A `reqwest::ClientBuilder` for clients that carry an API key: redirects
+/// are not followed (the 3xx comes back to the caller), so the key never
+/// travels to a host a `Location` header names. Opt back in with
+/// `.redirect(...)` on the builder if you must. Feature `reqwest`.
+///
+/// reqwest's TLS needs a process-wide rustls crypto provider; when none is
+/// installed yet, this installs rustls' `ring` provider (as mesh-discovery's
+/// Consul client does).
+#[cfg(feature = "reqwest")]
+pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
 }
 
 impl std::fmt::Debug for ApiKeyLayer {

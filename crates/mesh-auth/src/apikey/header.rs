@@ -33,21 +33,36 @@ impl ApiKeyHeader {
         }
     }
 
-    /// The presented key in `headers`, if any. No allocation.
-    pub(crate) fn extract<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a [u8]> {
-        let value = headers.get(self.name())?.as_bytes();
+    /// The presented key in `headers`. No allocation.
+    ///
+    /// `Err("missing")` without one, `Err("duplicate")` when the header
+    /// appears more than once: which copy counts would otherwise depend on
+    /// the code reading it (a proxy may check the last, we the first).
+    pub(crate) fn extract<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+    ) -> Result<&'a [u8], &'static str> {
+        let mut values = headers.get_all(self.name()).iter();
+        let value = values.next().ok_or("missing")?.as_bytes();
+        if values.next().is_some() {
+            return Err("duplicate");
+        }
         let key = match self {
             ApiKeyHeader::Header(_) => value,
             ApiKeyHeader::Bearer => {
-                let (scheme, rest) = value.split_at_checked(7)?;
+                let (scheme, rest) = value.split_at_checked(7).ok_or("missing")?;
                 if !scheme.eq_ignore_ascii_case(b"bearer ") {
-                    return None;
+                    return Err("missing");
                 }
                 rest
             }
         };
         let key = key.trim_ascii();
-        (!key.is_empty()).then_some(key)
+        if key.is_empty() {
+            Err("missing")
+        } else {
+            Ok(key)
+        }
     }
 }
 
@@ -97,12 +112,24 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-api-key", "k1".parse().unwrap());
         h.insert("authorization", "bEaReR  k2 ".parse().unwrap());
-        assert_eq!(ApiKeyHeader::default().extract(&h), Some(&b"k1"[..]));
-        assert_eq!(ApiKeyHeader::Bearer.extract(&h), Some(&b"k2"[..]));
+        assert_eq!(ApiKeyHeader::default().extract(&h), Ok(&b"k1"[..]));
+        assert_eq!(ApiKeyHeader::Bearer.extract(&h), Ok(&b"k2"[..]));
         h.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(ApiKeyHeader::Bearer.extract(&h), None);
+        assert_eq!(ApiKeyHeader::Bearer.extract(&h), Err("missing"));
         h.insert("authorization", "Bearer ".parse().unwrap());
-        assert_eq!(ApiKeyHeader::Bearer.extract(&h), None);
+        assert_eq!(ApiKeyHeader::Bearer.extract(&h), Err("missing"));
         assert!(ApiKeyHeader::try_from("bad header".to_owned()).is_err());
+    }
+
+    #[test]
+    fn a_repeated_key_header_is_refused() {
+        // Row 11 of issue 19: with two `x-api-key` headers the first won.
+        let mut h = http::HeaderMap::new();
+        h.append("x-api-key", "k1".parse().unwrap());
+        h.append("x-api-key", "k2".parse().unwrap());
+        assert_eq!(ApiKeyHeader::default().extract(&h), Err("duplicate"));
+        h.append("authorization", "Bearer a".parse().unwrap());
+        h.append("authorization", "Bearer b".parse().unwrap());
+        assert_eq!(ApiKeyHeader::Bearer.extract(&h), Err("duplicate"));
     }
 }

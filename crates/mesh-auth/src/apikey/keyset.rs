@@ -18,16 +18,22 @@ use crate::secret::Secret;
 /// nothing about how close a guess was. Several keys may map to one caller:
 /// add the new key, roll the clients, then remove the old one.
 ///
+/// Keys shorter than [`MIN_KEY_LEN`] bytes are never accepted: such a key
+/// is guessable, whatever hashing does.
+///
 /// # Example
 ///
 /// ```
 /// use mesh_auth::apikey::ApiKeySet;
 ///
 /// let keys = ApiKeySet::new()
-///     .with_key("billing", &"old-key".into())
-///     .with_key("billing", &"new-key".into());
-/// assert_eq!(keys.verify(b"new-key").map(|id| id.as_str()), Some("billing"));
-/// assert!(keys.verify(b"guess").is_none());
+///     .with_key("billing", &"sk-old-0123456789abcdef".into())
+///     .with_key("billing", &"sk-new-0123456789abcdef".into());
+/// assert_eq!(
+///     keys.verify(b"sk-new-0123456789abcdef").map(|id| id.as_str()),
+///     Some("billing")
+/// );
+/// assert!(keys.verify(b"sk-guess-0123456789abcd").is_none());
 /// ```
 #[derive(Clone, Default)]
 pub struct ApiKeySet {
@@ -48,8 +54,18 @@ impl ApiKeySet {
     }
 
     /// Accepts `key` as `identity`. The key itself is not kept.
+    ///
+    /// A key shorter than [`MIN_KEY_LEN`] bytes is logged (WARN, without the
+    /// key) and will never verify.
     #[must_use]
     pub fn with_key(mut self, identity: &str, key: &Secret) -> Self {
+        if key.expose().len() < MIN_KEY_LEN {
+            tracing::warn!(
+                identity,
+                min_len = MIN_KEY_LEN,
+                "API key is too short and will never be accepted"
+            );
+        }
         self.entries.push(Entry {
             hash: words(&sha256(key.expose())),
             identity: CallerIdentity::api_key(identity),
@@ -82,6 +98,9 @@ impl ApiKeySet {
     /// The caller a presented key identifies, or `None`. Hashes once, then
     /// compares against every entry in constant time.
     pub fn verify(&self, presented: &[u8]) -> Option<&CallerIdentity> {
+        if presented.len() < MIN_KEY_LEN {
+            return None;
+        }
         let hash = words(&sha256(presented));
         let mut found = None;
         // No early exit: the time taken does not depend on which entry matched.
@@ -116,6 +135,10 @@ impl fmt::Debug for ApiKeySet {
             .finish()
     }
 }
+
+/// The shortest API key accepted, in bytes: 16 (128 bits when random).
+/// Clients refuse to send a shorter one, servers to accept one.
+pub const MIN_KEY_LEN: usize = 16;
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -163,7 +186,10 @@ pub struct ApiKeyAuthConfig {
 }
 
 /// One accepted key: its hash and the caller it identifies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` leaves the hash out: an unsalted SHA-256 of a weak key is a
+/// dictionary lookup away from the key.
+#[derive(Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
 #[non_exhaustive]
 pub struct ApiKeyEntry {
@@ -171,6 +197,15 @@ pub struct ApiKeyEntry {
     pub identity: String,
     /// The key's SHA-256, 64 hex digits (see [`ApiKeySet::hash_hex`]).
     pub sha256: String,
+}
+
+impl fmt::Debug for ApiKeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyEntry")
+            .field("identity", &self.identity)
+            .field("sha256", &"[redacted]")
+            .finish()
+    }
 }
 
 impl ApiKeyEntry {
@@ -226,19 +261,32 @@ mod tests {
 
     #[test]
     fn hash_round_trips_and_rotation_keeps_both_keys() {
-        let old = Secret::from("old");
+        let old = Secret::from("old-0123456789abcdef");
         let hex = ApiKeySet::hash_hex(&old);
         assert_eq!(hex.len(), 64);
         let set = ApiKeySet::new()
             .with_hash("svc", &hex)
             .unwrap()
-            .with_key("svc", &"new".into())
-            .with_key("other", &"x".into());
-        assert_eq!(set.verify(b"old").unwrap().as_str(), "svc");
-        assert_eq!(set.verify(b"new").unwrap().as_str(), "svc");
-        assert_eq!(set.verify(b"x").unwrap().as_str(), "other");
+            .with_key("svc", &"new-0123456789abcdef".into())
+            .with_key("other", &"x-0123456789abcdef".into());
+        assert_eq!(set.verify(b"old-0123456789abcdef").unwrap().as_str(), "svc");
+        assert_eq!(set.verify(b"new-0123456789abcdef").unwrap().as_str(), "svc");
+        assert_eq!(set.verify(b"x-0123456789abcdef").unwrap().as_str(), "other");
         assert!(set.verify(b"").is_none());
         assert!(!format!("{set:?}").contains(&hex));
+    }
+
+    #[test]
+    fn short_keys_are_never_accepted_and_hashes_never_debug_printed() {
+        // Row 11 of issue 19: a 1-character key was accepted, and the
+        // config's Debug printed the unsalted hashes.
+        let set = ApiKeySet::new().with_key("svc", &"k".into());
+        assert!(set.verify(b"k").is_none());
+        let hex = ApiKeySet::hash_hex(&Secret::from("k"));
+        let cfg =
+            ApiKeyAuthConfig::new(ApiKeyHeader::default(), vec![ApiKeyEntry::new("svc", &hex)]);
+        assert!(!format!("{cfg:?}").contains(&hex));
+        assert!(!format!("{cfg:#?}").contains(&hex[..16]));
     }
 
     #[test]

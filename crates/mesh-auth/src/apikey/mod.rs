@@ -19,7 +19,9 @@ mod header;
 mod keyset;
 mod server;
 
+#[cfg(feature = "reqwest")]
+pub use client::reqwest_builder;
 pub use client::{AddApiKey, ApiKeyLayer};
 pub use header::ApiKeyHeader;
-pub use keyset::{ApiKeyAuthConfig, ApiKeyEntry, ApiKeySet};
+pub use keyset::{ApiKeyAuthConfig, ApiKeyEntry, ApiKeySet, MIN_KEY_LEN};
 pub use server::{ApiKeyAuth, ApiKeyAuthLayer};

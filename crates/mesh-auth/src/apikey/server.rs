@@ -12,15 +12,19 @@ use tower_service::Service;
 use super::header::ApiKeyHeader;
 use super::keyset::ApiKeySet;
 use crate::future::ResponseFuture;
+use crate::identity::{CallerIdentity, IdentityKind};
 
 /// Rejects requests without a valid API key with `401 Unauthorized`, and puts
-/// the key's [`CallerIdentity`](crate::CallerIdentity) into the extensions of
+/// the key's [`CallerIdentity`] into the extensions of
 /// the others.
 ///
 /// gRPC calls get `grpc-status` 16 (`UNAUTHENTICATED`) instead.
 ///
 /// The 401 has an empty body and says nothing about *why* (missing, unknown,
-/// revoked): that would only help someone guessing. The key set can be
+/// revoked, sent twice): that would only help someone guessing. A request
+/// carrying the key header more than once is refused. Once the key is
+/// accepted its header is removed from the request, so the handler (and
+/// whatever it logs or forwards) never sees it. The key set can be
 /// replaced at run time with [`replace_keys`](Self::replace_keys), for every
 /// service built from this layer at once.
 ///
@@ -32,7 +36,7 @@ use crate::future::ResponseFuture;
 /// use mesh_auth::apikey::{ApiKeyAuthLayer, ApiKeyHeader, ApiKeySet};
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 ///
-/// let keys = ApiKeySet::new().with_key("billing", &"s3cret".into());
+/// let keys = ApiKeySet::new().with_key("billing", &"sk-0123456789abcdef".into());
 /// let mut svc = ServiceBuilder::new()
 ///     .layer(ApiKeyAuthLayer::new(ApiKeyHeader::default(), keys))
 ///     .service(service_fn(|req: http::Request<()>| async move {
@@ -40,7 +44,7 @@ use crate::future::ResponseFuture;
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(who))
 ///     }));
 ///
-/// let req = http::Request::builder().header("x-api-key", "s3cret").body(()).unwrap();
+/// let req = http::Request::builder().header("x-api-key", "sk-0123456789abcdef").body(()).unwrap();
 /// let res = svc.ready().await.unwrap().call(req).await.unwrap();
 /// assert_eq!(res.body(), "billing");
 ///
@@ -57,6 +61,8 @@ pub struct ApiKeyAuthLayer {
 struct Shared {
     header: ApiKeyHeader,
     keys: ArcSwap<ApiKeySet>,
+    /// Let requests through that already carry a certificate's identity.
+    accept_mtls: bool,
 }
 
 impl ApiKeyAuthLayer {
@@ -66,6 +72,42 @@ impl ApiKeyAuthLayer {
             shared: Arc::new(Shared {
                 header,
                 keys: ArcSwap::from_pointee(keys),
+                accept_mtls: false,
+            }),
+        }
+    }
+
+    /// Lets requests through without a key when they already carry the
+    /// [`CallerIdentity`] of an mTLS client certificate (put there by
+    /// `tls::serve` or tonic's `incoming`), for servers that accept either.
+    /// A key header on such a request is removed, never checked: the
+    /// certificate is the identity.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use mesh_auth::CallerIdentity;
+    /// use mesh_auth::apikey::{ApiKeyAuthLayer, ApiKeyHeader, ApiKeySet};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(ApiKeyAuthLayer::new(ApiKeyHeader::default(), ApiKeySet::new()).accept_mtls_callers())
+    ///     .service(service_fn(|req: http::Request<()>| async move {
+    ///         let who = req.extensions().get::<CallerIdentity>().unwrap().to_string();
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(who))
+    ///     }));
+    /// let mut req = http::Request::new(());
+    /// req.extensions_mut().insert(CallerIdentity::spiffe("spiffe://example.org/orders"));
+    /// assert_eq!(svc.clone().oneshot(req).await.unwrap().body(), "spiffe://example.org/orders");
+    /// assert_eq!(svc.oneshot(http::Request::new(())).await.unwrap().status(), 401);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn accept_mtls_callers(self) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                header: self.shared.header.clone(),
+                keys: ArcSwap::new(self.shared.keys.load_full()),
+                accept_mtls: true,
             }),
         }
     }
@@ -127,24 +169,34 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let identity = match self.shared.header.extract(req.headers()) {
-            None => Err("missing"),
-            Some(key) => self
-                .shared
+        if self.shared.accept_mtls
+            && req
+                .extensions()
+                .get::<CallerIdentity>()
+                .is_some_and(|id| id.kind() != IdentityKind::ApiKey)
+        {
+            req.headers_mut().remove(self.shared.header.name());
+            return ResponseFuture::inner(self.inner.call(req));
+        }
+        let identity = self.shared.header.extract(req.headers()).and_then(|key| {
+            self.shared
                 .keys
                 .load()
                 .verify(key)
                 .cloned()
-                .ok_or("unknown"),
-        };
+                .ok_or("unknown")
+        });
         match identity {
             Ok(identity) => {
                 tracing::trace!(identity = %identity, "API key accepted");
+                // The handler needs the caller, not the key: drop it, so it
+                // cannot be logged, echoed or forwarded from here on.
+                req.headers_mut().remove(self.shared.header.name());
                 req.extensions_mut().insert(identity);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Err(reason) => {
-                // The reason is one of two fixed words; never the key.
+                // The reason is one of three fixed words; never the key.
                 tracing::debug!(reason, "API key rejected");
                 #[cfg(feature = "metrics")]
                 metrics::counter!("mesh_auth_api_key_rejected_total", "reason" => reason)

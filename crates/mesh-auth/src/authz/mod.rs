@@ -5,11 +5,17 @@
 //! it does not expect, so a compromised neighbour cannot walk the whole graph.
 //! [`AuthorizeLayer`] reads the [`CallerIdentity`](crate::CallerIdentity) that
 //! mTLS or an API key put into the request, and checks it against an
-//! [`AuthorizationPolicy`]: allow rules by identity, optionally narrowed to
+//! [`AuthorizationPolicy`]: allow rules by identity *and its kind*
+//! (`spiffe://...`, `dns:<name>`, `apikey:<name>`), optionally narrowed to
 //! methods and path prefixes, and a default that is `deny` unless said
-//! otherwise. A denied call gets `403` (gRPC calls: `grpc-status` 7,
-//! `PERMISSION_DENIED`); every decision is logged with the
-//! identity and method, never with secrets or the query string.
+//! otherwise. Paths with dot segments or encoded slashes are denied before
+//! any rule is matched. A denied call gets `403` (gRPC calls: `grpc-status`
+//! 7, `PERMISSION_DENIED`).
+//!
+//! Every decision is an audit event on the `mesh_auth::audit` tracing
+//! target: `decision`, `reason`, `rule` (its index), `identity`, `kind`,
+//! `trust_domain`, `cert_sha256`, `method` and `path` (never the query
+//! string, a header or a secret). Denials are INFO, allows DEBUG.
 //!
 //! # Example
 //!
@@ -44,5 +50,5 @@ mod policy;
 mod service;
 
 pub use layer::AuthorizeLayer;
-pub use policy::{AuthorizationPolicy, CompiledPolicy, Decision, Rule};
+pub use policy::{AuthorizationPolicy, CompiledPolicy, Decision, Rule, Verdict};
 pub use service::Authorize;

@@ -3,7 +3,7 @@ use std::task::{Context, Poll};
 use http::StatusCode;
 use tower_service::Service;
 
-use super::policy::{CompiledPolicy, Decision};
+use super::policy::{CompiledPolicy, Decision, Verdict};
 use crate::future::ResponseFuture;
 use crate::identity::CallerIdentity;
 
@@ -51,20 +51,46 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let identity = req.extensions().get::<CallerIdentity>();
-        let decision = self.policy.decide(identity, req.method(), req.uri().path());
-        let who = identity.map_or("anonymous", CallerIdentity::as_str);
+        let path = req.uri().path();
+        let verdict = self.policy.explain(identity, req.method(), path);
+        audit(&verdict, identity, req.method(), path);
         #[cfg(feature = "metrics")]
-        metrics::counter!("mesh_auth_authorization_total", "decision" => decision.as_str())
+        metrics::counter!("mesh_auth_authorization_total", "decision" => verdict.decision.as_str())
             .increment(1);
-        match decision {
-            Decision::Allow => {
-                tracing::debug!(identity = who, method = %req.method(), "request allowed");
-                ResponseFuture::inner(self.inner.call(req))
-            }
+        match verdict.decision {
+            Decision::Allow => ResponseFuture::inner(self.inner.call(req)),
             Decision::Deny => {
-                tracing::info!(identity = who, method = %req.method(), "request denied");
                 ResponseFuture::reject(req.headers(), StatusCode::FORBIDDEN, "7", &[])
             }
         }
+    }
+}
+
+/// The audit event of one decision, on the `mesh_auth::audit` target:
+/// denials at INFO, allows at DEBUG (turn them on with
+/// `RUST_LOG=mesh_auth::audit=debug`). The path is logged without its query
+/// string; no header, key or body ever is.
+fn audit(verdict: &Verdict, identity: Option<&CallerIdentity>, method: &http::Method, path: &str) {
+    macro_rules! event {
+        ($level:expr, $msg:literal) => {
+            tracing::event!(
+                target: "mesh_auth::audit",
+                $level,
+                decision = verdict.decision.as_str(),
+                reason = verdict.reason,
+                rule = verdict.rule,
+                identity = identity.map_or("anonymous", CallerIdentity::as_str),
+                kind = identity.map(|i| i.kind().as_str()),
+                trust_domain = identity.and_then(CallerIdentity::trust_domain),
+                cert_sha256 = identity.and_then(CallerIdentity::certificate_fingerprint),
+                method = %method,
+                path,
+                $msg
+            )
+        };
+    }
+    match verdict.decision {
+        Decision::Allow => event!(tracing::Level::DEBUG, "request allowed"),
+        Decision::Deny => event!(tracing::Level::INFO, "request denied"),
     }
 }

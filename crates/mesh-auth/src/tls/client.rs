@@ -235,10 +235,15 @@ impl ClientMaterial {
                 .add(c)
                 .map_err(|e| TlsError::new(TlsErrorKind::Config, format!("CA: {e}")))?;
         }
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsError::new(TlsErrorKind::Config, format!("CA: {e}")))?;
+        let crls = ca.load_crls()?;
+        let mut builder =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        if !crls.is_empty() {
+            builder = builder.with_crls(crls).allow_unknown_revocation_status();
+        }
+        let verifier = builder
+            .build()
+            .map_err(|e| TlsError::new(TlsErrorKind::Config, format!("CA: {e}")))?;
         let key = match pair {
             Some((cert, key)) => Some(Arc::new(
                 CertifiedKey::from_der(

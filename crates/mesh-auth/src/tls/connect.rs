@@ -28,9 +28,16 @@ impl MtlsClientConfig {
 impl MtlsClientConfig {
     /// A `reqwest::ClientBuilder` using this TLS config; set timeouts and the
     /// rest on it, then `build()`.
+    ///
+    /// Redirects are not followed: a client that presents credentials (a
+    /// certificate, and often an API key on top) should not carry them to
+    /// wherever a `Location` header points. The 3xx response comes back to
+    /// the caller; opt in with `.redirect(...)` on the builder if a service
+    /// really needs it.
     pub fn reqwest_builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .https_only(true)
+            .redirect(reqwest::redirect::Policy::none())
             .use_preconfigured_tls(self.rustls_config().as_ref().clone())
     }
 }

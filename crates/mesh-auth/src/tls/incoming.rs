@@ -52,6 +52,8 @@ impl MtlsAcceptor {
         let (tx, rx) = mpsc::channel(64);
         let task = tokio::spawn(async move {
             loop {
+                // At the handshake cap, connections wait in the listener's backlog.
+                let slot = self.slot().await;
                 let tcp = match listener.accept().await {
                     Ok((tcp, _)) => tcp,
                     Err(err) => {
@@ -62,7 +64,7 @@ impl MtlsAcceptor {
                 };
                 let (acceptor, tx) = (self.clone(), tx.clone());
                 tokio::spawn(async move {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
+                    if let Ok(stream) = acceptor.accept_in_slot(tcp, slot).await {
                         let _ = tx.send(stream).await;
                     }
                 });

@@ -75,7 +75,7 @@ mod serve;
 mod server;
 mod sessions;
 
-pub use acceptor::{MtlsAcceptor, MtlsStream};
+pub use acceptor::{DEFAULT_MAX_CONCURRENT_HANDSHAKES, MtlsAcceptor, MtlsStream};
 pub use client::{ClientTlsConfig, MtlsClientConfig};
 pub use extension::{AddIdentity, AddIdentityLayer};
 #[cfg(feature = "tonic")]

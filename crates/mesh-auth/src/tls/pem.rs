@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::error::{TlsError, TlsErrorKind};
 
@@ -12,7 +12,9 @@ use crate::error::{TlsError, TlsErrorKind};
 ///
 /// With the `serde` feature it reads as `{ "file": "/etc/mesh/tls.crt" }` or
 /// `{ "pem": "-----BEGIN CERTIFICATE-----..." }`. `Debug` never prints the
-/// bytes, since a private key may be among them.
+/// bytes, since a private key may be among them; serializing writes
+/// certificates and CRLs out but a document holding a private key as
+/// `"[redacted]"`, which reads back as an error rather than as a key.
 #[derive(Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -21,7 +23,31 @@ pub enum PemSource {
     /// A PEM file; certificates reload when it changes.
     File(PathBuf),
     /// PEM text held in memory.
+    #[cfg_attr(feature = "serde", serde(with = "serde_pem"))]
     Pem(String),
+}
+
+#[cfg(feature = "serde")]
+mod serde_pem {
+    use crate::secret::{REDACTED, REDACTED_READ_BACK};
+
+    pub(super) fn serialize<S: serde::Serializer>(pem: &str, s: S) -> Result<S::Ok, S::Error> {
+        // `PRIVATE KEY` covers PKCS#8 (`BEGIN PRIVATE KEY`, `BEGIN ENCRYPTED
+        // PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) and SEC1 (`EC PRIVATE KEY`).
+        if pem.contains("PRIVATE KEY") {
+            s.serialize_str(REDACTED)
+        } else {
+            s.serialize_str(pem)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        if text == REDACTED {
+            return Err(serde::de::Error::custom(REDACTED_READ_BACK));
+        }
+        Ok(text)
+    }
 }
 
 impl PemSource {
@@ -64,6 +90,14 @@ impl PemSource {
             return Err(malformed(self, "no CERTIFICATE section"));
         }
         Ok(certs)
+    }
+
+    /// Every `X509 CRL` section in the document (none is fine).
+    pub fn load_crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        let bytes = self.read()?;
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| malformed(self, &format!("bad CRL PEM: {e}")))
     }
 
     /// The first private key (PKCS#8, PKCS#1 or SEC1) in the document.

@@ -46,6 +46,9 @@ where
     B::Error: Into<BoxError>,
 {
     loop {
+        // A handshake slot first: at the cap, connections wait in the
+        // listener's backlog rather than as tasks here.
+        let slot = acceptor.slot().await;
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
@@ -59,7 +62,7 @@ where
         let span = tracing::debug_span!("mtls_connection", peer = %peer);
         tokio::spawn(
             async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
+                let Ok(stream) = acceptor.accept_in_slot(tcp, slot).await else {
                     return; // already logged with its kind
                 };
                 let identity = stream.identity().clone();

@@ -20,6 +20,16 @@ pub enum Validity {
     Now,
     Expired,
     NotYetValid,
+    /// Valid since an hour ago, until this many seconds from now.
+    ForSeconds(u64),
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub struct Leaf {
@@ -42,6 +52,29 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// A CRL of this CA revoking these serial numbers, as PEM.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let now = epoch + std::time::Duration::from_secs(unix_now() - 60);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + std::time::Duration::from_secs(86_400),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+
     pub fn source(&self) -> PemSource {
         PemSource::pem(self.pem())
     }
@@ -49,7 +82,13 @@ impl Ca {
     /// A leaf certificate. SANs starting with `spiffe://` are URIs, IPs are IPs,
     /// anything else a DNS name.
     pub fn leaf(&self, sans: &[&str], validity: Validity) -> Leaf {
+        self.leaf_with_serial(sans, validity, None)
+    }
+
+    /// A leaf with this serial number (for CRLs).
+    pub fn leaf_with_serial(&self, sans: &[&str], validity: Validity, serial: Option<u64>) -> Leaf {
         let mut params = CertificateParams::default();
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params
             .distinguished_name
             .push(DnType::CommonName, sans.first().copied().unwrap_or("leaf"));
@@ -74,6 +113,12 @@ impl Ca {
             Validity::NotYetValid => {
                 params.not_before = rcgen::date_time_ymd(2090, 1, 1);
                 params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }
+            Validity::ForSeconds(secs) => {
+                let epoch = rcgen::date_time_ymd(1970, 1, 1);
+                let now = unix_now();
+                params.not_before = epoch + std::time::Duration::from_secs(now - 3600);
+                params.not_after = epoch + std::time::Duration::from_secs(now + secs);
             }
         }
         let key = KeyPair::generate().unwrap();

@@ -151,6 +151,11 @@ impl ConsulClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            // The token rides in `X-Consul-Token`, which reqwest keeps on a
+            // redirect to another host: an agent (or anything in its place)
+            // answering 307 would get it forwarded. Consul's HTTP API does
+            // not redirect; a redirect is an error here.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mesh-discovery/", env!("CARGO_PKG_VERSION")));
         let mut host = parsed.address.host_str().to_string();
         if parsed.https {
