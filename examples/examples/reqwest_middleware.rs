@@ -64,7 +64,7 @@ async fn main() -> Result<(), BoxError> {
     // Add the mesh last: it answers requests to the services it knows.
     let reqwest = reqwest::Client::new();
     let client = ClientBuilder::new(reqwest.clone())
-        .with(mesh.reqwest_middleware(reqwest)?)
+        .with(mesh.reqwest_middleware(&reqwest)?)
         .build();
 
     for i in 0..6 {

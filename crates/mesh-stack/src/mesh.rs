@@ -367,7 +367,7 @@ impl Mesh {
     /// # async fn run(mesh: Mesh) -> Result<(), mesh_stack::core::BoxError> {
     /// let reqwest = reqwest::Client::new();
     /// let client = reqwest_middleware::ClientBuilder::new(reqwest.clone())
-    ///     .with(mesh.reqwest_middleware(reqwest)?)
+    ///     .with(mesh.reqwest_middleware(&reqwest)?)
     ///     .build();
     /// let text = client.get("http://users/profile/7").send().await?.text().await?;
     /// # let _ = text;
@@ -377,7 +377,7 @@ impl Mesh {
     #[cfg(feature = "reqwest-middleware")]
     pub fn reqwest_middleware(
         &self,
-        client: reqwest::Client,
+        client: &reqwest::Client,
     ) -> Result<crate::middleware::MeshMiddleware, MeshError> {
         crate::middleware::MeshMiddleware::new(self, client)
     }

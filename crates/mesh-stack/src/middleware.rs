@@ -36,7 +36,7 @@
 //! let mesh = Mesh::new(MeshConfig::from_path("mesh.toml")?)?;
 //! let reqwest = reqwest::Client::new();
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest.clone())
-//!     .with(mesh.reqwest_middleware(reqwest)?)
+//!     .with(mesh.reqwest_middleware(&reqwest)?)
 //!     .build();
 //! let profile = client.get("http://users/profile/7").send().await?.error_for_status()?;
 //! # let _ = profile;
@@ -77,7 +77,7 @@ impl fmt::Debug for MeshMiddleware {
 impl MeshMiddleware {
     /// A stack over `client` for every service of `mesh`'s config (starting
     /// their discovery sources: a Consul watch needs a tokio runtime).
-    pub fn new(mesh: &Mesh, client: reqwest::Client) -> Result<Self, MeshError> {
+    pub fn new(mesh: &Mesh, client: &reqwest::Client) -> Result<Self, MeshError> {
         let services = mesh
             .config()
             .services

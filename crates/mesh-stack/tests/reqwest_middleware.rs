@@ -30,7 +30,7 @@ fn client(mesh: &Mesh) -> ClientWithMiddleware {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let reqwest = reqwest::Client::new();
     ClientBuilder::new(reqwest.clone())
-        .with(mesh.reqwest_middleware(reqwest).unwrap())
+        .with(mesh.reqwest_middleware(&reqwest).unwrap())
         .build()
 }
 
