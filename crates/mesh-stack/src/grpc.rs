@@ -269,6 +269,28 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_open_breaker_is_unavailable() {
+        use tower::ServiceExt;
+
+        let ok = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, BoxError>(http::Response::new(()))
+        });
+        let breaker =
+            mesh_breaker::CircuitBreakerLayer::new(mesh_breaker::BreakerConfig::default())
+                .unwrap()
+                .name("users")
+                .layer(ok);
+        breaker.handle().force_open();
+        let err = GrpcStatusLayer::new()
+            .layer(breaker)
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap_err();
+        let status = Status::from_error(err);
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+
     #[test]
     fn an_attempt_timeout_is_deadline_exceeded() {
         let status = mapped(Box::new(tower::timeout::error::Elapsed::new()));
