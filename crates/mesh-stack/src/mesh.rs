@@ -263,7 +263,7 @@ impl Mesh {
     /// and streaming request bodies buffered (up to the retry config's
     /// `max_replay_body`) so that they can be retried. The inner client sends
     /// `ReplayBody<tonic::body::Body>` over HTTP/2; turn `TCP_NODELAY` on in
-    /// its connector ([`inner::connector`](crate::inner)), or unary calls
+    /// its connector ([`inner::connector`](crate::inner::connector)), or unary calls
     /// wait ~40 ms on Nagle's algorithm. [`grpc_channel`](Self::grpc_channel)
     /// (feature `tonic`) builds that client for you and maps mesh errors to
     /// tonic statuses.
