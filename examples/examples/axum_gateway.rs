@@ -18,19 +18,17 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mesh_stack::core::BoxError;
 use mesh_stack::discovery::consul::{
     CheckDefinition, ConsulClient, ConsulConfig, Registration, ServiceRegistration,
 };
+use mesh_stack::inner::{self, HyperClient};
 use mesh_stack::{ConsulSourceConfig, Mesh, MeshConfig, MeshService, ServiceConfig};
 use mesh_testkit::{Backend, Behavior, FakeConsul};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-type Users = MeshService<Client<HttpConnector, Empty<Bytes>>>;
+type Users = MeshService<HyperClient<Empty<Bytes>>>;
 
 /// `GET /users/{id}`: asks the `users` service through the mesh.
 async fn user(State(users): State<Users>, Path(id): Path<u32>) -> (StatusCode, String) {
@@ -128,8 +126,8 @@ async fn main() -> Result<(), BoxError> {
     let mesh = Mesh::builder(config)
         .consul_client(consul.clone())
         .build()?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let users = mesh.http_client("users", client)?;
+    // hyper-util's client with TCP_NODELAY and a bounded idle pool.
+    let users = mesh.hyper_client("users")?;
 
     // The gateway itself, registered too.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -162,7 +160,7 @@ async fn main() -> Result<(), BoxError> {
     while discovery.current().len() < 2 && start.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let plain = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let plain: HyperClient<Empty<Bytes>> = inner::http_client();
     for id in 1..=5 {
         let resp = plain
             .get(format!("http://{addr}/users/{id}").parse()?)

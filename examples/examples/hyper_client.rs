@@ -10,8 +10,6 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mesh_stack::core::{BoxError, Endpoint};
 use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
 use mesh_testkit::{Backend, Behavior};
@@ -35,8 +33,9 @@ async fn main() -> Result<(), BoxError> {
         ]),
     );
     let mesh = Mesh::new(config)?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let users = mesh.http_client("users", client)?; // Clone, no Buffer
+    // hyper-util's client, built with TCP_NODELAY and a bounded idle pool
+    // (or `mesh.http_client("users", your_client)`).
+    let users = mesh.hyper_client::<Empty<Bytes>>("users")?; // Clone, no Buffer
 
     for i in 0..10 {
         let req = http::Request::get("http://users/profile/7").body(Empty::new())?;

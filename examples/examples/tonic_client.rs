@@ -11,11 +11,7 @@
 
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mesh_stack::core::{BoxError, Endpoint};
-use mesh_stack::retry::ReplayBody;
 use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
@@ -45,14 +41,11 @@ async fn main() -> Result<(), BoxError> {
     service.retry.idempotent_grpc_methods = vec!["/grpc.health.v1.Health/Check".into()];
     let mesh = Mesh::new(MeshConfig::new().service("health", service))?;
 
-    // HTTP/2 to each endpoint; the stack buffers tonic's streaming bodies so
-    // that they can be sent again.
-    let h2: Client<HttpConnector, ReplayBody<tonic::body::Body>> =
-        Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    // HTTP/2 with TCP_NODELAY to each endpoint; the stack buffers tonic's
+    // streaming bodies so that they can be sent again, and mesh errors reach
+    // the caller as tonic statuses (`Unavailable`, `DeadlineExceeded`).
     let mut health =
-        HealthClient::with_origin(mesh.grpc_client("health", h2)?, "http://health".parse()?);
+        HealthClient::with_origin(mesh.grpc_channel("health")?, "http://health".parse()?);
 
     for i in 0..4 {
         let resp = health
@@ -72,5 +65,20 @@ async fn main() -> Result<(), BoxError> {
         "unknown service: {:?} (not a failure: not retried, breaker untouched)",
         unknown.code()
     );
+
+    // A service whose only endpoint refuses connections: `Unavailable`, as
+    // tonic's own `Channel` would say.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
+    let mut down = ServiceConfig::with_static([Endpoint::from_address(closed.into())]);
+    down.retry.max_retries = 0;
+    let mesh = Mesh::new(MeshConfig::new().service("down", down))?;
+    let mut down = HealthClient::with_origin(mesh.grpc_channel("down")?, "http://down".parse()?);
+    let status = down
+        .check(HealthCheckRequest::default())
+        .await
+        .expect_err("nobody listens");
+    println!("endpoint down: {:?}: {}", status.code(), status.message());
     Ok(())
 }

@@ -14,13 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mesh_stack::core::{AvailabilityState, BoxError};
 use mesh_stack::discovery::consul::{
     CheckDefinition, ConsulClient, ConsulConfig, Registration, ServiceRegistration,
 };
+use mesh_stack::inner::{self, HyperClient};
 use mesh_stack::{Mesh, MeshConfig, MeshService};
 use mesh_testkit::backend::{Backend, Behavior};
 use mesh_testkit::consul::FakeConsul;
@@ -231,7 +229,7 @@ type Recorder = Arc<BTreeMap<u16, (String, EndpointCounts)>>;
 /// The inner client, counting each attempt by the port it goes to.
 #[derive(Clone)]
 struct Counting {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: HyperClient<Empty<Bytes>>,
     recorder: Recorder,
 }
 
@@ -397,8 +395,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, BoxError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let hyper_client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    // The same client (TCP_NODELAY, bounded idle pool) for both runs, so the
+    // comparison is the mesh's alone.
+    let hyper_client: HyperClient<Empty<Bytes>> = inner::http_client();
 
     // Run 1: through the mesh.
     let recorder = new_recorder(&backends);

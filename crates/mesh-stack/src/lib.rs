@@ -62,7 +62,14 @@
 //!
 //! - `serde` (default): `MeshConfig` Serialize/Deserialize.
 //! - `toml`, `yaml`, `json`: parsers for the config formats.
+//! - `hyper`: [`Mesh::hyper_client`] and [`inner`]: hyper-util's client built
+//!   with `TCP_NODELAY` and a bounded idle pool.
+//! - `tonic` (implies `hyper`): [`Mesh::grpc_channel`] for generated tonic
+//!   clients, and [`GrpcStatusLayer`]: mesh errors become the `tonic::Status`
+//!   tonic would use (`Unavailable`, `DeadlineExceeded`).
 //! - `reqwest`: [`Mesh::reqwest_client`].
+//! - `reqwest-middleware` (implies `reqwest`): [`Mesh::reqwest_middleware`],
+//!   the mesh as a `reqwest_middleware::Middleware`.
 //! - `metrics`: the layers' counters and gauges through the `metrics` facade
 //!   (labelled by service, endpoint, outcome and state; never request data).
 //!
@@ -71,7 +78,13 @@
 pub mod builder;
 pub mod config;
 pub mod endpoint;
+#[cfg(feature = "tonic")]
+pub mod grpc;
+#[cfg(feature = "hyper")]
+pub mod inner;
 pub mod mesh;
+#[cfg(feature = "reqwest-middleware")]
+pub mod middleware;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod security;
@@ -85,6 +98,11 @@ pub use security::{
     CredentialsLayer, MeshTlsConfig, ServerSecurityConfig, ServerSecurityLayer, ServiceApiKeyConfig,
 };
 pub use timeout::AttemptTimeout;
+
+#[cfg(feature = "tonic")]
+pub use grpc::{GrpcChannel, GrpcStatus, GrpcStatusLayer};
+#[cfg(feature = "reqwest-middleware")]
+pub use middleware::MeshMiddleware;
 
 // The layers and their configs, so that `mesh-stack` alone is enough.
 pub use mesh_balance::{BalanceConfig, Strategy};

@@ -263,8 +263,11 @@ impl Mesh {
     /// tonic client (`HealthClient::new(stack)`): gRPC status classification,
     /// and streaming request bodies buffered (up to the retry config's
     /// `max_replay_body`) so that they can be retried. The inner client sends
-    /// `ReplayBody<tonic::body::Body>`: e.g. hyper-util's
-    /// `Client::builder(TokioExecutor::new()).http2_only(true).build_http()`.
+    /// `ReplayBody<tonic::body::Body>` over HTTP/2; turn `TCP_NODELAY` on in
+    /// its connector ([`inner::connector`](crate::inner::connector)), or unary calls
+    /// wait ~40 ms on Nagle's algorithm. [`grpc_channel`](Self::grpc_channel)
+    /// (feature `tonic`) builds that client for you and maps mesh errors to
+    /// tonic statuses.
     pub fn grpc_client<S>(&self, name: &str, inner: S) -> Result<GrpcMeshService<S>, MeshError>
     where
         S: Clone,
@@ -369,6 +372,100 @@ impl Mesh {
     pub fn server_layer(&self) -> Result<crate::security::ServerSecurityLayer, MeshError> {
         let config = crate::security::server_config(&self.shared.config);
         Ok(crate::security::ServerSecurityLayer::new(&config)?)
+    }
+
+    // ===== ready-made inner clients and client integrations =====
+
+    /// The stack of the service `name` over hyper-util's client, built with
+    /// fast defaults ([`inner::http_client`](crate::inner::http_client):
+    /// `TCP_NODELAY`, a bounded idle pool). Requests address the service by
+    /// name: `http://users/profile/7`; bodies must be cloneable for retries
+    /// (`Full`, `Empty`, `String`, ...).
+    ///
+    /// ```
+    /// # use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
+    /// # use mesh_stack::core::Endpoint;
+    /// use bytes::Bytes;
+    /// use http_body_util::Empty;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mesh_stack::core::BoxError> {
+    /// # let config = MeshConfig::new().service(
+    /// #     "users",
+    /// #     ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:8081".parse()?)]),
+    /// # );
+    /// let mesh = Mesh::new(config)?;
+    /// let users = mesh.hyper_client::<Empty<Bytes>>("users")?; // Clone, no Buffer
+    /// # let _ = users;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "hyper")]
+    pub fn hyper_client<B>(
+        &self,
+        name: &str,
+    ) -> Result<MeshService<crate::inner::HyperClient<B>>, MeshError>
+    where
+        B: http_body::Body + Send,
+        B::Data: Send,
+    {
+        self.http_client(name, crate::inner::http_client())
+    }
+
+    /// The gRPC stack of the service `name` for a generated tonic client,
+    /// over an HTTP/2 client built with fast defaults
+    /// ([`inner::http2_client`](crate::inner::http2_client): `TCP_NODELAY`,
+    /// a bounded idle pool), its errors mapped to the `tonic::Status` tonic
+    /// itself would use ([`GrpcStatusLayer`](crate::GrpcStatusLayer):
+    /// `Unavailable` when no endpoint can be reached, `DeadlineExceeded` past
+    /// the deadline).
+    ///
+    /// ```
+    /// # use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
+    /// # use mesh_stack::core::Endpoint;
+    /// use tonic_health::pb::health_client::HealthClient;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mesh_stack::core::BoxError> {
+    /// # let config = MeshConfig::new().service(
+    /// #     "health",
+    /// #     ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:50051".parse()?)]),
+    /// # );
+    /// let mesh = Mesh::new(config)?;
+    /// let health = HealthClient::with_origin(mesh.grpc_channel("health")?, "http://health".parse()?);
+    /// # let _ = health;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tonic")]
+    pub fn grpc_channel(&self, name: &str) -> Result<crate::grpc::GrpcChannel, MeshError> {
+        let stack = self.grpc_client(name, crate::inner::http2_client())?;
+        Ok(crate::grpc::GrpcStatusLayer::new().layer(stack))
+    }
+
+    /// The mesh as a `reqwest_middleware::Middleware` over `client`: a
+    /// `ClientWithMiddleware` sends requests to `http://<service>/...`
+    /// through that service's stack, with reqwest's builder API. Add it last;
+    /// see [`MeshMiddleware`](crate::middleware::MeshMiddleware).
+    ///
+    /// ```no_run
+    /// # use mesh_stack::{Mesh, MeshConfig};
+    /// # async fn run(mesh: Mesh) -> Result<(), mesh_stack::core::BoxError> {
+    /// let reqwest = reqwest::Client::new();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest.clone())
+    ///     .with(mesh.reqwest_middleware(&reqwest)?)
+    ///     .build();
+    /// let text = client.get("http://users/profile/7").send().await?.text().await?;
+    /// # let _ = text;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "reqwest-middleware")]
+    pub fn reqwest_middleware(
+        &self,
+        client: &reqwest::Client,
+    ) -> Result<crate::middleware::MeshMiddleware, MeshError> {
+        crate::middleware::MeshMiddleware::new(self, client)
     }
 }
 
