@@ -22,6 +22,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_discovery::EndpointSet;
+use mesh_discovery::consul::reader;
 use mesh_discovery::consul::{parse_health, parse_health_update};
 
 /// A body shaped like Consul's, 10,000 entries on 1,000 nodes, each with the
@@ -82,9 +83,37 @@ fn bench(c: &mut Criterion) {
             changes
         })
     });
+    g.bench_function("reader_parse_snapshot_diff", |b| {
+        b.iter(|| {
+            let set = EndpointSet::new(reader::parse_health(black_box(&after)).unwrap());
+            let changes = previous.diff(&set);
+            assert_eq!(changes.len(), 1);
+            changes
+        })
+    });
+    g.bench_function("reader_update_snapshot_diff", |b| {
+        b.iter(|| {
+            let set = EndpointSet::new(
+                reader::parse_health_update(black_box(&after), &previous).unwrap(),
+            );
+            let changes = previous.diff(&set);
+            assert_eq!(changes.len(), 1);
+            changes
+        })
+    });
     let before_unique = health_body(10_000, None, true);
     let after_unique = health_body(10_000, Some(5_000), true);
     let previous_unique = EndpointSet::new(parse_health(&before_unique).unwrap());
+    g.bench_function("reader_update_snapshot_diff_unique_indexes", |b| {
+        b.iter(|| {
+            let body = black_box(&after_unique);
+            let set =
+                EndpointSet::new(reader::parse_health_update(body, &previous_unique).unwrap());
+            let changes = previous_unique.diff(&set);
+            assert_eq!(changes.len(), 1);
+            changes
+        })
+    });
     g.bench_function("update_snapshot_diff_unique_indexes", |b| {
         b.iter(|| {
             let body = black_box(&after_unique);

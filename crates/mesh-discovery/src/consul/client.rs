@@ -39,11 +39,13 @@ pub struct HealthQuery {
     pub service: String,
     /// Only instances whose checks all pass (`?passing`; default true).
     pub passing_only: bool,
-    /// Only instances with all these tags (`?tag=`, repeated).
+    /// Only instances with all these tags, sent as part of the `filter`
+    /// (`Service.Tags contains "v2"`; Consul deprecated `?tag=`).
     pub tags: Vec<String>,
     /// Another datacenter (`?dc=`).
     pub datacenter: Option<String>,
-    /// A bexpr filter (`?filter=`).
+    /// A filter expression (`?filter=`, Consul's filter language, e.g.
+    /// `Service.Meta.version == "2"`), combined with `tags` by `and`.
     pub filter: Option<String>,
     /// Sort by round-trip time from this node (`?near=`, e.g. `_agent`).
     pub near: Option<String>,
@@ -72,6 +74,35 @@ impl HealthQuery {
         self
     }
 
+    /// The `filter` sent: one `Service.Tags contains "<tag>"` per tag and the
+    /// user's filter, joined by `and`; `None` when there is neither.
+    ///
+    /// ```
+    /// use mesh_discovery::consul::HealthQuery;
+    ///
+    /// let mut q = HealthQuery::new("web").tag("v2");
+    /// q.filter = Some(r#"Service.Meta.zone == "a" or Service.Meta.zone == "b""#.into());
+    /// assert_eq!(
+    ///     q.filter_expression().unwrap(),
+    ///     r#"Service.Tags contains "v2" and (Service.Meta.zone == "a" or Service.Meta.zone == "b")"#
+    /// );
+    /// ```
+    pub fn filter_expression(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .tags
+            .iter()
+            .map(|t| format!("Service.Tags contains {}", quote(t)))
+            .collect();
+        if let Some(f) = self.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+            parts.push(if parts.is_empty() {
+                f.to_owned()
+            } else {
+                format!("({f})")
+            });
+        }
+        (!parts.is_empty()).then(|| parts.join(" and "))
+    }
+
     /// Checks the service name and the query values before anything is sent.
     pub fn validate(&self) -> Result<(), InvalidName> {
         check_name("service name", &self.service)?;
@@ -91,19 +122,36 @@ impl HealthQuery {
     }
 }
 
+/// A filter-language string literal.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 impl Default for HealthQuery {
     fn default() -> Self {
         Self::new("")
     }
 }
 
-/// One answer of a health query: the raw body and the blocking index.
+/// One answer of a health query: the raw body, the blocking index and what
+/// the servers said about their freshness and ACL filtering.
 #[derive(Debug, Clone)]
 pub struct HealthAnswer {
     /// The JSON body, for [`parse_health`](super::parse_health).
     pub body: Bytes,
     /// `X-Consul-Index`, when present and a number.
     pub index: Option<u64>,
+    /// `X-Consul-KnownLeader`: whether the answering server knew a leader.
+    /// `None` when absent (the streaming backend does not send it).
+    pub known_leader: Option<bool>,
+    /// `X-Consul-LastContact`: how long since the answering server heard
+    /// from the leader (0 on the leader). `None` when absent.
+    pub last_contact: Option<Duration>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: the token may not read
+    /// some (maybe all) of the results, which Consul left out instead of
+    /// refusing. An empty answer with this set is an ACL problem, not "no
+    /// instances".
+    pub filtered_by_acls: bool,
 }
 
 /// A Consul HTTP client. Cheap to clone (one `Arc`).
@@ -241,23 +289,24 @@ impl ConsulClient {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
-        if status == http::StatusCode::NOT_FOUND {
-            let mut e = DiscoveryError::status(404, &body);
-            e = DiscoveryError::new(ErrorKind::NotFound, e.to_string());
-            return Err(e);
-        }
         if !status.is_success() {
             return Err(DiscoveryError::status(status.as_u16(), &body));
         }
         Ok((headers, body))
     }
 
-    /// `PUT /v1/agent/service/register`.
+    /// `PUT /v1/agent/service/register`, with the ID always sent (see
+    /// [`ServiceRegistration::effective_id`]). The instance is not routable
+    /// yet when this returns: its checks start critical. Use
+    /// [`Registration::register`](super::Registration::register), which
+    /// waits until it is.
     pub async fn register(&self, registration: &ServiceRegistration) -> Result<(), DiscoveryError> {
         registration.validate().map_err(|e| {
             DiscoveryError::new(ErrorKind::Other, "invalid registration").with_source(e)
         })?;
-        let body = serde_json::to_vec(registration).map_err(|e| {
+        let mut registration = registration.clone();
+        registration.id = Some(registration.effective_id().into_owned());
+        let body = serde_json::to_vec(&registration).map_err(|e| {
             DiscoveryError::new(ErrorKind::Other, "could not encode").with_source(e)
         })?;
         let url = self.url(&["v1", "agent", "service", "register"]);
@@ -269,7 +318,7 @@ impl ConsulClient {
     }
 
     /// `PUT /v1/agent/service/deregister/:service_id`. Deregistering an
-    /// unknown ID succeeds (it is gone either way).
+    /// unknown ID (Consul answers 404) succeeds: it is gone either way.
     pub async fn deregister(&self, service_id: &str) -> Result<(), DiscoveryError> {
         check_name("service ID", service_id).map_err(|e| {
             DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
@@ -281,6 +330,71 @@ impl ConsulClient {
         {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             other => other.map(drop),
+        }
+    }
+
+    /// Puts a service instance on this agent in maintenance (`Some(reason)`)
+    /// or takes it out (`None`): `PUT /v1/agent/service/maintenance/:id`.
+    /// In maintenance, Consul adds a critical `_service_maintenance:<id>`
+    /// check, so watchers drop the instance. Unknown IDs are
+    /// [`ErrorKind::NotFound`] errors.
+    pub async fn service_maintenance(
+        &self,
+        service_id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), DiscoveryError> {
+        check_name("service ID", service_id).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
+        })?;
+        let url = self.url(&["v1", "agent", "service", "maintenance", service_id]);
+        self.maintenance(url, reason).await
+    }
+
+    /// Puts this agent's whole node in maintenance (`Some(reason)`) or takes
+    /// it out (`None`): `PUT /v1/agent/maintenance`. Every instance on the
+    /// node gets a critical `_node_maintenance` check.
+    pub async fn node_maintenance(&self, reason: Option<&str>) -> Result<(), DiscoveryError> {
+        let url = self.url(&["v1", "agent", "maintenance"]);
+        self.maintenance(url, reason).await
+    }
+
+    async fn maintenance(&self, mut url: Url, reason: Option<&str>) -> Result<(), DiscoveryError> {
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("enable", if reason.is_some() { "true" } else { "false" });
+            if let Some(r) = reason.filter(|r| !r.is_empty()) {
+                q.append_pair("reason", r);
+            }
+        }
+        self.send(self.request(Method::PUT, url, self.inner.request_timeout))
+            .await
+            .map(drop)
+    }
+
+    /// The aggregated status of a service instance on this agent, its node's
+    /// checks included: `GET /v1/agent/health/service/id/:service_id`
+    /// (200 passing, 429 warning, 503 critical). An unknown instance is an
+    /// [`ErrorKind::NotFound`] error.
+    pub async fn agent_service_status(
+        &self,
+        service_id: &str,
+    ) -> Result<CheckStatus, DiscoveryError> {
+        check_name("service ID", service_id).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
+        })?;
+        let url = self.url(&["v1", "agent", "health", "service", "id", service_id]);
+        let resp = self
+            .request(Method::GET, url, self.inner.request_timeout)
+            .send()
+            .await
+            .map_err(DiscoveryError::from_reqwest)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
+        match status {
+            200 => Ok(CheckStatus::Passing),
+            429 => Ok(CheckStatus::Warning),
+            503 => Ok(CheckStatus::Critical),
+            _ => Err(DiscoveryError::status(status, &body)),
         }
     }
 
@@ -336,14 +450,11 @@ impl ConsulClient {
             if query.passing_only {
                 q.append_key_only("passing");
             }
-            for t in &query.tags {
-                q.append_pair("tag", t);
-            }
             if let Some(dc) = &query.datacenter {
                 q.append_pair("dc", dc);
             }
-            if let Some(f) = &query.filter {
-                q.append_pair("filter", f);
+            if let Some(f) = query.filter_expression() {
+                q.append_pair("filter", &f);
             }
             if let Some(n) = &query.near {
                 q.append_pair("near", n);
@@ -370,11 +481,21 @@ impl ConsulClient {
             }
         }
         let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
-        let index = headers
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        Ok(HealthAnswer { body, index })
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        Ok(HealthAnswer {
+            index: header("x-consul-index").and_then(|v| v.parse().ok()),
+            known_leader: header("x-consul-knownleader").and_then(|v| v.parse().ok()),
+            last_contact: header("x-consul-lastcontact")
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+            filtered_by_acls: header("x-consul-results-filtered-by-acls") == Some("true"),
+            body,
+        })
     }
 }
 

@@ -28,16 +28,17 @@ mod config;
 mod health;
 mod json;
 mod model;
+#[doc(hidden)]
+pub mod reader;
 mod registration;
 mod watch;
 
 pub use client::{CheckStatus, Consistency, ConsulClient, HealthAnswer, HealthQuery};
 pub use config::{ConsulConfig, ConsulToken};
-pub use health::{parse_health, parse_health_update};
-pub use json::InvalidJson;
+pub use health::{InvalidJson, parse_health, parse_health_update, parse_health_with};
 pub use model::{
-    CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,
+    AddressChoice, CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,
     ServiceRegistration, TaggedAddress, Weights,
 };
-pub use registration::Registration;
+pub use registration::{DEFAULT_ROUTABLE_WITHIN, Registration};
 pub use watch::{ConsulDiscovery, EmptyPolicy, WatchConfig};
