@@ -391,18 +391,22 @@ mod tests {
     #[test]
     fn tagged_addresses_are_chosen_with_fallbacks() {
         let body = br#"[{"Node":{"Node":"n","Address":"10.0.0.1","TaggedAddresses":{"wan":"198.51.100.1","lan_ipv6":"fd00::1"}},
-            "Service":{"ID":"a","Port":80,"Address":"10.0.0.9",
-                       "TaggedAddresses":{"wan_ipv4":{"Address":"203.0.113.7","Port":443},"lan":{"Address":"10.0.0.8","Port":0}}}}]"#;
-        for (choice, want) in [
-            (AddressChoice::Default, "10.0.0.9:80"),
-            (AddressChoice::WanIpv4, "203.0.113.7:443"),
-            (AddressChoice::Lan, "10.0.0.8:80"),
-            (AddressChoice::Wan, "198.51.100.1:80"),
-            (AddressChoice::LanIpv6, "[fd00::1]:80"),
-            (AddressChoice::WanIpv6, "10.0.0.9:80"),
+            "Service":{"ID":"a","Port":80,"Address":"",
+                       "TaggedAddresses":{"wan_ipv4":{"Address":"203.0.113.7","Port":443},"lan":{"Address":"10.0.0.8","Port":0}}}},
+            {"Node":{"Node":"n","Address":"10.0.0.1","TaggedAddresses":{"wan":"198.51.100.1"}},
+            "Service":{"ID":"b","Port":80,"Address":"10.0.0.9"}}]"#;
+        for (choice, want_a, want_b) in [
+            (AddressChoice::Default, "10.0.0.1:80", "10.0.0.9:80"),
+            (AddressChoice::WanIpv4, "203.0.113.7:443", "10.0.0.9:80"),
+            (AddressChoice::Lan, "10.0.0.8:80", "10.0.0.9:80"),
+            // The node's tagged address only when the service has no address.
+            (AddressChoice::Wan, "198.51.100.1:80", "10.0.0.9:80"),
+            (AddressChoice::LanIpv6, "[fd00::1]:80", "10.0.0.9:80"),
+            (AddressChoice::WanIpv6, "10.0.0.1:80", "10.0.0.9:80"),
         ] {
             let eps = parse_health_with(body, None, choice).unwrap();
-            assert_eq!(eps[0].address().to_string(), want, "{choice:?}");
+            assert_eq!(eps[0].address().to_string(), want_a, "{choice:?}");
+            assert_eq!(eps[1].address().to_string(), want_b, "{choice:?}");
         }
     }
 

@@ -247,22 +247,18 @@ impl HealthEntry<'_> {
     /// The host and port clients use, per `choice`.
     pub fn host_port(&self, choice: AddressChoice) -> (&str, u16) {
         let port = self.service.port;
-        if let Some(key) = choice.key() {
-            if let Some(t) = self.service.tagged_addresses.get(key)
-                && !t.address.is_empty()
-            {
-                return (&t.address, if t.port == 0 { port } else { t.port });
-            }
-            if let Some(a) = self.node.tagged_addresses.get(key)
-                && !a.is_empty()
-            {
-                return (a, port);
-            }
+        let key = choice.key();
+        if let Some(t) = key.and_then(|k| self.service.tagged_addresses.get(k))
+            && !t.address.is_empty()
+        {
+            return (&t.address, if t.port == 0 { port } else { t.port });
         }
-        if self.service.address.is_empty() {
-            (&self.node.address, port)
-        } else {
-            (&self.service.address, port)
+        if !self.service.address.is_empty() {
+            return (&self.service.address, port);
+        }
+        match key.and_then(|k| self.node.tagged_addresses.get(k)) {
+            Some(a) if !a.is_empty() => (a, port),
+            _ => (&self.node.address, port),
         }
     }
 

@@ -290,6 +290,8 @@ pub(crate) struct Shared {
     fault_tx: watch::Sender<Fault>,
     token: Mutex<Option<String>>,
     leader: Mutex<Leader>,
+    /// The query strings of the last health requests, oldest first.
+    health_queries: Mutex<std::collections::VecDeque<String>>,
     requests: AtomicU64,
     health_requests: AtomicU64,
     in_flight_health: AtomicU64,
@@ -360,6 +362,7 @@ impl FakeConsul {
                 known: true,
                 last_contact: Duration::ZERO,
             }),
+            health_queries: Mutex::new(std::collections::VecDeque::new()),
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
             in_flight_health: AtomicU64::new(0),
@@ -596,6 +599,18 @@ impl FakeConsul {
     /// `/v1/health/service/...` requests received so far.
     pub fn health_request_count(&self) -> u64 {
         self.shared.health_requests.load(Ordering::SeqCst)
+    }
+
+    /// The decoded query strings (`passing&filter=...&index=7&wait=5m`) of
+    /// the last 100 `/v1/health/service/...` requests, oldest first.
+    pub fn health_queries(&self) -> Vec<String> {
+        self.shared
+            .health_queries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Health requests being held right now (blocking or hanging).

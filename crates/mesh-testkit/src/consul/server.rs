@@ -132,6 +132,14 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
     shared.requests.fetch_add(1, Ordering::SeqCst);
     if req.uri().path().starts_with("/v1/health/") {
         shared.health_requests.fetch_add(1, Ordering::SeqCst);
+        let mut q = shared
+            .health_queries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() == 100 {
+            q.pop_front();
+        }
+        q.push_back(percent_decode(req.uri().query().unwrap_or("")));
     }
     let (parts, body) = req.into_parts();
     let body = body
