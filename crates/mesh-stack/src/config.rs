@@ -34,8 +34,10 @@
 //! balance = { strategy = "least_outstanding" }
 //! ```
 //!
-//! The Consul agent comes from the top-level `[consul]` table, or from the
-//! standard `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN` environment when absent.
+//! The Consul agent comes from the standard environment (`CONSUL_HTTP_ADDR`,
+//! `CONSUL_HTTP_TOKEN`, ...), with the fields a top-level `[consul]` table
+//! sets written over it one by one: a file that sets only `address` keeps
+//! the environment's token.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,8 +60,16 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct MeshConfig {
     /// The Consul agent for services discovered through Consul. `None` (the
     /// default): read `CONSUL_HTTP_ADDR` and friends from the environment
-    /// when a Consul service is first built.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    /// when a Consul service is first built. A `[consul]` table is read over
+    /// that environment field by field
+    /// ([`ConsulConfig::deserialize_over_env`]).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "ConsulConfig::deserialize_over_env"
+        )
+    )]
     pub consul: Option<ConsulConfig>,
     /// The logical services, by name. The name is what requests address
     /// (`http://users/...`) and what metrics and logs are labelled with.

@@ -10,7 +10,7 @@ use mesh_core::Address;
 use mesh_core::config::InvalidConfig;
 use reqwest::{Method, Url};
 
-use super::config::{ConsulConfig, ConsulToken};
+use super::config::{ConsulConfig, ConsulToken, HttpAuth, Target};
 use super::model::{ServiceRegistration, go_duration};
 use crate::error::{DiscoveryError, ErrorKind, InvalidName, check_name, check_text};
 
@@ -172,6 +172,7 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     token: Option<ConsulToken>,
+    http_auth: Option<HttpAuth>,
     namespace: Option<String>,
     partition: Option<String>,
     request_timeout: Duration,
@@ -193,6 +194,13 @@ pub(crate) const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 impl ConsulClient {
     /// A client for the agent `config` describes. Validates the config, reads
     /// the TLS files, and never connects (that happens on the first call).
+    ///
+    /// The agent's host name is resolved on each new connection, never
+    /// pinned: an agent that moves (a DNS name over a pool, a restarted
+    /// container) is found again. With a
+    /// [`tls_server_name`](ConsulConfig::tls_server_name), connections go to
+    /// the agent's address while the certificate is checked (and SNI sent)
+    /// for that name.
     pub fn new(config: &ConsulConfig) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let parsed = config.parse_address()?;
@@ -200,31 +208,41 @@ impl ConsulClient {
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("mesh-discovery/", env!("CARGO_PKG_VERSION")));
-        let mut host = parsed.address.host_str().to_string();
         if parsed.https {
             builder = tls(builder, config)?;
-            if let Some(name) = &config.tls_server_name {
-                // Connect to the configured address, but check the
-                // certificate (and send SNI) for `name`.
-                let addrs: Vec<std::net::SocketAddr> = match &parsed.address {
-                    Address::Socket(s) => vec![*s],
-                    Address::Host { host, port } => {
-                        std::net::ToSocketAddrs::to_socket_addrs(&(&**host, *port))
-                            .map_err(|e| {
-                                InvalidConfig::field(
-                                    "address",
-                                    format!("could not be resolved: {e}"),
-                                )
-                            })?
-                            .collect()
-                    }
-                };
-                builder = builder.resolve_to_addrs(name, &addrs);
-                host.clone_from(name);
-            }
         }
         let scheme = if parsed.https { "https" } else { "http" };
-        let base = Url::parse(&format!("{scheme}://{host}:{}/", parsed.address.port()))
+        let authority = match &parsed.target {
+            #[cfg(unix)]
+            Target::Unix(path) => {
+                builder = builder.unix_socket(path.clone());
+                // Any name will do: every connection goes to the socket.
+                match config.server_name() {
+                    Some(name) if parsed.https => name.to_owned(),
+                    _ => "localhost".to_owned(),
+                }
+            }
+            #[cfg(not(unix))]
+            Target::Unix(_) => {
+                return Err(InvalidConfig::field(
+                    "address",
+                    "unix:// sockets need a Unix platform",
+                ));
+            }
+            Target::Tcp(address) => match config.server_name() {
+                Some(name) if parsed.https => {
+                    // Connect to the agent's address, resolved afresh for
+                    // every connection, while TLS checks `name`.
+                    builder = builder.dns_resolver(Arc::new(AgentResolver {
+                        name: name.to_ascii_lowercase(),
+                        agent: address.clone(),
+                    }));
+                    format!("{}:{}", url_host(name), address.port())
+                }
+                _ => address.to_string(),
+            },
+        };
+        let base = Url::parse(&format!("{scheme}://{authority}{}/", parsed.prefix))
             .map_err(|e| InvalidConfig::field("address", format!("is not a valid URL: {e}")))?;
         install_crypto_provider();
         let http = builder
@@ -235,6 +253,7 @@ impl ConsulClient {
                 http,
                 base,
                 token: config.token.clone(),
+                http_auth: config.http_auth.clone(),
                 namespace: config.namespace.clone(),
                 partition: config.partition.clone(),
                 request_timeout: config.request_timeout,
@@ -277,6 +296,9 @@ impl ConsulClient {
         let mut rb = self.inner.http.request(method, url).timeout(timeout);
         if let Some(t) = &self.inner.token {
             rb = rb.header("X-Consul-Token", t.expose());
+        }
+        if let Some(a) = &self.inner.http_auth {
+            rb = rb.basic_auth(a.user(), a.expose_password());
         }
         rb
     }
@@ -535,11 +557,46 @@ fn tls(
             )
         })
     };
+    let mut roots = Vec::new();
     if let Some(ca) = &config.ca_cert {
         let pem = read("ca_cert", ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| InvalidConfig::field("ca_cert", format!("is not a PEM bundle: {e}")))?;
-        builder = builder.tls_certs_only(certs);
+        roots.extend(
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                InvalidConfig::field("ca_cert", format!("is not a PEM bundle: {e}"))
+            })?,
+        );
+    }
+    if let Some(dir) = &config.ca_path {
+        // As the Go client's rootcerts.LoadCAPath: every file in the
+        // directory is a PEM file of certificates.
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            InvalidConfig::field(
+                "ca_path",
+                format!("directory {} could not be read: {e}", dir.display()),
+            )
+        })?;
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let pem = read("ca_path", &file)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    InvalidConfig::field(
+                        "ca_path",
+                        format!("file {} holds no PEM certificate", file.display()),
+                    )
+                })?;
+            roots.extend(certs);
+        }
+    }
+    if !roots.is_empty() {
+        builder = builder.tls_certs_only(roots);
     }
     if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
         let mut pem = read("client_cert", cert)?;
@@ -557,6 +614,44 @@ fn tls(
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
     Ok(builder)
+}
+
+/// Resolves the TLS server name to the agent's address, looked up again for
+/// every new connection; other names resolve as usual.
+struct AgentResolver {
+    name: String,
+    agent: Address,
+}
+
+impl reqwest::dns::Resolve for AgentResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let target = if name.as_str().eq_ignore_ascii_case(&self.name) {
+            match &self.agent {
+                Address::Socket(s) => {
+                    let addr = *s;
+                    return Box::pin(async move {
+                        Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs)
+                    });
+                }
+                Address::Host { host, port } => format!("{host}:{port}"),
+            }
+        } else {
+            format!("{}:0", name.as_str())
+        };
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A host for a URL: IPv6 literals in brackets.
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// reqwest is built without a bundled crypto provider (no aws-lc); use ring
@@ -582,12 +677,42 @@ mod tests {
             u.as_str(),
             "http://127.0.0.1:8500/v1/health/service/web?ns=team-a"
         );
-        let client = ConsulClient::new(&ConsulConfig::new("localhost")).unwrap();
+        let client = ConsulClient::new(&ConsulConfig::new("localhost:8500")).unwrap();
         assert_eq!(client.base_url(), "http://localhost:8500/");
         assert_eq!(
             client.url(&["v1", "agent"]).as_str(),
             "http://localhost:8500/v1/agent"
         );
+        let client = ConsulClient::new(&ConsulConfig::new("https://gw.example/consul")).unwrap();
+        assert_eq!(
+            client.url(&["v1", "health", "service", "a b"]).as_str(),
+            "https://gw.example/consul/v1/health/service/a%20b"
+        );
+    }
+
+    #[test]
+    fn construction_never_resolves_the_agent() {
+        // The old client resolved (blocking) and pinned the agent's address
+        // here; a name that does not resolve yet must not fail the client.
+        let mut c = ConsulConfig::new("https://agent.invalid:8501");
+        c.tls_server_name = Some("server.dc1.consul:8501".into());
+        let client = ConsulClient::new(&c).unwrap();
+        assert_eq!(client.base_url(), "https://server.dc1.consul:8501/");
+    }
+
+    #[tokio::test]
+    async fn the_agent_host_is_resolved_for_every_connection() {
+        use reqwest::dns::Resolve;
+        let r = AgentResolver {
+            name: "server.dc1.consul".into(),
+            agent: Address::host("localhost", 8501).unwrap(),
+        };
+        for _ in 0..2 {
+            let name: reqwest::dns::Name = "server.dc1.consul".parse().unwrap();
+            let addrs: Vec<_> = r.resolve(name).await.unwrap().collect();
+            assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+            assert!(!addrs.is_empty());
+        }
     }
 
     #[test]

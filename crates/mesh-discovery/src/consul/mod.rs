@@ -34,7 +34,7 @@ mod registration;
 mod watch;
 
 pub use client::{CheckStatus, Consistency, ConsulClient, HealthAnswer, HealthQuery};
-pub use config::{ConsulConfig, ConsulToken};
+pub use config::{ConsulConfig, ConsulToken, HttpAuth};
 pub use health::{InvalidJson, parse_health, parse_health_update, parse_health_with};
 pub use model::{
     AddressChoice, CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,
