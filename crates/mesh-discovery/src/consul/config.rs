@@ -634,8 +634,10 @@ mod tests {
             !format!("{c:?}").contains("pa:ss"),
             "password never in Debug"
         );
-        let mut c = ConsulConfig::default();
-        c.tls_server_name = Some("[::1]:8501".into());
+        let mut c = ConsulConfig {
+            tls_server_name: Some("[::1]:8501".into()),
+            ..ConsulConfig::default()
+        };
         assert_eq!(c.server_name(), Some("::1"));
         c.tls_server_name = Some("consul".into());
         assert_eq!(c.server_name(), Some("consul"));

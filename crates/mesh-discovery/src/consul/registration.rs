@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::client::{CheckStatus, ConsulClient};
-use super::model::{CheckKind, ServiceRegistration};
+use super::model::{CheckDefinition, CheckKind, ServiceRegistration};
 use crate::error::{DiscoveryError, ErrorKind};
 
 /// How long [`Registration::register`] waits for Consul to report a new
@@ -93,7 +93,7 @@ impl Registration {
                     .await?;
             }
         }
-        if registration.checks.iter().any(|c| c.is_probed()) {
+        if registration.checks.iter().any(CheckDefinition::is_probed) {
             this.wait_routable(bound).await?;
         }
         for check in &registration.checks {

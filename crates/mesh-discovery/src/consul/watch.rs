@@ -356,6 +356,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_default_bucket_is_consuls_burst_2_then_one_per_15s() {
+        let c = WatchConfig::default();
+        let mut b = TokenBucket::new(c.burst, c.min_interval);
+        let start = Instant::now();
+        b.acquire().await;
+        b.acquire().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        b.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        for _ in 0..3 {
+            b.acquire().await;
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(60),
+            "four a minute under churn"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_bucket_allows_a_burst_then_paces() {
         let mut b = TokenBucket::new(3, Duration::from_millis(100));
         let start = Instant::now();

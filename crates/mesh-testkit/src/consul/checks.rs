@@ -160,7 +160,7 @@ async fn http_probe(url: &str, method: &str, header: &[(String, String)]) -> (He
     if let Err(e) = stream.write_all(req.as_bytes()).await {
         return (Health::Critical, format!("{method} {url}: {e}"));
     }
-    let mut buf = vec![0_u8; 64];
+    let mut buf = [0_u8; 64];
     let mut n = 0;
     while n < 12 {
         match stream.read(&mut buf[n..]).await {

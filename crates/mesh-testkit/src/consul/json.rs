@@ -30,9 +30,9 @@ pub(crate) fn entry(state: &State, inst: &InstanceState) -> Value {
         .map_or(s.node_address.as_str(), |n| n.address.as_str());
     let mut node_tagged = Map::new();
     node_tagged.insert("lan".into(), json!(node_address));
-    node_tagged.insert(ip_key("lan", node_address).into(), json!(node_address));
+    node_tagged.insert(ip_key("lan", node_address), json!(node_address));
     node_tagged.insert("wan".into(), json!(node_address));
-    node_tagged.insert(ip_key("wan", node_address).into(), json!(node_address));
+    node_tagged.insert(ip_key("wan", node_address), json!(node_address));
     let mut service = json!({
         "Kind": s.kind,
         "ID": s.id,
