@@ -46,7 +46,7 @@ use mesh_balance::BalanceConfig;
 use mesh_breaker::{BreakerConfig, OpenBehavior};
 use mesh_core::Endpoint;
 use mesh_core::config::InvalidConfig;
-use mesh_discovery::consul::ConsulConfig;
+use mesh_discovery::consul::{ConsulConfig, WatchConfig};
 use mesh_discovery::router::{DEFAULT_READY_TIMEOUT, RouterConfig};
 use mesh_retry::RetryConfig;
 
@@ -146,6 +146,13 @@ pub struct ConsulSourceConfig {
     /// How long Consul may hold each blocking query. 1s..=10min, default 5 min.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub wait: Duration,
+    /// The watch's rate once its burst is spent: at most one query per this
+    /// period. 1ms..=60s, default 15 s (Consul's guidance for blocking-query
+    /// loops; see [`WatchConfig::min_interval`]).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub min_interval: Duration,
+    /// How many queries may go back to back. 1..=100, default 2.
+    pub burst: u32,
 }
 
 impl Default for ConsulSourceConfig {
@@ -156,6 +163,8 @@ impl Default for ConsulSourceConfig {
             datacenter: None,
             passing_only: true,
             wait: Duration::from_secs(300),
+            min_interval: WatchConfig::default().min_interval,
+            burst: WatchConfig::default().burst,
         }
     }
 }
@@ -278,6 +287,17 @@ impl DiscoveryConfig {
                         "wait",
                         format!("must be within 1s..=10min, got {:?}", c.wait),
                     );
+                }
+                if c.min_interval < Duration::from_millis(1)
+                    || c.min_interval > Duration::from_secs(60)
+                {
+                    errors.push(
+                        "min_interval",
+                        format!("must be within 1ms..=60s, got {:?}", c.min_interval),
+                    );
+                }
+                if !(1..=100).contains(&c.burst) {
+                    errors.push("burst", format!("must be within 1..=100, got {}", c.burst));
                 }
             }
         }
