@@ -101,7 +101,17 @@ pub(crate) struct ParseReport {
 }
 
 /// Parses a `/v1/health/service/:service` body into the endpoints of its
-/// routable instances (see the [module docs](self)).
+/// routable instances.
+///
+/// Consul DNS serves an instance while its checks (its node's included) are
+/// passing or warning, and so does this, whether or not the query asked for
+/// `?passing`:
+///
+/// - every check passing: an endpoint weighted `Weights.Passing`;
+/// - some check warning: an endpoint weighted `Weights.Warning`;
+/// - some check critical (the service's own, a maintenance check
+///   `_service_maintenance:<id>` / `_node_maintenance`, or a dead node's
+///   `serfHealth`): not an endpoint.
 ///
 /// An instance with an unusable address (empty, port 0, not a host name) is
 /// skipped rather than failing the whole answer; a body that is not the

@@ -6,27 +6,7 @@
 //! [`Registration::deregister`] after the server stopped accepting, or rely on
 //! the best-effort deregistration when the handle is dropped.
 //!
-//! # Routable when `register` returns
-//!
-//! Consul starts every check critical: a TTL check until its first report,
-//! an HTTP/TCP/gRPC check until its first run (after a random stagger within
-//! its interval). An instance is therefore not discoverable right after
-//! `PUT /v1/agent/service/register`. [`Registration::register`] closes that
-//! gap before it returns:
-//!
-//! 1. each TTL check without an initial `Status` gets its first pass at once;
-//! 2. if the instance has checks Consul runs itself, it asks the agent
-//!    (`GET /v1/agent/health/service/id/:id`) until the instance is passing
-//!    or warning, polling from 50 ms up to every second, for at most
-//!    [`DEFAULT_ROUTABLE_WITHIN`] (or the bound given to
-//!    [`Registration::register_within`]). If that bound passes first, the
-//!    instance is deregistered again and the call fails with an
-//!    [`ErrorKind::Timeout`] error naming the instance.
-//!
-//! Set the TTL check to critical first ([`Registration::set_status`]) to drain
-//! traffic before shutting down: watchers stop sending new requests while
-//! in-flight ones finish. [`Registration::set_maintenance`] does the same for
-//! instances with HTTP/TCP/gRPC checks.
+//! See [`Registration`] for when the instance becomes routable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +24,28 @@ pub const DEFAULT_ROUTABLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// A registered service instance. Deregisters on [`deregister`](Self::deregister)
 /// (or, best effort, on drop).
+///
+/// # Routable when `register` returns
+///
+/// Consul starts every check critical: a TTL check until its first report,
+/// an HTTP/TCP/gRPC check until its first run (after a random stagger within
+/// its interval). An instance is therefore not discoverable right after
+/// `PUT /v1/agent/service/register`. [`Registration::register`] closes that
+/// gap before it returns:
+///
+/// 1. each TTL check without an initial `Status` gets its first pass at once;
+/// 2. if the instance has checks Consul runs itself, it asks the agent
+///    (`GET /v1/agent/health/service/id/:id`) until the instance is passing
+///    or warning, polling from 50 ms up to every second, for at most
+///    [`DEFAULT_ROUTABLE_WITHIN`] (or the bound given to
+///    [`Registration::register_within`]). If that bound passes first, the
+///    instance is deregistered again and the call fails with an
+///    [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error naming the instance.
+///
+/// Set the TTL check to critical first ([`Registration::set_status`]) to drain
+/// traffic before shutting down: watchers stop sending new requests while
+/// in-flight ones finish. [`Registration::set_maintenance`] does the same for
+/// instances with HTTP/TCP/gRPC checks.
 #[derive(Debug)]
 pub struct Registration {
     client: ConsulClient,
@@ -54,8 +56,8 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers `registration` with the agent, makes it routable (see the
-    /// [module docs](self), bounded by [`DEFAULT_ROUTABLE_WITHIN`]), and starts
+    /// Registers `registration` with the agent, makes it routable (see
+    /// [`Registration`], bounded by [`DEFAULT_ROUTABLE_WITHIN`]), and starts
     /// a heartbeat for each TTL check (every third of its TTL), reporting
     /// `passing`.
     pub async fn register(
