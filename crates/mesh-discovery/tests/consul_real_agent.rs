@@ -164,7 +164,7 @@ async fn real_agent_acl_tokens() {
     .clone();
     if d.current().is_empty() {
         assert_eq!(
-            h.last_error().map(|e| e.kind()),
+            h.last_error().map(mesh_discovery::DiscoveryError::kind),
             Some(ErrorKind::Denied),
             "{h:?}"
         );

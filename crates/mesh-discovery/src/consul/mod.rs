@@ -64,10 +64,7 @@
 mod client;
 mod config;
 mod health;
-mod json;
 mod model;
-#[doc(hidden)]
-pub mod reader;
 mod registration;
 mod watch;
 
