@@ -3,22 +3,18 @@
 //!
 //! Contract: `parse_health` never panics; every endpoint it returns is usable
 //! (port above 0); it rejects every body that is not JSON; it accepts
-//! everything the documented typed model (`Vec<HealthEntry>`) accepts in
-//! Consul's object form and agrees with it endpoint for endpoint; reading
+//! everything the typed model (`Vec<HealthEntry>`) accepts and agrees with
+//! `HealthEntry::to_endpoint` for the routable entries; reading
 //! against a previous snapshot (`parse_health_update`) gives the same
 //! endpoints; and its endpoints survive a round trip through Consul's JSON
 //! shape.
-//!
-//! "Object form": serde's derive also reads a struct from a JSON array of its
-//! fields in declaration order (`{"Node": ["n1", "10.0.0.1"]}`), which
-//! Consul never sends and `parse_health` does not accept.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mesh_core::Endpoint;
 use mesh_discovery::EndpointSet;
-use mesh_discovery::consul::{HealthEntry, parse_health, parse_health_update};
+use mesh_discovery::consul::{AddressChoice, HealthEntry, parse_health, parse_health_update};
 use serde_json::Value;
 
 fuzz_target!(|body: &[u8]| {
@@ -46,45 +42,17 @@ fuzz_target!(|body: &[u8]| {
         assert_eq!(&update, endpoints, "reusing endpoints changes nothing");
     }
 
-    // The hot-path parser reads a subset of the typed model's fields, so it
-    // must accept whatever the typed model accepts and agree with it.
-    if let Ok(entries) = serde_json::from_slice::<Vec<HealthEntry>>(body)
-        && serde_json::from_slice::<Value>(body).is_ok_and(|v| object_form(&v))
-    {
+    // Endpoint for endpoint what the typed model says.
+    if let Ok(entries) = serde_json::from_slice::<Vec<HealthEntry<'_>>>(body) {
         let endpoints = parsed.expect("typed model accepted the body, parse_health did not");
         let typed: Vec<Endpoint> = entries
             .iter()
-            .filter_map(|e| e.to_endpoint().ok())
+            .filter(|e| e.is_routable())
+            .filter_map(|e| e.to_endpoint(AddressChoice::Default).ok())
             .collect();
         assert_eq!(endpoints, typed);
     }
 });
-
-/// True when every struct of the typed model is a JSON object (or `null` where
-/// the model allows it), not serde's array-of-fields form.
-fn object_form(body: &Value) -> bool {
-    let object = |v: Option<&Value>| v.is_none_or(Value::is_object);
-    let object_or_null = |v: Option<&Value>| v.is_none_or(|v| v.is_object() || v.is_null());
-    let Some(entries) = body.as_array() else {
-        return true;
-    };
-    entries.iter().all(|e| {
-        let Some(e) = e.as_object() else {
-            return false;
-        };
-        let service = e.get("Service");
-        let tagged = service.and_then(|s| s.get("TaggedAddresses"));
-        object(e.get("Node"))
-            && object(service)
-            && object_or_null(service.and_then(|s| s.get("Weights")))
-            && tagged
-                .and_then(Value::as_object)
-                .is_none_or(|t| t.values().all(Value::is_object))
-            && e.get("Checks")
-                .and_then(Value::as_array)
-                .is_none_or(|c| c.iter().all(Value::is_object))
-    })
-}
 
 /// The endpoints as a health body Consul could have sent.
 fn to_consul_json(endpoints: &[Endpoint]) -> Vec<u8> {

@@ -442,6 +442,9 @@ async fn discovery_faults_fail_no_call_and_later_instances_receive_traffic() {
             // Shortened from 5 min (the allowed minimum): a query held across
             // an index reset returns within a second instead of minutes.
             wait: Duration::from_secs(1),
+            // Faster than Consul's guidance (15 s), so each fault phase is
+            // met and recovered from within seconds.
+            min_interval: Duration::from_millis(50),
             ..ConsulSourceConfig::default()
         }))
     };

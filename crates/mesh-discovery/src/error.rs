@@ -28,6 +28,10 @@ pub enum ErrorKind {
     Resolve,
     /// The thing asked about does not exist (an unknown check ID, ...).
     NotFound,
+    /// Consul's ACLs refused the request (403: an unknown token, or one
+    /// without the permission), or filtered every result out of an answer
+    /// (`X-Consul-Results-Filtered-By-ACLs` on an empty list).
+    Denied,
     /// Anything else.
     Other,
 }
@@ -43,6 +47,7 @@ impl ErrorKind {
             ErrorKind::InvalidResponse => "invalid_response",
             ErrorKind::Resolve => "resolve",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Denied => "denied",
             ErrorKind::Other => "other",
         }
     }
@@ -84,7 +89,12 @@ impl DiscoveryError {
         // Consul's error bodies are one short line ("No cluster leader"); keep
         // at most 200 bytes of it, never more.
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-        let mut e = Self::new(ErrorKind::Status, format!("HTTP {status}: {}", text.trim()));
+        let kind = match status {
+            403 => ErrorKind::Denied,
+            404 => ErrorKind::NotFound,
+            _ => ErrorKind::Status,
+        };
+        let mut e = Self::new(kind, format!("HTTP {status}: {}", text.trim()));
         e.status = Some(status);
         e
     }
@@ -113,7 +123,8 @@ impl DiscoveryError {
         self.kind
     }
 
-    /// The HTTP status, for [`ErrorKind::Status`] errors.
+    /// The HTTP status, for [`ErrorKind::Status`], [`ErrorKind::Denied`] and
+    /// [`ErrorKind::NotFound`] errors that came with one.
     pub fn http_status(&self) -> Option<u16> {
         self.status
     }

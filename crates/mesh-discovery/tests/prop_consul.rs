@@ -1,14 +1,15 @@
 //! Property tests for the Consul health-response parser: whatever the body,
 //! `parse_health` never panics and fails only with a typed `Decode` error;
-//! well-formed answers give exactly their usable instances, and the parser
-//! agrees with the typed `HealthEntry` model; a body that is not JSON is
-//! always rejected; and reading against a previous snapshot
+//! well-formed answers give exactly their usable, routable instances
+//! (critical ones left out, warning ones at `Weights.Warning`), endpoint for
+//! endpoint as `HealthEntry::to_endpoint` builds them; a body that is not
+//! JSON is always rejected; and reading against a previous snapshot
 //! (`parse_health_update`) gives the same endpoints as a cold read, reusing the
 //! unchanged ones. The cargo-fuzz target
 //! `fuzz/fuzz_targets/consul_health.rs` explores the same contract further.
 
 use mesh_core::Endpoint;
-use mesh_discovery::consul::{HealthEntry, parse_health, parse_health_update};
+use mesh_discovery::consul::{AddressChoice, HealthEntry, parse_health, parse_health_update};
 use mesh_discovery::{EndpointSet, ErrorKind};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -24,6 +25,7 @@ struct Instance {
     tags: Option<Vec<String>>,
     weights: Option<(u32, u32)>,
     warning: bool,
+    critical: bool,
 }
 
 fn host() -> impl Strategy<Value = String> {
@@ -47,9 +49,10 @@ fn instance() -> impl Strategy<Value = Instance> {
         proptest::option::of(proptest::collection::vec("[a-z0-9]{0,6}", 0..3)),
         proptest::option::of((0u32..100, 0u32..100)),
         any::<bool>(),
+        proptest::bool::weighted(0.2),
     )
         .prop_map(
-            |(node, node_address, id, address, port, tags, weights, warning)| Instance {
+            |(node, node_address, id, address, port, tags, weights, warning, critical)| Instance {
                 node,
                 node_address,
                 id,
@@ -58,6 +61,7 @@ fn instance() -> impl Strategy<Value = Instance> {
                 tags,
                 weights,
                 warning,
+                critical,
             },
         )
 }
@@ -74,7 +78,13 @@ fn to_json(instances: &[Instance]) -> Value {
                 if let Some((passing, warning)) = i.weights {
                     service["Weights"] = json!({ "Passing": passing, "Warning": warning });
                 }
-                let status = if i.warning { "warning" } else { "passing" };
+                let status = if i.critical {
+                    "critical"
+                } else if i.warning {
+                    "warning"
+                } else {
+                    "passing"
+                };
                 json!({
                     "Node": { "Node": i.node, "Address": i.node_address, "Datacenter": "dc1" },
                     "Service": service,
@@ -114,9 +124,8 @@ fn object_form(body: &Value) -> bool {
 
 /// Instances drawn from small pools, so consecutive entries repeat one
 /// another's tags, metadata, weights, ports and skipped members in part, as
-/// the instances of one service do: the parser passes over repeated text
-/// without reading it again, and must still read every entry as the typed
-/// model does.
+/// the instances of one service do: endpoints built with tags and metadata
+/// shared from their neighbours must still equal the typed model's.
 fn repeating_instance() -> impl Strategy<Value = (Instance, usize, usize)> {
     let tags = prop_oneof![
         Just(None),
@@ -147,6 +156,7 @@ fn repeating_instance() -> impl Strategy<Value = (Instance, usize, usize)> {
                     tags,
                     weights,
                     warning,
+                    critical: false,
                 };
                 (instance, meta, extra)
             },
@@ -183,7 +193,16 @@ fn usable(i: &Instance) -> bool {
     } else {
         &i.address
     };
-    i.port != 0 && mesh_core::Address::host(host, i.port).is_ok()
+    !i.critical && i.port != 0 && mesh_core::Address::host(host, i.port).is_ok()
+}
+
+/// What the typed model says the endpoints are.
+fn typed_endpoints(entries: &[HealthEntry<'_>]) -> Vec<Endpoint> {
+    entries
+        .iter()
+        .filter(|e| e.is_routable())
+        .filter_map(|e| e.to_endpoint(AddressChoice::Default).ok())
+        .collect()
 }
 
 proptest! {
@@ -215,9 +234,8 @@ proptest! {
             prop_assert_eq!(e.tags(), tags.as_slice());
         }
         // The typed model reads the same answer the same way.
-        let typed: Vec<HealthEntry> = serde_json::from_slice(&body).unwrap();
-        let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
-        prop_assert_eq!(typed, endpoints);
+        let typed: Vec<HealthEntry<'_>> = serde_json::from_slice(&body).unwrap();
+        prop_assert_eq!(typed_endpoints(&typed), endpoints);
     }
 
     #[test]
@@ -241,10 +259,10 @@ proptest! {
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             prop_assert!(parsed.is_err(), "not JSON, yet parsed");
         }
-        if let Ok(typed) = serde_json::from_slice::<Vec<HealthEntry>>(&body)
+        if let Ok(typed) = serde_json::from_slice::<Vec<HealthEntry<'_>>>(&body)
             && serde_json::from_slice::<Value>(&body).is_ok_and(|v| object_form(&v))
         {
-            let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
+            let typed = typed_endpoints(&typed);
             prop_assert_eq!(parsed.as_ref().ok(), Some(&typed));
             // And against a snapshot of itself.
             let previous = EndpointSet::new(typed.iter().cloned());
@@ -273,11 +291,10 @@ proptest! {
                 prop_assert!(parsed.is_err(), "not JSON, yet parsed");
             }
             // Still an answer Consul could send: both readers agree.
-            if let Ok(typed) = serde_json::from_slice::<Vec<HealthEntry>>(body)
+            if let Ok(typed) = serde_json::from_slice::<Vec<HealthEntry<'_>>>(body)
                 && serde_json::from_slice::<Value>(body).is_ok_and(|v| object_form(&v))
             {
-                let typed: Vec<Endpoint> = typed.iter().filter_map(|e| e.to_endpoint().ok()).collect();
-                prop_assert_eq!(parsed.ok(), Some(typed));
+                prop_assert_eq!(parsed.ok(), Some(typed_endpoints(&typed)));
             }
         }
     }

@@ -34,8 +34,10 @@
 //! balance = { strategy = "least_outstanding" }
 //! ```
 //!
-//! The Consul agent comes from the top-level `[consul]` table, or from the
-//! standard `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN` environment when absent.
+//! The Consul agent comes from the standard environment (`CONSUL_HTTP_ADDR`,
+//! `CONSUL_HTTP_TOKEN`, ...), with the fields a top-level `[consul]` table
+//! sets written over it one by one: a file that sets only `address` keeps
+//! the environment's token.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,7 +47,7 @@ use mesh_breaker::{BreakerConfig, OpenBehavior};
 use mesh_core::Endpoint;
 use mesh_core::config::InvalidConfig;
 use mesh_core::pushback::DEFAULT_MAX_PUSHBACK;
-use mesh_discovery::consul::ConsulConfig;
+use mesh_discovery::consul::{ConsulConfig, WatchConfig};
 use mesh_discovery::router::{DEFAULT_READY_TIMEOUT, RouterConfig};
 use mesh_retry::RetryConfig;
 
@@ -61,8 +63,16 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct MeshConfig {
     /// The Consul agent for services discovered through Consul. `None` (the
     /// default): read `CONSUL_HTTP_ADDR` and friends from the environment
-    /// when a Consul service is first built.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    /// when a Consul service is first built. A `[consul]` table is read over
+    /// that environment field by field
+    /// ([`ConsulConfig::deserialize_over_env`]).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "ConsulConfig::deserialize_over_env"
+        )
+    )]
     pub consul: Option<ConsulConfig>,
     /// The logical services, by name. The name is what requests address
     /// (`http://users/...`) and what metrics and logs are labelled with.
@@ -163,6 +173,13 @@ pub struct ConsulSourceConfig {
     /// How long Consul may hold each blocking query. 1s..=10min, default 5 min.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub wait: Duration,
+    /// The watch's rate once its burst is spent: at most one query per this
+    /// period. 1ms..=60s, default 15 s (Consul's guidance for blocking-query
+    /// loops; see [`WatchConfig::min_interval`]).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub min_interval: Duration,
+    /// How many queries may go back to back. 1..=100, default 2.
+    pub burst: u32,
 }
 
 impl Default for ConsulSourceConfig {
@@ -173,6 +190,8 @@ impl Default for ConsulSourceConfig {
             datacenter: None,
             passing_only: true,
             wait: Duration::from_secs(300),
+            min_interval: WatchConfig::default().min_interval,
+            burst: WatchConfig::default().burst,
         }
     }
 }
@@ -322,6 +341,17 @@ impl DiscoveryConfig {
                         "wait",
                         format!("must be within 1s..=10min, got {:?}", c.wait),
                     );
+                }
+                if c.min_interval < Duration::from_millis(1)
+                    || c.min_interval > Duration::from_secs(60)
+                {
+                    errors.push(
+                        "min_interval",
+                        format!("must be within 1ms..=60s, got {:?}", c.min_interval),
+                    );
+                }
+                if !(1..=100).contains(&c.burst) {
+                    errors.push("burst", format!("must be within 1..=100, got {}", c.burst));
                 }
             }
         }

@@ -194,6 +194,8 @@ impl Mesh {
                         ..HealthQuery::new(source.service.as_deref().unwrap_or(name))
                     },
                     wait: source.wait,
+                    min_interval: source.min_interval,
+                    burst: source.burst,
                     ..WatchConfig::default()
                 };
                 ConsulDiscovery::spawn(client, watch)

@@ -10,7 +10,7 @@ use mesh_core::Address;
 use mesh_core::config::InvalidConfig;
 use reqwest::{Method, Url};
 
-use super::config::{ConsulConfig, ConsulToken};
+use super::config::{ConsulConfig, ConsulToken, HttpAuth, Target};
 use super::model::{ServiceRegistration, go_duration};
 use crate::error::{DiscoveryError, ErrorKind, InvalidName, check_name, check_text};
 
@@ -39,11 +39,13 @@ pub struct HealthQuery {
     pub service: String,
     /// Only instances whose checks all pass (`?passing`; default true).
     pub passing_only: bool,
-    /// Only instances with all these tags (`?tag=`, repeated).
+    /// Only instances with all these tags, sent as part of the `filter`
+    /// (`Service.Tags contains "v2"`; Consul deprecated `?tag=`).
     pub tags: Vec<String>,
     /// Another datacenter (`?dc=`).
     pub datacenter: Option<String>,
-    /// A bexpr filter (`?filter=`).
+    /// A filter expression (`?filter=`, Consul's filter language, e.g.
+    /// `Service.Meta.version == "2"`), combined with `tags` by `and`.
     pub filter: Option<String>,
     /// Sort by round-trip time from this node (`?near=`, e.g. `_agent`).
     pub near: Option<String>,
@@ -72,6 +74,35 @@ impl HealthQuery {
         self
     }
 
+    /// The `filter` sent: one `Service.Tags contains "<tag>"` per tag and the
+    /// user's filter, joined by `and`; `None` when there is neither.
+    ///
+    /// ```
+    /// use mesh_discovery::consul::HealthQuery;
+    ///
+    /// let mut q = HealthQuery::new("web").tag("v2");
+    /// q.filter = Some(r#"Service.Meta.zone == "a" or Service.Meta.zone == "b""#.into());
+    /// assert_eq!(
+    ///     q.filter_expression().unwrap(),
+    ///     r#"Service.Tags contains "v2" and (Service.Meta.zone == "a" or Service.Meta.zone == "b")"#
+    /// );
+    /// ```
+    pub fn filter_expression(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .tags
+            .iter()
+            .map(|t| format!("Service.Tags contains {}", quote(t)))
+            .collect();
+        if let Some(f) = self.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+            parts.push(if parts.is_empty() {
+                f.to_owned()
+            } else {
+                format!("({f})")
+            });
+        }
+        (!parts.is_empty()).then(|| parts.join(" and "))
+    }
+
     /// Checks the service name and the query values before anything is sent.
     pub fn validate(&self) -> Result<(), InvalidName> {
         check_name("service name", &self.service)?;
@@ -91,19 +122,36 @@ impl HealthQuery {
     }
 }
 
+/// A filter-language string literal.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 impl Default for HealthQuery {
     fn default() -> Self {
         Self::new("")
     }
 }
 
-/// One answer of a health query: the raw body and the blocking index.
+/// One answer of a health query: the raw body, the blocking index and what
+/// the servers said about their freshness and ACL filtering.
 #[derive(Debug, Clone)]
 pub struct HealthAnswer {
     /// The JSON body, for [`parse_health`](super::parse_health).
     pub body: Bytes,
     /// `X-Consul-Index`, when present and a number.
     pub index: Option<u64>,
+    /// `X-Consul-KnownLeader`: whether the answering server knew a leader.
+    /// `None` when absent (the streaming backend does not send it).
+    pub known_leader: Option<bool>,
+    /// `X-Consul-LastContact`: how long since the answering server heard
+    /// from the leader (0 on the leader). `None` when absent.
+    pub last_contact: Option<Duration>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: the token may not read
+    /// some (maybe all) of the results, which Consul left out instead of
+    /// refusing. An empty answer with this set is an ACL problem, not "no
+    /// instances".
+    pub filtered_by_acls: bool,
 }
 
 /// A Consul HTTP client. Cheap to clone (one `Arc`).
@@ -124,6 +172,7 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     token: Option<ConsulToken>,
+    http_auth: Option<HttpAuth>,
     namespace: Option<String>,
     partition: Option<String>,
     request_timeout: Duration,
@@ -145,6 +194,13 @@ pub(crate) const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 impl ConsulClient {
     /// A client for the agent `config` describes. Validates the config, reads
     /// the TLS files, and never connects (that happens on the first call).
+    ///
+    /// The agent's host name is resolved on each new connection, never
+    /// pinned: an agent that moves (a DNS name over a pool, a restarted
+    /// container) is found again. With a
+    /// [`tls_server_name`](ConsulConfig::tls_server_name), connections go to
+    /// the agent's address while the certificate is checked (and SNI sent)
+    /// for that name.
     pub fn new(config: &ConsulConfig) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let parsed = config.parse_address()?;
@@ -157,31 +213,41 @@ impl ConsulClient {
             // not redirect; a redirect is an error here.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mesh-discovery/", env!("CARGO_PKG_VERSION")));
-        let mut host = parsed.address.host_str().to_string();
         if parsed.https {
             builder = tls(builder, config)?;
-            if let Some(name) = &config.tls_server_name {
-                // Connect to the configured address, but check the
-                // certificate (and send SNI) for `name`.
-                let addrs: Vec<std::net::SocketAddr> = match &parsed.address {
-                    Address::Socket(s) => vec![*s],
-                    Address::Host { host, port } => {
-                        std::net::ToSocketAddrs::to_socket_addrs(&(&**host, *port))
-                            .map_err(|e| {
-                                InvalidConfig::field(
-                                    "address",
-                                    format!("could not be resolved: {e}"),
-                                )
-                            })?
-                            .collect()
-                    }
-                };
-                builder = builder.resolve_to_addrs(name, &addrs);
-                host.clone_from(name);
-            }
         }
         let scheme = if parsed.https { "https" } else { "http" };
-        let base = Url::parse(&format!("{scheme}://{host}:{}/", parsed.address.port()))
+        let authority = match &parsed.target {
+            #[cfg(unix)]
+            Target::Unix(path) => {
+                builder = builder.unix_socket(path.clone());
+                // Any name will do: every connection goes to the socket.
+                match config.server_name() {
+                    Some(name) if parsed.https => name.to_owned(),
+                    _ => "localhost".to_owned(),
+                }
+            }
+            #[cfg(not(unix))]
+            Target::Unix(_) => {
+                return Err(InvalidConfig::field(
+                    "address",
+                    "unix:// sockets need a Unix platform",
+                ));
+            }
+            Target::Tcp(address) => match config.server_name() {
+                Some(name) if parsed.https => {
+                    // Connect to the agent's address, resolved afresh for
+                    // every connection, while TLS checks `name`.
+                    builder = builder.dns_resolver(Arc::new(AgentResolver {
+                        name: name.to_ascii_lowercase(),
+                        agent: address.clone(),
+                    }));
+                    format!("{}:{}", url_host(name), address.port())
+                }
+                _ => address.to_string(),
+            },
+        };
+        let base = Url::parse(&format!("{scheme}://{authority}{}/", parsed.prefix))
             .map_err(|e| InvalidConfig::field("address", format!("is not a valid URL: {e}")))?;
         install_crypto_provider();
         let http = builder
@@ -192,6 +258,7 @@ impl ConsulClient {
                 http,
                 base,
                 token: config.token.clone(),
+                http_auth: config.http_auth.clone(),
                 namespace: config.namespace.clone(),
                 partition: config.partition.clone(),
                 request_timeout: config.request_timeout,
@@ -235,6 +302,9 @@ impl ConsulClient {
         if let Some(t) = &self.inner.token {
             rb = rb.header("X-Consul-Token", t.expose());
         }
+        if let Some(a) = &self.inner.http_auth {
+            rb = rb.basic_auth(a.user(), a.expose_password());
+        }
         rb
     }
 
@@ -246,23 +316,24 @@ impl ConsulClient {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
-        if status == http::StatusCode::NOT_FOUND {
-            let mut e = DiscoveryError::status(404, &body);
-            e = DiscoveryError::new(ErrorKind::NotFound, e.to_string());
-            return Err(e);
-        }
         if !status.is_success() {
             return Err(DiscoveryError::status(status.as_u16(), &body));
         }
         Ok((headers, body))
     }
 
-    /// `PUT /v1/agent/service/register`.
+    /// `PUT /v1/agent/service/register`, with the ID always sent (see
+    /// [`ServiceRegistration::effective_id`]). The instance is not routable
+    /// yet when this returns: its checks start critical. Use
+    /// [`Registration::register`](super::Registration::register), which
+    /// waits until it is.
     pub async fn register(&self, registration: &ServiceRegistration) -> Result<(), DiscoveryError> {
         registration.validate().map_err(|e| {
             DiscoveryError::new(ErrorKind::Other, "invalid registration").with_source(e)
         })?;
-        let body = serde_json::to_vec(registration).map_err(|e| {
+        let mut registration = registration.clone();
+        registration.id = Some(registration.effective_id().into_owned());
+        let body = serde_json::to_vec(&registration).map_err(|e| {
             DiscoveryError::new(ErrorKind::Other, "could not encode").with_source(e)
         })?;
         let url = self.url(&["v1", "agent", "service", "register"]);
@@ -274,7 +345,7 @@ impl ConsulClient {
     }
 
     /// `PUT /v1/agent/service/deregister/:service_id`. Deregistering an
-    /// unknown ID succeeds (it is gone either way).
+    /// unknown ID (Consul answers 404) succeeds: it is gone either way.
     pub async fn deregister(&self, service_id: &str) -> Result<(), DiscoveryError> {
         check_name("service ID", service_id).map_err(|e| {
             DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
@@ -286,6 +357,71 @@ impl ConsulClient {
         {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             other => other.map(drop),
+        }
+    }
+
+    /// Puts a service instance on this agent in maintenance (`Some(reason)`)
+    /// or takes it out (`None`): `PUT /v1/agent/service/maintenance/:id`.
+    /// In maintenance, Consul adds a critical `_service_maintenance:<id>`
+    /// check, so watchers drop the instance. Unknown IDs are
+    /// [`ErrorKind::NotFound`] errors.
+    pub async fn service_maintenance(
+        &self,
+        service_id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), DiscoveryError> {
+        check_name("service ID", service_id).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
+        })?;
+        let url = self.url(&["v1", "agent", "service", "maintenance", service_id]);
+        self.maintenance(url, reason).await
+    }
+
+    /// Puts this agent's whole node in maintenance (`Some(reason)`) or takes
+    /// it out (`None`): `PUT /v1/agent/maintenance`. Every instance on the
+    /// node gets a critical `_node_maintenance` check.
+    pub async fn node_maintenance(&self, reason: Option<&str>) -> Result<(), DiscoveryError> {
+        let url = self.url(&["v1", "agent", "maintenance"]);
+        self.maintenance(url, reason).await
+    }
+
+    async fn maintenance(&self, mut url: Url, reason: Option<&str>) -> Result<(), DiscoveryError> {
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("enable", if reason.is_some() { "true" } else { "false" });
+            if let Some(r) = reason.filter(|r| !r.is_empty()) {
+                q.append_pair("reason", r);
+            }
+        }
+        self.send(self.request(Method::PUT, url, self.inner.request_timeout))
+            .await
+            .map(drop)
+    }
+
+    /// The aggregated status of a service instance on this agent, its node's
+    /// checks included: `GET /v1/agent/health/service/id/:service_id`
+    /// (200 passing, 429 warning, 503 critical). An unknown instance is an
+    /// [`ErrorKind::NotFound`] error.
+    pub async fn agent_service_status(
+        &self,
+        service_id: &str,
+    ) -> Result<CheckStatus, DiscoveryError> {
+        check_name("service ID", service_id).map_err(|e| {
+            DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
+        })?;
+        let url = self.url(&["v1", "agent", "health", "service", "id", service_id]);
+        let resp = self
+            .request(Method::GET, url, self.inner.request_timeout)
+            .send()
+            .await
+            .map_err(DiscoveryError::from_reqwest)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
+        match status {
+            200 => Ok(CheckStatus::Passing),
+            429 => Ok(CheckStatus::Warning),
+            503 => Ok(CheckStatus::Critical),
+            _ => Err(DiscoveryError::status(status, &body)),
         }
     }
 
@@ -341,14 +477,11 @@ impl ConsulClient {
             if query.passing_only {
                 q.append_key_only("passing");
             }
-            for t in &query.tags {
-                q.append_pair("tag", t);
-            }
             if let Some(dc) = &query.datacenter {
                 q.append_pair("dc", dc);
             }
-            if let Some(f) = &query.filter {
-                q.append_pair("filter", f);
+            if let Some(f) = query.filter_expression() {
+                q.append_pair("filter", &f);
             }
             if let Some(n) = &query.near {
                 q.append_pair("near", n);
@@ -375,11 +508,21 @@ impl ConsulClient {
             }
         }
         let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
-        let index = headers
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        Ok(HealthAnswer { body, index })
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        Ok(HealthAnswer {
+            index: header("x-consul-index").and_then(|v| v.parse().ok()),
+            known_leader: header("x-consul-knownleader").and_then(|v| v.parse().ok()),
+            last_contact: header("x-consul-lastcontact")
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+            filtered_by_acls: header("x-consul-results-filtered-by-acls") == Some("true"),
+            body,
+        })
     }
 }
 
@@ -419,11 +562,46 @@ fn tls(
             )
         })
     };
+    let mut roots = Vec::new();
     if let Some(ca) = &config.ca_cert {
         let pem = read("ca_cert", ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| InvalidConfig::field("ca_cert", format!("is not a PEM bundle: {e}")))?;
-        builder = builder.tls_certs_only(certs);
+        roots.extend(
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                InvalidConfig::field("ca_cert", format!("is not a PEM bundle: {e}"))
+            })?,
+        );
+    }
+    if let Some(dir) = &config.ca_path {
+        // As the Go client's rootcerts.LoadCAPath: every file in the
+        // directory is a PEM file of certificates.
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            InvalidConfig::field(
+                "ca_path",
+                format!("directory {} could not be read: {e}", dir.display()),
+            )
+        })?;
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let pem = read("ca_path", &file)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    InvalidConfig::field(
+                        "ca_path",
+                        format!("file {} holds no PEM certificate", file.display()),
+                    )
+                })?;
+            roots.extend(certs);
+        }
+    }
+    if !roots.is_empty() {
+        builder = builder.tls_certs_only(roots);
     }
     if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
         let mut pem = read("client_cert", cert)?;
@@ -441,6 +619,44 @@ fn tls(
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
     Ok(builder)
+}
+
+/// Resolves the TLS server name to the agent's address, looked up again for
+/// every new connection; other names resolve as usual.
+struct AgentResolver {
+    name: String,
+    agent: Address,
+}
+
+impl reqwest::dns::Resolve for AgentResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let target = if name.as_str().eq_ignore_ascii_case(&self.name) {
+            match &self.agent {
+                Address::Socket(s) => {
+                    let addr = *s;
+                    return Box::pin(async move {
+                        Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs)
+                    });
+                }
+                Address::Host { host, port } => format!("{host}:{port}"),
+            }
+        } else {
+            format!("{}:0", name.as_str())
+        };
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A host for a URL: IPv6 literals in brackets.
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// reqwest is built without a bundled crypto provider (no aws-lc); use ring
@@ -466,12 +682,42 @@ mod tests {
             u.as_str(),
             "http://127.0.0.1:8500/v1/health/service/web?ns=team-a"
         );
-        let client = ConsulClient::new(&ConsulConfig::new("localhost")).unwrap();
+        let client = ConsulClient::new(&ConsulConfig::new("localhost:8500")).unwrap();
         assert_eq!(client.base_url(), "http://localhost:8500/");
         assert_eq!(
             client.url(&["v1", "agent"]).as_str(),
             "http://localhost:8500/v1/agent"
         );
+        let client = ConsulClient::new(&ConsulConfig::new("https://gw.example/consul")).unwrap();
+        assert_eq!(
+            client.url(&["v1", "health", "service", "a b"]).as_str(),
+            "https://gw.example/consul/v1/health/service/a%20b"
+        );
+    }
+
+    #[test]
+    fn construction_never_resolves_the_agent() {
+        // The old client resolved (blocking) and pinned the agent's address
+        // here; a name that does not resolve yet must not fail the client.
+        let mut c = ConsulConfig::new("https://agent.invalid:8501");
+        c.tls_server_name = Some("server.dc1.consul:8501".into());
+        let client = ConsulClient::new(&c).unwrap();
+        assert_eq!(client.base_url(), "https://server.dc1.consul:8501/");
+    }
+
+    #[tokio::test]
+    async fn the_agent_host_is_resolved_for_every_connection() {
+        use reqwest::dns::Resolve;
+        let r = AgentResolver {
+            name: "server.dc1.consul".into(),
+            agent: Address::host("localhost", 8501).unwrap(),
+        };
+        for _ in 0..2 {
+            let name: reqwest::dns::Name = "server.dc1.consul".parse().unwrap();
+            let addrs: Vec<_> = r.resolve(name).await.unwrap().collect();
+            assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+            assert!(!addrs.is_empty());
+        }
     }
 
     #[test]

@@ -2,17 +2,32 @@
 //!
 //! One task per watched service runs this loop:
 //!
-//! 1. take a token from a small token bucket (so churn, spurious wake-ups or a
-//!    server that ignores `index` cannot make the loop spin);
+//! 1. take a token from a token bucket: by default a burst of 2, then one
+//!    query per 15 s, Consul's own guidance for blocking-query loops
+//!    ("Implementation Details" of its blocking-query docs). An idle service
+//!    costs one held query per `wait`; under churn (an instance flapping) the
+//!    watch re-reads the whole answer at most about four times a minute
+//!    instead of on every flap, and spurious wake-ups or a server that
+//!    ignores `index` cannot make it spin. Lower
+//!    [`min_interval`](WatchConfig::min_interval) for faster reaction at the
+//!    servers' expense;
 //! 2. `GET /v1/health/service/:name?passing&index=<last>&wait=<wait>` (no
 //!    `index` on the first call and after an error: index 0 does not block);
-//! 3. on an answer: an index lower than the last one resets to 0 (snapshot
+//! 3. with [`Consistency::Stale`](super::Consistency::Stale) and a
+//!    [`max_staleness`](WatchConfig::max_staleness): an answer from a server
+//!    that knows no leader or last heard from it longer ago than that is
+//!    asked again of the leader at once (as consul-template's `max_stale`);
+//! 4. on an answer: an index lower than the last one resets to 0 (snapshot
 //!    restore), an index of 0 is treated as 1 (never block on 0); a missing
-//!    `X-Consul-Index` or an unparsable body is an error; otherwise the
-//!    endpoints are parsed against the set published last (unchanged
-//!    instances keep their [`Endpoint`](mesh_core::Endpoint)) and published,
-//!    and the [`Publisher`] drops them if their content did not change;
-//! 4. on an error: keep the endpoints (fail static), record the error in the
+//!    `X-Consul-Index`, an unparsable body, or an empty answer that Consul
+//!    says it filtered by ACLs (`X-Consul-Results-Filtered-By-ACLs`: the
+//!    token may not read the service) is an error; otherwise the endpoints of
+//!    the routable instances (passing or warning, see
+//!    [`parse_health`](super::parse_health)) are parsed against the set
+//!    published last (unchanged instances keep their
+//!    [`Endpoint`](mesh_core::Endpoint)) and published, and the
+//!    [`Publisher`] drops them if their content did not change;
+//! 5. on an error: keep the endpoints (fail static), record the error in the
 //!    source's health, reset the index, and sleep a capped, jittered backoff.
 
 use std::time::Duration;
@@ -21,9 +36,10 @@ use mesh_core::backoff::Backoff;
 use mesh_core::config::InvalidConfig;
 use tokio::time::Instant;
 
-use super::client::{ConsulClient, HealthQuery};
+use super::client::{Consistency, ConsulClient, HealthAnswer, HealthQuery};
 use super::health::parse_health_report;
-use crate::error::DiscoveryError;
+use super::model::AddressChoice;
+use crate::error::{DiscoveryError, ErrorKind};
 use crate::source::{Discovery, EndpointSet, Publisher};
 
 /// What a source does when its answer has no healthy endpoint while it still
@@ -56,12 +72,20 @@ pub struct WatchConfig {
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub wait: Duration,
     /// The token bucket's refill period: at most one query per period once the
-    /// burst is spent. 1 ms to 60 s; default 100 ms.
+    /// burst is spent. 1 ms to 60 s; default 15 s (Consul's guidance).
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_interval: Duration,
     /// The token bucket's size: how many queries may go back to back. 1 to
-    /// 100; default 5.
+    /// 100; default 2 (Consul's guidance).
     pub burst: u32,
+    /// Which address of each instance to route to (the service's own by
+    /// default, or a tagged address such as `wan_ipv4`).
+    pub address: AddressChoice,
+    /// With [`Consistency::Stale`]: the most a stale answer may lag behind
+    /// the leader (`X-Consul-LastContact`) before it is asked of the leader
+    /// instead. `None` (default): any stale answer is used. 1 ms to 10 min.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde::option"))]
+    pub max_staleness: Option<Duration>,
     /// The delay between attempts after an error. Default 500 ms, ×2, capped
     /// at 60 s, full jitter.
     pub backoff: Backoff,
@@ -73,13 +97,20 @@ pub struct WatchConfig {
     pub timeout_margin: Duration,
 }
 
+/// The default refill period of the watch's token bucket.
+pub(crate) const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(15);
+/// The default size of the watch's token bucket.
+pub(crate) const DEFAULT_BURST: u32 = 2;
+
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
             query: HealthQuery::default(),
             wait: Duration::from_secs(300),
-            min_interval: Duration::from_millis(100),
-            burst: 5,
+            min_interval: DEFAULT_MIN_INTERVAL,
+            burst: DEFAULT_BURST,
+            address: AddressChoice::Default,
+            max_staleness: None,
             backoff: Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(60)),
             empty: EmptyPolicy::KeepLast,
             timeout_margin: super::client::BLOCKING_MARGIN,
@@ -128,6 +159,14 @@ impl WatchConfig {
             Duration::ZERO,
             Duration::from_secs(60),
         );
+        if let Some(m) = self.max_staleness {
+            range(
+                "max_staleness",
+                m,
+                Duration::from_millis(1),
+                Duration::from_secs(600),
+            );
+        }
         if !(1..=100).contains(&self.burst) {
             errors.push(
                 "burst",
@@ -197,13 +236,17 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
     let mut index: u64 = 0;
     let mut backoff = config.backoff.session();
     let mut bucket = TokenBucket::new(config.burst, config.min_interval);
+    let leader_query = HealthQuery {
+        consistency: Consistency::Default,
+        ..config.query.clone()
+    };
     tracing::debug!(source = %publisher.name(), "consul watch started");
     loop {
         bucket.acquire().await;
         let wait = (index > 0).then_some(config.wait);
         let answer = tokio::select! {
             () = publisher.closed() => break,
-            a = client.health_service_with_margin(&config.query, index, wait, config.timeout_margin) => a,
+            a = query(&client, &config, &leader_query, index, wait) => a,
         };
         let parsed = answer.and_then(|a| {
             let new_index = a
@@ -211,7 +254,23 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
                 .ok_or_else(|| DiscoveryError::invalid_response("answer has no X-Consul-Index"))?;
             // Unchanged instances come back as the endpoints already
             // published: no allocation, and a pointer compare in `publish`.
-            let (endpoints, report) = parse_health_report(&a.body, Some(&publisher.current()))?;
+            let (endpoints, report) =
+                parse_health_report(&a.body, Some(&publisher.current()), config.address)?;
+            if a.filtered_by_acls {
+                if endpoints.is_empty() && report.unhealthy == 0 && report.skipped == 0 {
+                    return Err(DiscoveryError::new(
+                        ErrorKind::Denied,
+                        format!(
+                            "Consul filtered every instance of {:?} out by ACLs: the token may not read it (service:read, node:read)",
+                            config.query.service
+                        ),
+                    ));
+                }
+                tracing::warn!(source = %publisher.name(), "Consul filtered some instances out by ACLs");
+            }
+            if report.unhealthy > 0 {
+                tracing::debug!(source = %publisher.name(), unhealthy = report.unhealthy, "left out critical or maintenance instances");
+            }
             Ok((new_index, endpoints, report))
         });
         match parsed {
@@ -252,6 +311,34 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
     tracing::debug!(source = %publisher.name(), "consul watch stopped: nobody listens");
 }
 
+/// One query; a stale answer older than `max_staleness` (or from a server
+/// without a leader) is asked again of the leader.
+async fn query(
+    client: &ConsulClient,
+    config: &WatchConfig,
+    leader_query: &HealthQuery,
+    index: u64,
+    wait: Option<Duration>,
+) -> Result<HealthAnswer, DiscoveryError> {
+    let a = client
+        .health_service_with_margin(&config.query, index, wait, config.timeout_margin)
+        .await?;
+    let Some(max) = config.max_staleness else {
+        return Ok(a);
+    };
+    if config.query.consistency != Consistency::Stale {
+        return Ok(a);
+    }
+    let too_old = a.last_contact.is_some_and(|c| c > max);
+    if !too_old && a.known_leader != Some(false) {
+        return Ok(a);
+    }
+    tracing::debug!(service = %config.query.service, last_contact = ?a.last_contact, known_leader = ?a.known_leader, "stale answer too old; asking the leader");
+    client
+        .health_service_with_margin(leader_query, 0, None, config.timeout_margin)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +353,26 @@ mod tests {
         let paths: Vec<_> = e.errors().iter().map(|f| f.path().to_owned()).collect();
         assert_eq!(paths, ["query", "wait", "burst", "backoff.base"], "{e}");
         WatchConfig::new("web").validate().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_default_bucket_is_consuls_burst_2_then_one_per_15s() {
+        let c = WatchConfig::default();
+        let mut b = TokenBucket::new(c.burst, c.min_interval);
+        let start = Instant::now();
+        b.acquire().await;
+        b.acquire().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        b.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        for _ in 0..3 {
+            b.acquire().await;
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(60),
+            "four a minute under churn"
+        );
     }
 
     #[tokio::test(start_paused = true)]

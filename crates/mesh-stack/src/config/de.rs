@@ -25,6 +25,8 @@ const FIELDS: &[&str] = &[
     "datacenter",
     "passing_only",
     "wait",
+    "min_interval",
+    "burst",
 ];
 
 #[derive(serde::Deserialize)]
@@ -90,6 +92,16 @@ impl<'de> Visitor<'de> for DiscoveryVisitor {
                         .next_value::<humantime_serde::Serde<Duration>>()?
                         .into_inner();
                     consul_field.get_or_insert("wait");
+                }
+                "min_interval" => {
+                    consul.min_interval = map
+                        .next_value::<humantime_serde::Serde<Duration>>()?
+                        .into_inner();
+                    consul_field.get_or_insert("min_interval");
+                }
+                "burst" => {
+                    consul.burst = map.next_value()?;
+                    consul_field.get_or_insert("burst");
                 }
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }

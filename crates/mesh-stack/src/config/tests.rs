@@ -414,6 +414,8 @@ fn errors_inside_a_discovery_source_name_their_path() {
             datacenter: Some("dc2".into()),
             passing_only: false,
             wait: Duration::from_secs(30),
+            min_interval: Duration::from_secs(5),
+            burst: 3,
         }),
     );
     for text in [c.to_toml_string().unwrap(), c.to_json_string().unwrap()] {

@@ -8,33 +8,53 @@
 //!
 //! | Endpoint | Behaviour |
 //! |---|---|
-//! | `PUT /v1/agent/service/register` | `Name`, `ID`, `Tags`, `Address`, `Port`, `Meta`, `Weights`, `Check`/`Checks` (`CheckID` defaults to `service:<id>`, or `service:<id>:<n>` in `Checks`) |
-//! | `PUT /v1/agent/service/deregister/:id` | removes the instance and its checks (idempotent) |
+//! | `PUT /v1/agent/service/register` | `Name`, `ID`, `Kind`, `Tags`, `Address`, `TaggedAddresses`, `Port`, `Meta`, `Weights` (`Passing` ≥ 1, else 400), `EnableTagOverride`, `Proxy`, `Check`/`Checks` (`CheckID` defaults to `service:<id>`, or `service:<id>:<n>` in `Checks`; `Interval` required for HTTP/TCP/gRPC) |
+//! | `PUT /v1/agent/service/deregister/:id` | removes the instance and its checks; 404 for an unknown id |
+//! | `PUT /v1/agent/service/maintenance/:id?enable=&reason=` | adds/removes the critical `_service_maintenance:<id>` check; 404 for an unknown id |
+//! | `PUT /v1/agent/maintenance?enable=&reason=` | adds/removes the node's critical `_node_maintenance` check |
 //! | `PUT /v1/agent/check/pass\|warn\|fail/:check_id?note=` | TTL reports; 404 for an unknown check |
 //! | `PUT /v1/agent/check/update/:check_id` | `{"Status", "Output"}` |
-//! | `GET /v1/health/service/:name` | `passing`, `tag` (repeatable, all must match), `index` + `wait` blocking; `dc` other than `dc1` answers 500 "No path to datacenter" |
+//! | `GET /v1/agent/health/service/id/:id` | 200 / 429 / 503 for passing / warning / critical, 404 unknown |
+//! | `GET /v1/health/service/:name` | `passing`, `tag` (repeatable, all must match), `filter` (the subset of Consul's filter language discovery uses: `==`, `!=`, `contains`, `in`, `is empty`, `and`, `or`, `not`), `stale`, `consistent`, `index` + `wait` blocking; `dc` other than `dc1` answers 500 "No path to datacenter" |
 //!
 //! What it models:
 //!
-//! - **One global index**, raised by every write that changes something
-//!   (registration, deregistration, a check *status* change, a TTL expiry).
-//!   Every answer carries it in `X-Consul-Index`. Like Consul, a wake-up does
-//!   not promise a change for the service asked about.
-//! - **Real blocking**: `?index=N&wait=D` with N > 0 holds the request until the
-//!   index passes N, or until D (at most 10 min) plus up to D/16 of jitter has
-//!   passed. `index=0` does not block.
-//! - **TTL checks** start critical unless `Status` says otherwise, and turn
-//!   critical when no report arrives within their TTL;
-//!   `DeregisterCriticalServiceAfter` removes an instance whose check stayed
-//!   critical that long. The fake does not probe HTTP/TCP/gRPC targets: those
-//!   checks report passing unless the registration's `Status` or a test says
-//!   otherwise ([`FakeConsul::set_health`]).
-//! - **ACLs**, optionally ([`FakeConsul::require_token`]): agent writes without
-//!   the token get 403, health reads get an empty list (Consul filters).
-//! - Every instance also carries the node's `serfHealth` check, passing.
+//! - **Indexes**: one global index, raised by every write that changes
+//!   something, and one per service, set to the global index by each write
+//!   that changes that service (its instances, their checks, their node's
+//!   checks). A health read carries its service's index in `X-Consul-Index`
+//!   and a blocking query waits on it, so writes to other services do not
+//!   wake it. Like Consul, a wake-up does not promise a change in the body.
+//! - **Real blocking**: `?index=N&wait=D` with N > 0 holds the request until
+//!   the service's index passes N, or until D (at most 10 min) plus up to
+//!   D/16 of jitter has passed. `index=0` does not block.
+//! - **Checks start critical** unless the registration's `Status` says
+//!   otherwise: TTL checks until their first report, HTTP/TCP/gRPC checks
+//!   until their first run. The fake runs them for real, the first run after
+//!   a random stagger within `Interval`, then every `Interval`: HTTP checks
+//!   send `Method` (default `GET`) with `Header` to an `http://` URL (2xx
+//!   passes, 429 warns, anything else fails); TCP checks connect; gRPC checks
+//!   connect to `host:port` (the gRPC health protocol itself is not spoken).
+//!   `SuccessBeforePassing` and `FailuresBeforeCritical` apply. TTL checks
+//!   turn critical when no report arrives within their TTL.
+//! - **The reaper**: every 30 s, as Consul's agent, instances whose check has
+//!   been critical for its `DeregisterCriticalServiceAfter` (raised to one
+//!   minute) are deregistered.
+//! - **Nodes**: every entry lists its node's `serfHealth` check (and
+//!   `_node_maintenance` in maintenance) before the service's own checks;
+//!   [`FakeConsul::set_node_health`] makes a node dead.
+//! - **Consul 1.16 answer shapes**: `Kind`, `Proxy`, `Connect`, `PeerName`,
+//!   `TaggedAddresses` (with the `lan_ipv4`/`wan_ipv4` pair the agent adds),
+//!   raft indexes, check `Type`/`Interval`/`Definition`.
+//! - **ACLs**, optionally ([`FakeConsul::require_token`]): an unknown token
+//!   gets 403 "ACL not found"; anonymous writes get 403; anonymous health
+//!   reads get an empty list with `X-Consul-Results-Filtered-By-ACLs: true`.
+//! - **Leadership** ([`FakeConsul::set_leader`]): `X-Consul-KnownLeader` and
+//!   `X-Consul-LastContact` on stale reads; without a leader,
+//!   default-consistency reads get 500 "No cluster leader".
 //!
-//! Not modelled: `filter`, `near`, namespaces and partitions (accepted and
-//! ignored), the catalog and KV APIs, other datacenters.
+//! Not modelled: `near`, namespaces and partitions (accepted and ignored),
+//! the catalog and KV APIs, other datacenters, HTTPS check targets.
 //!
 //! # Fault injection
 //!
@@ -62,6 +82,9 @@
 //! # }
 //! ```
 
+mod checks;
+mod filter;
+mod json;
 mod server;
 mod state;
 
@@ -75,7 +98,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use state::{AGENT_NODE, AGENT_NODE_ADDRESS, CheckState, InstanceState, State};
+use state::{
+    AGENT_NODE, AGENT_NODE_ADDRESS, CheckKind, CheckState, InstanceState, MIN_DEREGISTER_AFTER,
+    NODE_MAINTENANCE, NodeState, SERF_HEALTH, State, service_maintenance_id,
+};
 
 /// A check's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,6 +186,19 @@ pub struct Instance {
     pub weights: (u32, u32),
     /// The status of the instance's check (default passing).
     pub health: Health,
+    /// `DeregisterCriticalServiceAfter` of the instance's check (raised to
+    /// one minute, as Consul does); `None` (default): never reaped.
+    pub deregister_critical_after: Option<Duration>,
+    /// `TaggedAddresses` given at registration: name to (address, port).
+    /// The fake adds `lan_ipv4`/`wan_ipv4` (or `_ipv6`) for an IP
+    /// `address`, as Consul's agent does.
+    pub tagged_addresses: BTreeMap<String, (String, u16)>,
+    /// `Kind`: empty for a typical service, `connect-proxy` for a sidecar.
+    pub kind: String,
+    /// `Proxy`, as registered (for `connect-proxy` instances).
+    pub proxy: Option<serde_json::Value>,
+    /// `EnableTagOverride`.
+    pub enable_tag_override: bool,
 }
 
 impl Instance {
@@ -177,7 +216,27 @@ impl Instance {
             meta: BTreeMap::new(),
             weights: (1, 1),
             health: Health::Passing,
+            deregister_critical_after: None,
+            tagged_addresses: BTreeMap::new(),
+            kind: String::new(),
+            proxy: None,
+            enable_tag_override: false,
         }
+    }
+
+    /// Reaped after its check stayed critical this long (at least one minute).
+    #[must_use]
+    pub fn deregister_critical_after(mut self, after: Duration) -> Self {
+        self.deregister_critical_after = Some(after);
+        self
+    }
+
+    /// With one more tagged address (`lan`, `wan`, `lan_ipv6`, ...).
+    #[must_use]
+    pub fn tagged_address(mut self, name: &str, address: &str, port: u16) -> Self {
+        self.tagged_addresses
+            .insert(name.to_owned(), (address.to_owned(), port));
+        self
     }
 
     /// On another node.
@@ -230,10 +289,22 @@ pub(crate) struct Shared {
     index_tx: watch::Sender<u64>,
     fault_tx: watch::Sender<Fault>,
     token: Mutex<Option<String>>,
+    leader: Mutex<Leader>,
+    /// The query strings of the last health requests, oldest first.
+    health_queries: Mutex<std::collections::VecDeque<String>>,
     requests: AtomicU64,
     health_requests: AtomicU64,
     in_flight_health: AtomicU64,
     shutdown: watch::Sender<bool>,
+}
+
+/// What the servers know of their leader, for `X-Consul-KnownLeader` and
+/// `X-Consul-LastContact`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Leader {
+    pub(crate) known: bool,
+    /// How far behind the leader a stale read is.
+    pub(crate) last_contact: Duration,
 }
 
 impl fmt::Debug for FakeConsul {
@@ -257,23 +328,46 @@ impl FakeConsul {
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = State {
+        let shared = Self::shared(addr);
+        tokio::spawn(server::accept_loop(listener, shared.clone()));
+        shared.start_reaper();
+        Ok(Self { shared })
+    }
+
+    /// Starts a fake agent on a Unix socket at `path` (for
+    /// `CONSUL_HTTP_ADDR=unix://<path>`); [`addr`](Self::addr) is then
+    /// `127.0.0.1:0`.
+    #[cfg(unix)]
+    pub async fn start_unix(path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let listener = tokio::net::UnixListener::bind(path)?;
+        let shared = Self::shared(SocketAddr::from(([127, 0, 0, 1], 0)));
+        tokio::spawn(server::accept_unix_loop(listener, shared.clone()));
+        shared.start_reaper();
+        Ok(Self { shared })
+    }
+
+    fn shared(addr: SocketAddr) -> Arc<Shared> {
+        let mut state = State {
             index: 1,
             ..State::default()
         };
-        let shared = Arc::new(Shared {
+        state.ensure_node(AGENT_NODE, AGENT_NODE_ADDRESS);
+        Arc::new(Shared {
             addr,
             state: Mutex::new(state),
             index_tx: watch::channel(1).0,
             fault_tx: watch::channel(Fault::None).0,
             token: Mutex::new(None),
+            leader: Mutex::new(Leader {
+                known: true,
+                last_contact: Duration::ZERO,
+            }),
+            health_queries: Mutex::new(std::collections::VecDeque::new()),
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
             in_flight_health: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
-        });
-        tokio::spawn(server::accept_loop(listener, shared.clone()));
-        Ok(Self { shared })
+        })
     }
 
     /// Where it listens.
@@ -286,9 +380,16 @@ impl FakeConsul {
         format!("http://{}", self.shared.addr)
     }
 
-    /// The current index.
+    /// The current global index.
     pub fn index(&self) -> u64 {
         self.shared.lock().index
+    }
+
+    /// The index of the last write to `service` (what its health reads
+    /// carry in `X-Consul-Index`), or the global one for a service never
+    /// seen.
+    pub fn service_index(&self, service: &str) -> u64 {
+        self.shared.lock().index_of(service)
     }
 
     /// Adds (or replaces) an instance with one check, `service:<id>`, in the
@@ -301,24 +402,20 @@ impl FakeConsul {
     pub fn add_instances(&self, instances: impl IntoIterator<Item = Instance>) {
         self.shared.write(|s| {
             for inst in instances {
-                let check = CheckState {
-                    id: format!("service:{}", inst.id),
-                    name: format!("Service '{}' check", inst.service),
-                    status: inst.health,
-                    output: String::new(),
-                    ttl: None,
-                    deregister_after: None,
-                    generation: 0,
-                };
-                s.instances.insert(
-                    (inst.node.clone(), inst.id.clone()),
-                    InstanceState {
-                        spec: inst,
-                        checks: vec![check],
-                    },
+                let mut check = CheckState::new(
+                    format!("service:{}", inst.id),
+                    format!("Service '{}' check", inst.service),
+                    CheckKind::Manual,
+                    inst.health,
                 );
+                check.deregister_after = inst
+                    .deregister_critical_after
+                    .map(|d| d.max(MIN_DEREGISTER_AFTER));
+                s.insert(InstanceState {
+                    spec: inst,
+                    checks: vec![check],
+                });
             }
-            true
         });
     }
 
@@ -326,38 +423,100 @@ impl FakeConsul {
     pub fn remove_instance(&self, id: &str) -> usize {
         let mut n = 0;
         self.shared.write(|s| {
-            let before = s.instances.len();
-            s.instances.retain(|(_, i), _| i != id);
-            n = before - s.instances.len();
-            n > 0
+            let keys: Vec<_> = s
+                .instances
+                .keys()
+                .filter(|(_, i)| i == id)
+                .cloned()
+                .collect();
+            for (node, id) in keys {
+                n += usize::from(s.remove(&node, &id));
+            }
         });
         n
     }
 
-    /// Sets every check of every instance with this ID to `health`. Returns
-    /// false when there is no such instance.
+    /// Sets every check of every instance with this ID to `health`
+    /// (maintenance checks aside). Returns false when there is no such
+    /// instance.
     pub fn set_health(&self, id: &str, health: Health) -> bool {
         let mut found = false;
         self.shared.write(|s| {
-            let mut changed = false;
+            let mut touched = Vec::new();
             for inst in s.instances.values_mut().filter(|i| i.spec.id == id) {
                 found = true;
-                for c in &mut inst.checks {
-                    changed |= c.status != health;
-                    c.status = health;
+                for c in inst
+                    .checks
+                    .iter_mut()
+                    .filter(|c| c.kind != CheckKind::Maintenance)
+                {
                     c.generation += 1;
+                    if c.set(health, String::new()) {
+                        touched.push(inst.spec.service.clone());
+                    }
                 }
             }
-            changed
+            for t in touched {
+                s.touch(&t);
+            }
         });
         found
+    }
+
+    /// Sets a node's `serfHealth` check: `Critical` is a dead node (its
+    /// instances stay listed without `?passing`). Adds the node if unknown.
+    pub fn set_node_health(&self, node: &str, health: Health) {
+        self.shared.write(|s| {
+            s.ensure_node(node, AGENT_NODE_ADDRESS);
+            let n = s.nodes.get_mut(node).expect("ensured");
+            let changed = n
+                .checks
+                .iter_mut()
+                .find(|c| c.id == SERF_HEALTH)
+                .is_some_and(|c| c.set(health, String::new()));
+            if changed {
+                s.touch_node(node);
+            }
+        });
+    }
+
+    /// Puts the service instance `id` on the agent's node in maintenance
+    /// (`Some(reason)`) or takes it out (`None`), as
+    /// `PUT /v1/agent/service/maintenance/:id` does. False for an unknown id.
+    pub fn set_service_maintenance(&self, id: &str, reason: Option<&str>) -> bool {
+        let mut found = false;
+        self.shared.write(|s| {
+            found = s.service_maintenance(id, reason);
+        });
+        found
+    }
+
+    /// Puts the agent's node in maintenance (`Some(reason)`) or takes it out
+    /// (`None`), as `PUT /v1/agent/maintenance` does.
+    pub fn set_node_maintenance(&self, reason: Option<&str>) {
+        self.shared.write(|s| s.node_maintenance(reason));
+    }
+
+    /// What servers report about their leader from now on. With
+    /// `known = false`, default-consistency reads fail with 500
+    /// "No cluster leader"; `?stale` reads are still served, with
+    /// `X-Consul-KnownLeader: false`. `last_contact` is the
+    /// `X-Consul-LastContact` of stale reads.
+    pub fn set_leader(&self, known: bool, last_contact: Duration) {
+        *self
+            .shared
+            .leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Leader {
+            known,
+            last_contact,
+        };
     }
 
     /// The status of a check on the agent's node.
     pub fn check_status(&self, check_id: &str) -> Option<Health> {
         let mut s = self.shared.lock();
-        s.find_check_mut(check_id)
-            .map(|(inst, i)| inst.checks[i].status)
+        s.find_check_mut(check_id).map(|(c, _)| c.status)
     }
 
     /// IDs of every instance of `service`, healthy or not, sorted.
@@ -365,7 +524,8 @@ impl FakeConsul {
         self.ids(service, false)
     }
 
-    /// IDs of the instances of `service` whose checks all pass, sorted.
+    /// IDs of the instances of `service` whose checks (node checks included)
+    /// all pass, sorted.
     pub fn healthy_ids(&self, service: &str) -> Vec<String> {
         self.ids(service, true)
     }
@@ -376,7 +536,7 @@ impl FakeConsul {
             .instances
             .values()
             .filter(|i| i.spec.service == service)
-            .filter(|i| !passing || i.checks.iter().all(|c| c.status == Health::Passing))
+            .filter(|i| !passing || s.aggregate(i) == Health::Passing)
             .map(|i| i.spec.id.clone())
             .collect();
         ids.sort();
@@ -392,11 +552,18 @@ impl FakeConsul {
     }
 
     /// Moves the index back to `index` (at least 1), as a snapshot restore
-    /// does. Blocked queries with a higher index keep waiting until their
-    /// `wait` runs out and then see the lower index.
+    /// does, per-service indexes included. Blocked queries with a higher
+    /// index keep waiting until their `wait` runs out and then see the lower
+    /// index.
     pub fn reset_index(&self, index: u64) {
         let index = index.max(1);
-        self.shared.lock().index = index;
+        {
+            let mut s = self.shared.lock();
+            s.index = index;
+            for v in s.service_index.values_mut() {
+                *v = (*v).min(index);
+            }
+        }
         self.shared.index_tx.send_replace(index);
     }
 
@@ -411,8 +578,11 @@ impl FakeConsul {
         self.set_fault(Fault::None);
     }
 
-    /// Requires `X-Consul-Token` (or `Authorization: Bearer`) to equal `token`;
-    /// `None` turns ACLs off.
+    /// Turns ACLs on with one token that may do everything (`None` turns
+    /// them off). Then, as in Consul: a request with another token gets 403
+    /// "ACL not found"; one without a token is anonymous: its writes get 403
+    /// "Permission denied", its health reads an empty list with
+    /// `X-Consul-Results-Filtered-By-ACLs: true`.
     pub fn require_token(&self, token: Option<&str>) {
         *self
             .shared
@@ -429,6 +599,18 @@ impl FakeConsul {
     /// `/v1/health/service/...` requests received so far.
     pub fn health_request_count(&self) -> u64 {
         self.shared.health_requests.load(Ordering::SeqCst)
+    }
+
+    /// The decoded query strings (`passing&filter=...&index=7&wait=5m`) of
+    /// the last 100 `/v1/health/service/...` requests, oldest first.
+    pub fn health_queries(&self) -> Vec<String> {
+        self.shared
+            .health_queries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Health requests being held right now (blocking or hanging).
@@ -456,65 +638,88 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs a write; raises the index and wakes blocked queries when `f` says
-    /// something changed.
-    fn write(&self, f: impl FnOnce(&mut State) -> bool) {
+    fn leader(&self) -> Leader {
+        *self
+            .leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs a write; when it touched a service ([`State::touch`]), raises
+    /// the global index and that service's, and wakes blocked queries.
+    fn write(&self, f: impl FnOnce(&mut State)) {
         let new = {
             let mut s = self.lock();
-            if !f(&mut s) {
-                return;
-            }
-            s.bump()
+            f(&mut s);
+            s.commit()
         };
-        self.index_tx.send_replace(new);
+        if let Some(new) = new {
+            self.index_tx.send_replace(new);
+        }
+    }
+}
+
+impl State {
+    /// Adds or removes `_service_maintenance:<id>` on the agent's node.
+    pub(crate) fn service_maintenance(&mut self, id: &str, reason: Option<&str>) -> bool {
+        let Some(inst) = self
+            .instances
+            .get_mut(&(AGENT_NODE.to_owned(), id.to_owned()))
+        else {
+            return false;
+        };
+        let check_id = service_maintenance_id(id);
+        let had = inst.checks.iter().any(|c| c.id == check_id);
+        inst.checks.retain(|c| c.id != check_id);
+        if let Some(reason) = reason {
+            inst.checks.push(maintenance_check(
+                check_id,
+                "Service Maintenance Mode",
+                reason,
+            ));
+        }
+        if had || reason.is_some() {
+            let service = inst.spec.service.clone();
+            self.touch(&service);
+        }
+        true
     }
 
-    /// Starts (or restarts) the TTL timer of a check.
-    fn arm_ttl(self: &Arc<Self>, check_id: String, ttl: Duration, generation: u64) {
-        let shared = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            let mut deregister_after = None;
-            shared.write(|s| {
-                let Some((inst, i)) = s.find_check_mut(&check_id) else {
-                    return false;
-                };
-                let c = &mut inst.checks[i];
-                if c.generation != generation || c.status == Health::Critical {
-                    return false;
-                }
-                tracing::debug!(check = %check_id, "fake consul: TTL expired");
-                c.status = Health::Critical;
-                c.output = "TTL expired".to_owned();
-                deregister_after = c.deregister_after;
-                true
-            });
-            if let Some(after) = deregister_after {
-                shared.arm_reaper(check_id, after, generation);
-            }
-        });
+    /// Adds or removes `_node_maintenance` on the agent's node.
+    pub(crate) fn node_maintenance(&mut self, reason: Option<&str>) {
+        let node = self
+            .nodes
+            .entry(AGENT_NODE.to_owned())
+            .or_insert_with(|| NodeState::new(AGENT_NODE, AGENT_NODE_ADDRESS));
+        let had = node.checks.iter().any(|c| c.id == NODE_MAINTENANCE);
+        node.checks.retain(|c| c.id != NODE_MAINTENANCE);
+        if let Some(reason) = reason {
+            node.checks.push(maintenance_check(
+                NODE_MAINTENANCE.to_owned(),
+                "Node Maintenance Mode",
+                reason,
+            ));
+        }
+        if had || reason.is_some() {
+            self.touch_node(AGENT_NODE);
+        }
     }
+}
 
-    /// Removes the instance if the check is still critical after `after`.
-    fn arm_reaper(self: &Arc<Self>, check_id: String, after: Duration, generation: u64) {
-        let shared = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            shared.write(|s| {
-                let Some((inst, i)) = s.find_check_mut(&check_id) else {
-                    return false;
-                };
-                let c = &inst.checks[i];
-                if c.generation != generation || c.status != Health::Critical {
-                    return false;
-                }
-                let key = (inst.spec.node.clone(), inst.spec.id.clone());
-                tracing::debug!(check = %check_id, "fake consul: deregistering a critical service");
-                s.instances.remove(&key);
-                true
-            });
-        });
-    }
+fn maintenance_check(id: String, name: &str, reason: &str) -> CheckState {
+    let mut c = CheckState::new(
+        id,
+        name.to_owned(),
+        CheckKind::Maintenance,
+        Health::Critical,
+    );
+    c.notes = if reason.is_empty() {
+        "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
+            .to_owned()
+    } else {
+        reason.to_owned()
+    };
+    c
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::state::{DATACENTER, parse_go_duration, parse_registration};
+use super::filter::Filter;
+use super::json::parse_registration;
+use super::state::{AGENT_NODE, CheckKind, DATACENTER, HealthRead, parse_go_duration};
 use super::{Fault, Health, Shared};
 
 type Resp = Response<Full<Bytes>>;
@@ -44,19 +46,43 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let shared = shared.clone();
-        let mut stop = shared.shutdown.subscribe();
-        tokio::spawn(async move {
-            let svc_shared = shared.clone();
-            let svc = service_fn(move |req| handle(svc_shared.clone(), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-        });
+        serve(stream, shared.clone());
     }
+}
+
+#[cfg(unix)]
+pub(crate) async fn accept_unix_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "fake consul: accept failed");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        serve(stream, shared.clone());
+    }
+}
+
+fn serve<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let mut stop = shared.shutdown.subscribe();
+    tokio::spawn(async move {
+        let svc_shared = shared.clone();
+        let svc = service_fn(move |req| handle(svc_shared.clone(), req));
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::select! {
+            _ = conn => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Resp {
@@ -91,10 +117,29 @@ async fn connection_fault(shared: &Shared) -> Result<Option<Resp>, DropConnectio
     }
 }
 
+/// Who a request is, for the fake's ACLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// ACLs off, or the right token.
+    Allowed,
+    /// No token: the anonymous token, which may do nothing.
+    Anonymous,
+    /// A token the servers do not know.
+    Unknown,
+}
+
 async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Resp, DropConnection> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     if req.uri().path().starts_with("/v1/health/") {
         shared.health_requests.fetch_add(1, Ordering::SeqCst);
+        let mut q = shared
+            .health_queries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() == 100 {
+            q.pop_front();
+        }
+        q.push_back(percent_decode(req.uri().query().unwrap_or("")));
     }
     let (parts, body) = req.into_parts();
     let body = body
@@ -117,42 +162,86 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_owned)
-        });
-    let authorized = {
+        })
+        .filter(|t| !t.is_empty());
+    let caller = {
         let required = shared
             .token
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        required.as_ref().is_none_or(|t| token.as_ref() == Some(t))
+        match (required.as_ref(), token) {
+            (None, _) => Caller::Allowed,
+            (Some(_), None) => Caller::Anonymous,
+            (Some(r), Some(t)) if *r == t => Caller::Allowed,
+            (Some(_), Some(_)) => Caller::Unknown,
+        }
     };
+    if caller == Caller::Unknown {
+        return Ok(reply(StatusCode::FORBIDDEN, "ACL not found"));
+    }
     let path = parts.uri.path().to_owned();
     let query = parse_query(parts.uri.query().unwrap_or(""));
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let method = parts.method;
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
 
-    if let (&Method::GET, ["v1", "health", "service", name]) = (&method, &segs[..]) {
-        let name = percent_decode(name);
-        return health(&shared, &name, &query, authorized).await;
-    }
-    if method != Method::PUT {
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
-    }
-    if !authorized {
-        return Ok(reply(
-            StatusCode::FORBIDDEN,
-            "Permission denied: ACL not found",
-        ));
-    }
-    match segs[..] {
-        ["v1", "agent", "service", "register"] => Ok(register(&shared, &body)),
-        ["v1", "agent", "service", "deregister", id] => {
-            let id = percent_decode(id);
-            shared.write(|s| {
-                s.instances
-                    .remove(&(super::AGENT_NODE.to_owned(), id.clone()))
-                    .is_some()
+    match (&method, &segs[..]) {
+        (&Method::GET, ["v1", "health", "service", name]) => {
+            return health(&shared, name, &query, caller == Caller::Allowed).await;
+        }
+        (&Method::GET, ["v1", "agent", "health", "service", "id", id]) => {
+            return Ok(if caller == Caller::Allowed {
+                agent_health(&shared, id)
+            } else {
+                denied("service:read")
             });
-            Ok(reply(StatusCode::OK, ""))
+        }
+        (&Method::GET, _) => return Ok(reply(StatusCode::NOT_FOUND, "404 page not found")),
+        (&Method::PUT, _) => {}
+        _ => return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+    }
+    if caller == Caller::Anonymous {
+        return Ok(denied("service:write"));
+    }
+    Ok(match segs[..] {
+        ["v1", "agent", "service", "register"] => register(&shared, &body),
+        ["v1", "agent", "service", "deregister", id] => {
+            let mut found = false;
+            shared.write(|s| found = s.remove(AGENT_NODE, id));
+            if found {
+                reply(StatusCode::OK, "")
+            } else {
+                unknown_service(id)
+            }
+        }
+        ["v1", "agent", "service", "maintenance", id] => {
+            let Some(enable) = get("enable") else {
+                return Ok(reply(StatusCode::BAD_REQUEST, "Missing value for enable"));
+            };
+            let Ok(enable) = enable.parse::<bool>() else {
+                return Ok(reply(StatusCode::BAD_REQUEST, "Invalid value for enable"));
+            };
+            let reason = get("reason").unwrap_or_default();
+            let mut found = false;
+            shared.write(|s| found = s.service_maintenance(id, enable.then_some(reason.as_str())));
+            if found {
+                reply(StatusCode::OK, "")
+            } else {
+                unknown_service(id)
+            }
+        }
+        ["v1", "agent", "maintenance"] => {
+            let Some(Ok(enable)) = get("enable").map(|e| e.parse::<bool>()) else {
+                return Ok(reply(StatusCode::BAD_REQUEST, "Missing value for enable"));
+            };
+            let reason = get("reason").unwrap_or_default();
+            shared.write(|s| s.node_maintenance(enable.then_some(reason.as_str())));
+            reply(StatusCode::OK, "")
         }
         [
             "v1",
@@ -166,12 +255,7 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
                 "warn" => Health::Warning,
                 _ => Health::Critical,
             };
-            let note = query
-                .iter()
-                .find(|(k, _)| k == "note")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            Ok(update_check(&shared, &percent_decode(id), status, note))
+            update_check(&shared, id, status, get("note").unwrap_or_default())
         }
         ["v1", "agent", "check", "update", id] => {
             let v: serde_json::Value = match serde_json::from_slice(&body) {
@@ -195,44 +279,65 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
                 .and_then(|s| s.as_str())
                 .unwrap_or("")
                 .to_owned();
-            Ok(update_check(&shared, &percent_decode(id), status, output))
+            update_check(&shared, id, status, output)
         }
-        _ => Ok(reply(StatusCode::NOT_FOUND, "404 page not found")),
-    }
+        _ => reply(StatusCode::NOT_FOUND, "404 page not found"),
+    })
+}
+
+fn denied(permission: &str) -> Resp {
+    reply(
+        StatusCode::FORBIDDEN,
+        format!(
+            "Permission denied: token with AccessorID '00000000-0000-0000-0000-000000000002' lacks permission '{permission}'"
+        ),
+    )
+}
+
+fn unknown_service(id: &str) -> Resp {
+    reply(
+        StatusCode::NOT_FOUND,
+        format!(
+            "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+        ),
+    )
 }
 
 fn register(shared: &Arc<Shared>, body: &[u8]) -> Resp {
-    let mut armed = Vec::new();
+    let mut started = Vec::new();
     let mut error = None;
     shared.write(|s| {
         let probe = match parse_registration(body, None) {
             Ok(p) => p,
             Err(e) => {
                 error = Some(e);
-                return false;
+                return;
             }
         };
-        let key = (super::AGENT_NODE.to_owned(), probe.spec.id.clone());
+        let key = (AGENT_NODE.to_owned(), probe.spec.id.clone());
         let inst = match parse_registration(body, s.instances.get(&key)) {
             Ok(i) => i,
             Err(e) => {
                 error = Some(e);
-                return false;
+                return;
             }
         };
         for c in &inst.checks {
-            if let Some(ttl) = c.ttl {
-                armed.push((c.id.clone(), ttl, c.generation));
-            }
+            started.push((c.id.clone(), c.kind.clone(), c.generation));
         }
-        s.instances.insert(key, inst);
-        true
+        s.insert(inst);
     });
     if let Some(e) = error {
         return reply(StatusCode::BAD_REQUEST, e);
     }
-    for (id, ttl, generation) in armed {
-        shared.arm_ttl(id, ttl, generation);
+    for (id, kind, generation) in started {
+        match kind {
+            CheckKind::Ttl(ttl) => shared.arm_ttl(id, ttl, generation),
+            CheckKind::Http { .. } | CheckKind::Tcp(_) | CheckKind::Grpc(_) => {
+                shared.start_probe(id, generation);
+            }
+            CheckKind::Manual | CheckKind::Maintenance | CheckKind::Serf => {}
+        }
     }
     reply(StatusCode::OK, "")
 }
@@ -240,29 +345,63 @@ fn register(shared: &Arc<Shared>, body: &[u8]) -> Resp {
 fn update_check(shared: &Arc<Shared>, id: &str, status: Health, output: String) -> Resp {
     let mut found = None;
     shared.write(|s| {
-        let Some((inst, i)) = s.find_check_mut(id) else {
-            return false;
+        let Some((c, service)) = s.find_check_mut(id) else {
+            return;
         };
-        let c = &mut inst.checks[i];
+        let CheckKind::Ttl(ttl) = c.kind else {
+            found = Some(Err(()));
+            return;
+        };
         c.generation += 1;
-        let changed = c.status != status;
-        c.status = status;
-        c.output = output;
-        found = Some((c.ttl, c.deregister_after, c.generation, c.status));
-        changed
+        let changed = c.set(status, output);
+        found = Some(Ok((ttl, c.generation)));
+        if changed {
+            s.touch(&service);
+        }
     });
     match found {
-        None => reply(StatusCode::NOT_FOUND, format!("Unknown check ID {id:?}")),
-        Some((ttl, deregister_after, generation, status)) => {
-            if let Some(ttl) = ttl {
-                shared.arm_ttl(id.to_owned(), ttl, generation);
-            }
-            if let (Some(after), Health::Critical) = (deregister_after, status) {
-                shared.arm_reaper(id.to_owned(), after, generation);
-            }
+        None => reply(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
+            ),
+        ),
+        Some(Err(())) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("CheckID {id:?} does not have associated TTL"),
+        ),
+        Some(Ok((ttl, generation))) => {
+            shared.arm_ttl(id.to_owned(), ttl, generation);
             reply(StatusCode::OK, "")
         }
     }
+}
+
+/// `GET /v1/agent/health/service/id/:id`: 200 passing, 429 warning, 503
+/// critical, 404 unknown, with the aggregated status.
+fn agent_health(shared: &Shared, id: &str) -> Resp {
+    let s = shared.lock();
+    let Some(inst) = s.instances.get(&(AGENT_NODE.to_owned(), id.to_owned())) else {
+        return reply(StatusCode::NOT_FOUND, format!("ServiceId {id} not found"));
+    };
+    let status = s.aggregate(inst);
+    let entry = super::json::entry(&s, inst);
+    let body = serde_json::json!({
+        "AggregatedStatus": status.as_str(),
+        "Service": entry["Service"],
+        "Checks": entry["Checks"],
+    });
+    let code = match status {
+        Health::Passing => StatusCode::OK,
+        Health::Warning => StatusCode::TOO_MANY_REQUESTS,
+        Health::Critical => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut r = reply(code, body.to_string());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 async fn health(
@@ -274,18 +413,38 @@ async fn health(
     shared.in_flight_health.fetch_add(1, Ordering::SeqCst);
     let _gauge = Gauge(&shared.in_flight_health);
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let flag = |k: &str| get(k).is_some_and(|v| v != "false" && v != "0");
     if get("dc").is_some_and(|dc| dc != DATACENTER) {
         return Ok(reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "No path to datacenter",
         ));
     }
-    let passing = get("passing").is_some_and(|v| v != "false" && v != "0");
+    let stale = flag("stale");
+    if flag("consistent") && (stale || flag("cached")) {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            "Cannot specify ?stale or ?cached with ?consistent, conflicting semantics.",
+        ));
+    }
+    let leader = shared.leader();
+    if !leader.known && !stale {
+        return Ok(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No cluster leader",
+        ));
+    }
+    let passing = flag("passing");
     let tags: Vec<String> = query
         .iter()
         .filter(|(k, _)| k == "tag")
         .map(|(_, v)| v.clone())
         .collect();
+    let filter = match get("filter").map(Filter::parse) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return Ok(reply(StatusCode::BAD_REQUEST, e)),
+    };
     let index: u64 = match get("index").map(str::parse) {
         None => 0,
         Some(Ok(i)) => i,
@@ -306,7 +465,9 @@ async fn health(
         let mut idx = shared.index_tx.subscribe();
         let mut fault = shared.fault_tx.subscribe();
         loop {
-            if *idx.borrow_and_update() > index {
+            idx.borrow_and_update();
+            // Held until this service's index passes the one asked about.
+            if shared.lock().index_of(name) > index {
                 break;
             }
             tokio::select! {
@@ -324,15 +485,20 @@ async fn health(
             return Ok(resp);
         }
     }
-    let (body, current) = {
+    let (entries, current) = {
         let s = shared.lock();
-        let body = if authorized {
-            s.health(name, passing, &tags)
-        } else {
-            b"[]".to_vec()
-        };
-        (body, s.index)
+        let entries = s.health(&HealthRead {
+            service: name,
+            passing,
+            tags: &tags,
+            filter: filter.as_ref(),
+        });
+        (entries, s.index_of(name))
     };
+    // Consul filters what a token may not read instead of refusing.
+    let filtered = !authorized && !entries.is_empty();
+    let entries = if authorized { entries } else { Vec::new() };
+    let body = serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec());
     let fault = *shared.fault_tx.borrow();
     let mut resp = reply(StatusCode::OK, body);
     if fault == Fault::GarbageBody {
@@ -352,11 +518,25 @@ async fn health(
             h.insert("x-consul-index", http::HeaderValue::from(current));
         }
     }
+    if filtered {
+        h.insert(
+            "x-consul-results-filtered-by-acls",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    let (known, contact) = if stale {
+        (leader.known, leader.last_contact)
+    } else {
+        (true, Duration::ZERO)
+    };
     h.insert(
         "x-consul-knownleader",
-        http::HeaderValue::from_static("true"),
+        http::HeaderValue::from_static(if known { "true" } else { "false" }),
     );
-    h.insert("x-consul-lastcontact", http::HeaderValue::from_static("0"));
+    h.insert(
+        "x-consul-lastcontact",
+        http::HeaderValue::from(u64::try_from(contact.as_millis()).unwrap_or(u64::MAX)),
+    );
     Ok(resp)
 }
 

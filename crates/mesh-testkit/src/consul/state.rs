@@ -1,16 +1,64 @@
-//! The catalog the fake Consul keeps: instances, their checks, and the index.
+//! The catalog the fake Consul keeps: nodes, instances, their checks, and the
+//! indexes (one global, one per service).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use tokio::time::Instant;
 
+use super::filter::Filter;
 use super::{Health, Instance};
 
 /// The agent's own node: where services registered over HTTP live.
 pub(crate) const AGENT_NODE: &str = "fake-node";
 pub(crate) const AGENT_NODE_ADDRESS: &str = "127.0.0.1";
 pub(crate) const DATACENTER: &str = "dc1";
+/// Consul raises `DeregisterCriticalServiceAfter` to this.
+pub(crate) const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// How often Consul's agent reaps critical services.
+pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const NODE_MAINTENANCE: &str = "_node_maintenance";
+pub(crate) const SERF_HEALTH: &str = "serfHealth";
+
+pub(crate) fn service_maintenance_id(service_id: &str) -> String {
+    format!("_service_maintenance:{service_id}")
+}
+
+/// What runs a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CheckKind {
+    /// Reported by the instance (`/v1/agent/check/pass|warn|fail|update`).
+    Ttl(Duration),
+    /// Probed by the fake: `GET`/`Method` on an `http://` URL.
+    Http {
+        url: String,
+        method: String,
+        header: Vec<(String, String)>,
+    },
+    /// Probed by the fake: a TCP connection.
+    Tcp(String),
+    /// Probed by the fake as a TCP connection to `host:port` (the fake does
+    /// not speak the gRPC health protocol).
+    Grpc(String),
+    /// Set by the test ([`FakeConsul::set_health`](super::FakeConsul::set_health)).
+    Manual,
+    /// A maintenance-mode check (always critical).
+    Maintenance,
+    /// The node's `serfHealth`.
+    Serf,
+}
+
+impl CheckKind {
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Ttl(_) => "ttl",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp(_) => "tcp",
+            CheckKind::Grpc(_) => "grpc",
+            CheckKind::Manual | CheckKind::Maintenance | CheckKind::Serf => "",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct CheckState {
@@ -18,10 +66,77 @@ pub(crate) struct CheckState {
     pub(crate) name: String,
     pub(crate) status: Health,
     pub(crate) output: String,
-    pub(crate) ttl: Option<Duration>,
+    pub(crate) notes: String,
+    pub(crate) kind: CheckKind,
+    pub(crate) interval: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    /// Already raised to [`MIN_DEREGISTER_AFTER`].
     pub(crate) deregister_after: Option<Duration>,
-    /// Bumped on every TTL report, so a stale expiry timer does nothing.
+    /// When the check last turned critical (for the reaper).
+    pub(crate) critical_since: Option<Instant>,
+    pub(crate) success_before_passing: u32,
+    pub(crate) failures_before_critical: u32,
+    pub(crate) successes: u32,
+    pub(crate) failures: u32,
+    /// Bumped on every report and re-registration, so a stale TTL timer or
+    /// prober does nothing.
     pub(crate) generation: u64,
+}
+
+impl CheckState {
+    pub(crate) fn new(id: String, name: String, kind: CheckKind, status: Health) -> Self {
+        Self {
+            id,
+            name,
+            status,
+            output: String::new(),
+            notes: String::new(),
+            kind,
+            interval: None,
+            timeout: None,
+            deregister_after: None,
+            critical_since: (status == Health::Critical).then(Instant::now),
+            success_before_passing: 0,
+            failures_before_critical: 0,
+            successes: 0,
+            failures: 0,
+            generation: 0,
+        }
+    }
+
+    /// Sets the status; returns true when it changed.
+    pub(crate) fn set(&mut self, status: Health, output: String) -> bool {
+        let changed = self.status != status;
+        if changed {
+            self.critical_since = (status == Health::Critical).then(Instant::now);
+        }
+        self.status = status;
+        self.output = output;
+        changed
+    }
+
+    /// A probe result, through `SuccessBeforePassing` / `FailuresBeforeCritical`
+    /// as Consul's status handler applies them. Returns true when the status
+    /// changed.
+    pub(crate) fn probed(&mut self, status: Health, output: String) -> bool {
+        // Consul counts warning as a success here.
+        if status == Health::Critical {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures < self.failures_before_critical {
+                self.output = output;
+                return false;
+            }
+        } else {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes < self.success_before_passing {
+                self.output = output;
+                return false;
+            }
+        }
+        self.set(status, output)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -30,222 +145,202 @@ pub(crate) struct InstanceState {
     pub(crate) checks: Vec<CheckState>,
 }
 
+#[derive(Debug, Clone)]
+pub(crate) struct NodeState {
+    pub(crate) address: String,
+    /// `serfHealth` first, then `_node_maintenance` when enabled.
+    pub(crate) checks: Vec<CheckState>,
+}
+
+impl NodeState {
+    pub(crate) fn new(node: &str, address: &str) -> Self {
+        let mut serf = CheckState::new(
+            SERF_HEALTH.to_owned(),
+            "Serf Health Status".to_owned(),
+            CheckKind::Serf,
+            Health::Passing,
+        );
+        serf.output = "Agent alive and reachable".to_owned();
+        let _ = node;
+        Self {
+            address: address.to_owned(),
+            checks: vec![serf],
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) index: u64,
+    /// The index of the last write to each service (Consul's per-service
+    /// index, which blocking health queries follow).
+    pub(crate) service_index: BTreeMap<String, u64>,
+    /// Services changed by the write in progress.
+    pub(crate) touched: Vec<String>,
     /// Keyed by (node, service id).
     pub(crate) instances: BTreeMap<(String, String), InstanceState>,
+    pub(crate) nodes: BTreeMap<String, NodeState>,
+}
+
+/// How an anonymous or full read sees the catalog.
+pub(crate) struct HealthRead<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) passing: bool,
+    pub(crate) tags: &'a [String],
+    pub(crate) filter: Option<&'a Filter>,
 }
 
 impl State {
-    pub(crate) fn bump(&mut self) -> u64 {
-        self.index += 1;
-        self.index
+    /// Marks `service` changed by the write in progress.
+    pub(crate) fn touch(&mut self, service: &str) {
+        if !self.touched.iter().any(|s| s == service) {
+            self.touched.push(service.to_owned());
+        }
     }
 
-    pub(crate) fn find_check_mut(&mut self, check_id: &str) -> Option<(&mut InstanceState, usize)> {
+    /// Marks every service on `node` changed.
+    pub(crate) fn touch_node(&mut self, node: &str) {
+        let services: Vec<String> = self
+            .instances
+            .values()
+            .filter(|i| i.spec.node == node)
+            .map(|i| i.spec.service.clone())
+            .collect();
+        for s in services {
+            self.touch(&s);
+        }
+    }
+
+    /// Ends a write: raises the global index once and the index of every
+    /// touched service to it. Returns the new index, or `None` when nothing
+    /// changed.
+    pub(crate) fn commit(&mut self) -> Option<u64> {
+        if self.touched.is_empty() {
+            return None;
+        }
+        self.index += 1;
+        for s in std::mem::take(&mut self.touched) {
+            self.service_index.insert(s, self.index);
+        }
+        Some(self.index)
+    }
+
+    /// The `X-Consul-Index` of a health read of `service`: its own index, or
+    /// the global one for a service never seen.
+    pub(crate) fn index_of(&self, service: &str) -> u64 {
+        self.service_index
+            .get(service)
+            .copied()
+            .unwrap_or(self.index)
+    }
+
+    pub(crate) fn ensure_node(&mut self, node: &str, address: &str) {
+        self.nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeState::new(node, address));
+    }
+
+    pub(crate) fn insert(&mut self, inst: InstanceState) {
+        self.ensure_node(&inst.spec.node, &inst.spec.node_address);
+        self.touch(&inst.spec.service.clone());
+        self.instances
+            .insert((inst.spec.node.clone(), inst.spec.id.clone()), inst);
+    }
+
+    pub(crate) fn remove(&mut self, node: &str, id: &str) -> bool {
+        match self.instances.remove(&(node.to_owned(), id.to_owned())) {
+            Some(inst) => {
+                self.touch(&inst.spec.service);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A check of the agent's node, service or node level.
+    pub(crate) fn find_check_mut(&mut self, check_id: &str) -> Option<(&mut CheckState, String)> {
         for inst in self.instances.values_mut() {
             if inst.spec.node != AGENT_NODE {
                 continue;
             }
-            if let Some(i) = inst.checks.iter().position(|c| c.id == check_id) {
-                return Some((inst, i));
+            if let Some(c) = inst.checks.iter_mut().find(|c| c.id == check_id) {
+                return Some((c, inst.spec.service.clone()));
             }
         }
         None
     }
 
-    /// The body of `/v1/health/service/:name`.
-    pub(crate) fn health(&self, service: &str, passing: bool, tags: &[String]) -> Vec<u8> {
+    /// Every check an entry of `inst` lists: its node's, then its own.
+    pub(crate) fn checks_of<'a>(
+        &'a self,
+        inst: &'a InstanceState,
+    ) -> impl Iterator<Item = &'a CheckState> {
+        self.nodes
+            .get(&inst.spec.node)
+            .into_iter()
+            .flat_map(|n| n.checks.iter())
+            .chain(inst.checks.iter())
+    }
+
+    /// The worst status among `inst`'s node and service checks.
+    pub(crate) fn aggregate(&self, inst: &InstanceState) -> Health {
+        let mut worst = Health::Passing;
+        for c in self.checks_of(inst) {
+            match c.status {
+                Health::Critical => return Health::Critical,
+                Health::Warning => worst = Health::Warning,
+                Health::Passing => {}
+            }
+        }
+        worst
+    }
+
+    /// The entries of `/v1/health/service/:name`.
+    pub(crate) fn health(&self, read: &HealthRead<'_>) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         for inst in self.instances.values() {
             let s = &inst.spec;
-            if s.service != service || !tags.iter().all(|t| s.tags.contains(t)) {
+            if s.service != read.service || !read.tags.iter().all(|t| s.tags.contains(t)) {
                 continue;
             }
-            if passing && inst.checks.iter().any(|c| c.status != Health::Passing) {
+            if read.passing && self.aggregate(inst) != Health::Passing {
                 continue;
             }
-            out.push(entry_json(inst));
+            let entry = super::json::entry(self, inst);
+            if read.filter.is_some_and(|f| !f.matches(&entry)) {
+                continue;
+            }
+            out.push(entry);
         }
-        serde_json::to_vec(&out).unwrap_or_else(|_| b"[]".to_vec())
+        out
     }
-}
 
-fn entry_json(inst: &InstanceState) -> Value {
-    let s = &inst.spec;
-    let mut checks = vec![json!({
-        "Node": s.node, "CheckID": "serfHealth", "Name": "Serf Health Status",
-        "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
-        "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
-    })];
-    for c in &inst.checks {
-        checks.push(json!({
-            "Node": s.node, "CheckID": c.id, "Name": c.name, "Status": c.status.as_str(),
-            "Notes": "", "Output": c.output, "ServiceID": s.id, "ServiceName": s.service,
-            "ServiceTags": s.tags, "Type": if c.ttl.is_some() { "ttl" } else { "" },
-        }));
-    }
-    let svc_addr = if s.address.is_empty() {
-        s.node_address.as_str()
-    } else {
-        s.address.as_str()
-    };
-    json!({
-        "Node": {
-            "ID": format!("00000000-0000-0000-0000-{:012x}", fnv(&s.node) & 0xffff_ffff_ffff),
-            "Node": s.node, "Address": s.node_address, "Datacenter": DATACENTER,
-            "TaggedAddresses": { "lan": s.node_address, "wan": s.node_address },
-            "Meta": { "consul-network-segment": "" },
-        },
-        "Service": {
-            "ID": s.id, "Service": s.service, "Tags": s.tags, "Address": s.address,
-            "TaggedAddresses": {
-                "lan_ipv4": { "Address": svc_addr, "Port": s.port },
-                "wan_ipv4": { "Address": svc_addr, "Port": s.port },
-            },
-            "Meta": s.meta, "Port": s.port,
-            "Weights": { "Passing": s.weights.0, "Warning": s.weights.1 },
-            "EnableTagOverride": false, "Namespace": "default",
-        },
-        "Checks": checks,
-    })
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// A registration body, parsed leniently as Consul's agent does.
-pub(crate) fn parse_registration(
-    body: &[u8],
-    existing: Option<&InstanceState>,
-) -> Result<InstanceState, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?;
-    let name = v
-        .get("Name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or("Missing service name")?;
-    let id = v
-        .get("ID")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(name);
-    let port = v.get("Port").and_then(Value::as_u64).unwrap_or(0);
-    let port = u16::try_from(port).map_err(|_| "Invalid Port".to_owned())?;
-    let strings = |k: &str| -> Vec<String> {
-        v.get(k)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect()
+    /// Removes instances whose check with `DeregisterCriticalServiceAfter`
+    /// has been critical at least that long (one pass of Consul's reaper).
+    pub(crate) fn reap(&mut self, now: Instant) -> Vec<String> {
+        let doomed: Vec<(String, String)> = self
+            .instances
+            .iter()
+            .filter(|(_, inst)| {
+                inst.checks
+                    .iter()
+                    .any(|c| match (c.deregister_after, c.critical_since) {
+                        (Some(after), Some(since)) => {
+                            c.status == Health::Critical && now.duration_since(since) >= after
+                        }
+                        _ => false,
+                    })
             })
-            .unwrap_or_default()
-    };
-    let meta: BTreeMap<String, String> = v
-        .get("Meta")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let weights = v.get("Weights").map_or((1, 1), |w| {
-        let get = |k| {
-            w.get(k)
-                .and_then(Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(1)
-        };
-        (get("Passing"), get("Warning"))
-    });
-    let mut spec = Instance::new(
-        name,
-        id,
-        v.get("Address").and_then(Value::as_str).unwrap_or(""),
-        port,
-    )
-    .tags(strings("Tags"))
-    .weights(weights.0, weights.1);
-    spec.meta = meta;
-
-    let mut defs: Vec<(String, &Value)> = Vec::new();
-    if let Some(c) = v.get("Check").filter(|c| c.is_object()) {
-        defs.push((format!("service:{id}"), c));
-    }
-    if let Some(cs) = v.get("Checks").and_then(Value::as_array) {
-        for (i, c) in cs.iter().enumerate() {
-            defs.push((format!("service:{id}:{}", i + 1), c));
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut ids = Vec::new();
+        for (node, id) in doomed {
+            if self.remove(&node, &id) {
+                ids.push(id);
+            }
         }
+        ids
     }
-    let mut checks = Vec::new();
-    for (default_id, c) in defs {
-        let check_id = c
-            .get("CheckID")
-            .or_else(|| c.get("ID"))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map_or(default_id, str::to_owned);
-        let ttl = match c.get("TTL").and_then(Value::as_str) {
-            Some(t) => Some(parse_go_duration(t).ok_or_else(|| format!("Invalid TTL {t:?}"))?),
-            None => None,
-        };
-        let kinds = [
-            "HTTP",
-            "TCP",
-            "GRPC",
-            "TTL",
-            "Script",
-            "Args",
-            "AliasService",
-            "H2PING",
-            "UDP",
-        ];
-        if !kinds.iter().any(|k| c.get(*k).is_some()) {
-            return Err("Invalid check: must have one of HTTP, TCP, GRPC or TTL".into());
-        }
-        if ttl.is_none()
-            && c.get("Interval")
-                .and_then(Value::as_str)
-                .and_then(parse_go_duration)
-                .is_none()
-        {
-            return Err(format!("Invalid check {check_id:?}: Interval is required"));
-        }
-        let deregister_after = c
-            .get("DeregisterCriticalServiceAfter")
-            .and_then(Value::as_str)
-            .and_then(parse_go_duration);
-        let initial = match c.get("Status").and_then(Value::as_str) {
-            Some(s) => Health::parse(s).ok_or_else(|| format!("Invalid Status {s:?}"))?,
-            // TTL checks start critical; the fake does not probe HTTP/TCP/gRPC
-            // targets and reports them passing.
-            None if ttl.is_some() => Health::Critical,
-            None => Health::Passing,
-        };
-        // Re-registering keeps a known check's current status.
-        let prior = existing.and_then(|e| e.checks.iter().find(|p| p.id == check_id));
-        checks.push(CheckState {
-            name: c
-                .get("Name")
-                .and_then(Value::as_str)
-                .unwrap_or(&check_id)
-                .to_owned(),
-            status: prior.map_or(initial, |p| p.status),
-            output: prior.map(|p| p.output.clone()).unwrap_or_default(),
-            generation: prior.map_or(0, |p| p.generation + 1),
-            id: check_id,
-            ttl,
-            deregister_after,
-        });
-    }
-    Ok(InstanceState { spec, checks })
 }
 
 /// Go's `time.ParseDuration` for what Consul clients send: `10s`, `1m30s`,
@@ -303,19 +398,20 @@ mod tests {
     }
 
     #[test]
-    fn registrations_follow_consul_defaults() {
-        let r = parse_registration(
-            br#"{"Name":"web","Port":80,"Tags":null,"Check":{"TTL":"10s"},"Checks":[{"CheckID":"h","HTTP":"http://x","Interval":"1s"}]}"#,
-            None,
-        )
-        .unwrap();
-        assert_eq!(r.spec.id, "web");
-        assert_eq!(r.checks[0].id, "service:web");
-        assert_eq!(r.checks[0].status, Health::Critical);
-        assert_eq!(r.checks[1].id, "h");
-        assert_eq!(r.checks[1].status, Health::Passing);
-        assert!(parse_registration(br#"{"Port":80}"#, None).is_err());
-        assert!(parse_registration(br#"{"Name":"w","Check":{"HTTP":"http://x"}}"#, None).is_err());
-        assert!(parse_registration(b"nope", None).is_err());
+    fn probes_count_successes_and_failures_before_flipping() {
+        let mut c = CheckState::new(
+            "c".into(),
+            "c".into(),
+            CheckKind::Tcp("x".into()),
+            Health::Critical,
+        );
+        c.success_before_passing = 2;
+        assert!(!c.probed(Health::Passing, String::new()));
+        assert!(c.probed(Health::Passing, String::new()));
+        assert_eq!(c.status, Health::Passing);
+        c.failures_before_critical = 2;
+        assert!(!c.probed(Health::Critical, String::new()));
+        assert!(c.probed(Health::Critical, String::new()));
+        assert!(c.critical_since.is_some());
     }
 }

@@ -72,8 +72,8 @@ async fn register_ttl_and_health_filters() {
         call(&c, "PUT", "/v1/agent/service/deregister/web-1", "")
             .await
             .0,
-        200,
-        "idempotent"
+        404,
+        "an unknown service id is a 404, as in Consul"
     );
 }
 
@@ -156,6 +156,7 @@ async fn faults_and_tokens() {
     );
     c.clear_fault();
     c.require_token(Some("t0ken"));
+    assert_eq!(c.request_count(), 4);
     assert_eq!(
         call(
             &c,
@@ -167,6 +168,313 @@ async fn faults_and_tokens() {
         .0,
         403
     );
-    assert_eq!(c.request_count(), 5);
-    assert_eq!(c.health_request_count(), 4);
+}
+
+async fn call_with(
+    c: &FakeConsul,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, http::HeaderMap, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", c.url()));
+    if let Some(t) = token {
+        req = req.header("x-consul-token", t);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn acls_refuse_unknown_tokens_and_filter_anonymous_reads() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instance(Instance::new("s", "s1", "10.0.0.1", 80));
+    c.require_token(Some("t0ken"));
+    let (status, _, body) = call_with(&c, "GET", "/v1/health/service/s", Some("wrong")).await;
+    assert_eq!((status, body.as_str()), (403, "ACL not found"));
+    let (status, headers, body) = call_with(&c, "GET", "/v1/health/service/s", None).await;
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    assert_eq!(headers["x-consul-results-filtered-by-acls"], "true");
+    let (status, headers, body) = call_with(&c, "GET", "/v1/health/service/s", Some("t0ken")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"s1\""), "{body}");
+    assert!(headers.get("x-consul-results-filtered-by-acls").is_none());
+    let (status, _, body) = call_with(&c, "PUT", "/v1/agent/service/deregister/s1", None).await;
+    assert_eq!(status, 403);
+    assert!(body.starts_with("Permission denied"), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404() {
+    let c = FakeConsul::start().await.unwrap();
+    for path in [
+        "/v1/agent/service/deregister/nope",
+        "/v1/agent/service/maintenance/nope?enable=true",
+        "/v1/agent/check/pass/nope",
+        "/v1/agent/check/update/nope",
+    ] {
+        let body = if path.contains("update") {
+            r#"{"Status":"passing"}"#
+        } else {
+            ""
+        };
+        assert_eq!(call(&c, "PUT", path, body).await.0, 404, "{path}");
+    }
+    assert_eq!(
+        call(&c, "GET", "/v1/agent/health/service/id/nope", "")
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn each_service_has_its_own_index() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instance(Instance::new("a", "a1", "10.0.0.1", 80));
+    let a = c.service_index("a");
+    c.add_instance(Instance::new("b", "b1", "10.0.0.2", 80));
+    assert_eq!(c.service_index("a"), a, "a write to b leaves a's index");
+    assert!(c.index() > a);
+    let (_, idx, _) = call(&c, "GET", "/v1/health/service/a", "").await;
+    assert_eq!(idx.unwrap(), a.to_string());
+    // A blocking query on `a` is not woken by writes to `b`.
+    let c2 = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c2.set_health("b1", Health::Critical);
+    });
+    let start = Instant::now();
+    let (_, same, _) = call(
+        &c,
+        "GET",
+        &format!("/v1/health/service/a?index={a}&wait=400ms"),
+        "",
+    )
+    .await;
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    assert_eq!(same.unwrap(), a.to_string());
+}
+
+#[tokio::test]
+async fn probed_checks_start_critical_until_their_first_run() {
+    let c = FakeConsul::start().await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = target.local_addr().unwrap();
+    let reg = format!(
+        r#"{{"ID":"t","Name":"t","Port":{},"Check":{{"CheckID":"t-tcp","TCP":"{addr}","Interval":"200ms"}}}}"#,
+        addr.port()
+    );
+    assert_eq!(
+        call(&c, "PUT", "/v1/agent/service/register", &reg).await.0,
+        200
+    );
+    assert_eq!(c.check_status("t-tcp"), Some(Health::Critical));
+    assert!(c.healthy_ids("t").is_empty());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while c.check_status("t-tcp") != Some(Health::Passing) {
+        assert!(Instant::now() < deadline, "the first probe never passed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        call(&c, "GET", "/v1/agent/health/service/id/t", "").await.0,
+        200
+    );
+    drop(target);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while c.check_status("t-tcp") != Some(Health::Critical) {
+        assert!(Instant::now() < deadline, "a closed port still passes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        call(&c, "GET", "/v1/agent/health/service/id/t", "").await.0,
+        503
+    );
+}
+
+#[tokio::test]
+async fn http_checks_probe_with_method_and_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = FakeConsul::start().await.unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = target.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = target.accept().await.unwrap();
+            let mut buf = vec![0; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = s
+                .write_all(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let reg = format!(
+        r#"{{"ID":"h","Name":"h","Port":1,"Check":{{"CheckID":"h-http","HTTP":"http://{addr}/health","Method":"HEAD","Header":{{"X-Probe":["yes"]}},"Interval":"100ms"}}}}"#
+    );
+    assert_eq!(
+        call(&c, "PUT", "/v1/agent/service/register", &reg).await.0,
+        200
+    );
+    let req = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(req.starts_with("HEAD /health HTTP/1.1"), "{req}");
+    assert!(req.contains("X-Probe: yes"), "{req}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while c.check_status("h-http") != Some(Health::Warning) {
+        assert!(Instant::now() < deadline, "429 is a warning");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_removes_critical_services_on_its_30s_cycle() {
+    let c = FakeConsul::start().await.unwrap();
+    // 10 s is raised to Consul's minimum of one minute.
+    c.add_instance(
+        Instance::new("r", "r1", "10.0.0.1", 80)
+            .health(Health::Critical)
+            .deregister_critical_after(Duration::from_secs(10)),
+    );
+    c.add_instance(Instance::new("r", "r2", "10.0.0.2", 80).health(Health::Critical));
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(c.instance_ids("r"), ["r1", "r2"], "not before one minute");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(c.instance_ids("r"), ["r2"], "reaped by the 90 s pass");
+}
+
+#[tokio::test]
+async fn maintenance_mode_adds_critical_checks() {
+    let c = FakeConsul::start().await.unwrap();
+    let reg = r#"{"ID":"m1","Name":"m","Port":80,"Address":"10.0.0.1"}"#;
+    assert_eq!(
+        call(&c, "PUT", "/v1/agent/service/register", reg).await.0,
+        200
+    );
+    assert_eq!(c.healthy_ids("m"), ["m1"]);
+    assert_eq!(
+        call(&c, "PUT", "/v1/agent/service/maintenance/m1", "")
+            .await
+            .0,
+        400,
+        "enable is required"
+    );
+    assert_eq!(
+        call(
+            &c,
+            "PUT",
+            "/v1/agent/service/maintenance/m1?enable=true&reason=deploy",
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, _, body) = call(&c, "GET", "/v1/health/service/m", "").await;
+    assert!(
+        body.contains(r#""CheckID":"_service_maintenance:m1""#),
+        "{body}"
+    );
+    assert!(body.contains(r#""Notes":"deploy""#), "{body}");
+    assert!(c.healthy_ids("m").is_empty());
+    call(
+        &c,
+        "PUT",
+        "/v1/agent/service/maintenance/m1?enable=false",
+        "",
+    )
+    .await;
+    assert_eq!(c.healthy_ids("m"), ["m1"]);
+    call(&c, "PUT", "/v1/agent/maintenance?enable=true", "").await;
+    let (_, _, body) = call(&c, "GET", "/v1/health/service/m", "").await;
+    assert!(body.contains(r#""CheckID":"_node_maintenance""#), "{body}");
+    assert!(c.healthy_ids("m").is_empty());
+    call(&c, "PUT", "/v1/agent/maintenance?enable=false", "").await;
+    assert_eq!(c.healthy_ids("m"), ["m1"]);
+    c.set_node_health("fake-node", Health::Critical);
+    assert!(c.healthy_ids("m").is_empty(), "a dead node");
+}
+
+#[tokio::test]
+async fn answers_have_consul_1_16_shapes_and_filters_apply() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instance(Instance::new("f", "f1", "10.0.0.1", 80).tags(["v1"]));
+    c.add_instance(Instance::new("f", "f2", "10.0.0.2", 80).tags(["v2"]));
+    let (_, _, body) = call(
+        &c,
+        "GET",
+        "/v1/health/service/f?filter=Service.Tags%20contains%20%22v2%22",
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    let svc = &entries[0]["Service"];
+    assert_eq!(svc["ID"], "f2");
+    for field in [
+        "Kind",
+        "Proxy",
+        "Connect",
+        "PeerName",
+        "Weights",
+        "CreateIndex",
+    ] {
+        assert!(svc.get(field).is_some(), "Service.{field} missing: {svc}");
+    }
+    assert_eq!(svc["TaggedAddresses"]["lan_ipv4"]["Address"], "10.0.0.2");
+    assert_eq!(entries[0]["Checks"][0]["CheckID"], "serfHealth");
+    assert_eq!(
+        call(
+            &c,
+            "GET",
+            "/v1/health/service/f?filter=Tags%20contains%20x",
+            ""
+        )
+        .await
+        .0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn stale_reads_carry_last_contact_and_leaderless_reads_fail() {
+    let c = FakeConsul::start().await.unwrap();
+    c.set_leader(false, Duration::from_secs(12));
+    let (status, _, body) = call_with(&c, "GET", "/v1/health/service/s", None).await;
+    assert_eq!((status, body.as_str()), (500, "No cluster leader"));
+    let (status, headers, _) = call_with(&c, "GET", "/v1/health/service/s?stale", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-consul-knownleader"], "false");
+    assert_eq!(headers["x-consul-lastcontact"], "12000");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = std::env::temp_dir().join(format!("fake-consul-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = FakeConsul::start_unix(&path).await.unwrap();
+    c.add_instance(Instance::new("u", "u1", "10.0.0.1", 80));
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    s.write_all(b"GET /v1/health/service/u HTTP/1.1\r\nHost: consul\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"u1\""), "{out}");
+    std::fs::remove_file(&path).unwrap();
 }
