@@ -112,7 +112,11 @@ async fn a_lone_endpoint_with_an_open_breaker_still_takes_calls() {
         let resp = users.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(resp.status(), 503);
     }
-    assert_eq!(bad.hits(), 4, "the open breaker's endpoint kept its traffic");
+    assert_eq!(
+        bad.hits(),
+        4,
+        "the open breaker's endpoint kept its traffic"
+    );
 }
 
 /// With no endpoint at all, `poll_ready` waits at most `ready_timeout` for
@@ -120,9 +124,8 @@ async fn a_lone_endpoint_with_an_open_breaker_still_takes_calls() {
 #[tokio::test]
 async fn no_endpoint_fails_within_the_ready_timeout_with_a_typed_error() {
     let (_source, discovery) = mesh_stack::discovery::ChannelSource::new("users");
-    let mut config = ServiceConfig::with_static([Endpoint::from_address(
-        "127.0.0.1:9".parse().unwrap(),
-    )]);
+    let mut config =
+        ServiceConfig::with_static([Endpoint::from_address("127.0.0.1:9".parse().unwrap())]);
     config.ready_timeout = Duration::from_millis(100);
     let mesh = Mesh::builder(MeshConfig::new().service("users", config))
         .discovery("users", discovery)
@@ -141,7 +144,9 @@ async fn no_endpoint_fails_within_the_ready_timeout_with_a_typed_error() {
         waited >= Duration::from_millis(100) && waited < Duration::from_secs(1),
         "{waited:?}"
     );
-    let err = err.downcast_ref::<NoReadyEndpoint>().expect("NoReadyEndpoint");
+    let err = err
+        .downcast_ref::<NoReadyEndpoint>()
+        .expect("NoReadyEndpoint");
     assert_eq!(err.known(), 0);
 }
 

@@ -491,8 +491,7 @@ impl MeshConfig {
             )
         };
         // A syntax error comes before any field: no path.
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| pathless("toml", toml_message(e)))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| pathless("toml", toml_message(e)))?;
         let config: Self = serde_path_to_error::deserialize(de)
             .map_err(|e| parse_error("toml", e, toml_message))?;
         config.validate()?;
