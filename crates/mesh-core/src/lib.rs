@@ -84,7 +84,7 @@ pub use availability::{Availability, AvailabilityState};
 pub use endpoint::{Address, Endpoint, EndpointKey};
 pub use outcome::{Failure, Outcome};
 pub use target::{NewEndpoint, Target};
-pub use tried::TriedEndpoints;
+pub use tried::{AttemptError, ReportEndpoint, TriedEndpoint, TriedEndpoints};
 
 /// The error type tower middleware passes around: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

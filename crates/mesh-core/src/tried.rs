@@ -15,6 +15,16 @@
 //! between retry and router: a `tower::buffer::Buffer`, a spawned task, a
 //! hop to another thread. Nothing is kept in thread-locals.
 //!
+//! # The first attempt, without allocating
+//!
+//! Most requests succeed on their first attempt, and a record in a
+//! request's extensions costs four allocations. So retry sends the first
+//! attempt without one, and the router reports where it went *with the
+//! result* instead, only when the result is a failure: a [`TriedEndpoint`]
+//! in the response's extensions ([`ReportEndpoint`]), or an
+//! [`AttemptError`] around the error. Retry builds the record for its
+//! retries from that report.
+//!
 //! # Example
 //!
 //! ```
@@ -145,5 +155,101 @@ mod tests {
         });
         assert_eq!(t.len(), 4);
         assert!((0..4).all(|i| t.contains(&EndpointKey::new(format!("t{i}")))));
+    }
+}
+
+// ===== reporting the endpoint back =====
+
+/// The endpoint an attempt went to, as the router reports it back with a
+/// response or an error when the request carried no [`TriedEndpoints`]
+/// record (the first attempt of a request: retry puts a record only in its
+/// retries, so a request that succeeds at once allocates nothing).
+///
+/// On a failed or retryable response the router puts it in the response's
+/// extensions ([`ReportEndpoint`]); an error comes back wrapped in an
+/// [`AttemptError`]. Both travel with the result, so they survive a
+/// `Buffer` or a spawned task between retry and router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TriedEndpoint(pub u64);
+
+/// A response that can carry the [`TriedEndpoint`] its attempt went to.
+pub trait ReportEndpoint {
+    /// Records that this response came from the endpoint with key id `id`.
+    fn report_endpoint(&mut self, id: u64);
+    /// The endpoint the router reported, if any (removing the report).
+    fn take_reported_endpoint(&mut self) -> Option<u64>;
+}
+
+impl<B> ReportEndpoint for http::Response<B> {
+    fn report_endpoint(&mut self, id: u64) {
+        self.extensions_mut().insert(TriedEndpoint(id));
+    }
+
+    #[inline]
+    fn take_reported_endpoint(&mut self) -> Option<u64> {
+        if self.extensions().is_empty() {
+            return None;
+        }
+        self.extensions_mut().remove::<TriedEndpoint>().map(|t| t.0)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl ReportEndpoint for reqwest::Response {
+    fn report_endpoint(&mut self, id: u64) {
+        self.extensions_mut().insert(TriedEndpoint(id));
+    }
+
+    fn take_reported_endpoint(&mut self) -> Option<u64> {
+        self.extensions_mut().remove::<TriedEndpoint>().map(|t| t.0)
+    }
+}
+
+/// An attempt's error, with the endpoint the attempt went to: what the
+/// router returns for a request without a [`TriedEndpoints`] record. Its
+/// `Display` is the error's own; the error is its
+/// [`source`](std::error::Error::source). Retry takes it apart
+/// ([`AttemptError::split`]) and returns the error itself to its caller.
+pub struct AttemptError {
+    endpoint: u64,
+    error: crate::BoxError,
+}
+
+impl AttemptError {
+    /// `error`, from an attempt on the endpoint with key id `endpoint`.
+    pub fn new(endpoint: u64, error: crate::BoxError) -> Self {
+        Self { endpoint, error }
+    }
+
+    /// The endpoint's key id.
+    pub fn endpoint_id(&self) -> u64 {
+        self.endpoint
+    }
+
+    /// The endpoint `error` reports, if it is an [`AttemptError`], and the
+    /// error itself.
+    pub fn split(error: crate::BoxError) -> (Option<u64>, crate::BoxError) {
+        match error.downcast::<AttemptError>() {
+            Ok(attempt) => (Some(attempt.endpoint), attempt.error),
+            Err(error) => (None, error),
+        }
+    }
+}
+
+impl fmt::Debug for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.error, f)
+    }
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for AttemptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.error)
     }
 }

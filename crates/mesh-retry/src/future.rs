@@ -130,7 +130,7 @@ where
                 StateProj::Called { future } => {
                     let polled = future.poll(cx);
                     let result = match polled {
-                        Poll::Ready(r) => r.map_err(Into::into),
+                        Poll::Ready(r) => this.policy.take_report(r.map_err(Into::into)),
                         Poll::Pending => {
                             if deadline_passed(this.timers, cx) {
                                 return Poll::Ready(Err(deadline_exceeded(this.policy)));

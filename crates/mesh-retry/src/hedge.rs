@@ -189,7 +189,7 @@ where
                 && let Poll::Ready(r) = f.poll(cx)
             {
                 this.primary.set(None);
-                let r = r.map_err(Into::into);
+                let r = r.map_err(|e| mesh_core::AttemptError::split(e.into()).1);
                 if this.hedge.is_none() || this.failed.is_some() || succeeded(this.policy, &r) {
                     // Not hedged yet (and now never), the hedge failed already,
                     // or a success: this is the answer; any hedge is dropped.
@@ -202,7 +202,7 @@ where
                 && let Poll::Ready(r) = f.poll(cx)
             {
                 this.hedge.set(None);
-                let r = r.map_err(Into::into);
+                let r = r.map_err(|e| mesh_core::AttemptError::split(e.into()).1);
                 if this.primary.is_none() || succeeded(this.policy, &r) {
                     return Poll::Ready(r);
                 }

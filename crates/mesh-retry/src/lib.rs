@@ -36,10 +36,11 @@
 //! or a spawned task between retry and router loses nothing. A record the
 //! caller put in the request is kept and shared by every attempt.
 //!
-//! The no-retry path (a retryable request that succeeds at once) allocates
-//! nothing and takes no lock. The budget deposit is a plain load and store
-//! into the calling thread's own stripe of the budget (no atomic
-//! read-modify-write); the copy kept for a retry is not an `http::Request`
+//! The no-retry path (a retryable request that succeeds at once) takes no
+//! lock; it allocates the tried-endpoints record and its slot in the
+//! request's extensions (when tracking, the default) and nothing else. The
+//! budget deposit is a plain load and store into the calling thread's
+//! stripe of the budget (no atomic read-modify-write); the copy kept for a retry is not an `http::Request`
 //! but its parts (`Bytes`-backed parts and bodies are shared, empty header
 //! maps are neither built nor dropped), and it is made only when a retry is
 //! possible (a retryable method, `max_retries > 0`). The first attempt cannot

@@ -9,7 +9,7 @@ use mesh_core::backoff::BackoffSession;
 use mesh_core::classify::{Classify, HttpClassifier, as_dyn_error};
 use mesh_core::config::InvalidConfig;
 use mesh_core::pushback::Pushback;
-use mesh_core::{BoxError, Outcome, TriedEndpoints};
+use mesh_core::{AttemptError, BoxError, Outcome, ReportEndpoint, TriedEndpoints};
 use tokio::time::Instant;
 
 use crate::body::TryCloneBody;
@@ -130,9 +130,12 @@ pub struct RetryPolicy<C = HttpClassifier> {
     // Boxed: drawn only on a retry, and kept out of the future's size.
     session: Option<Box<BackoffSession>>,
     give_up: Option<GiveUp>,
-    /// The record put in the first attempt's request (by `RetryService`),
-    /// to be put in the retries' copy at the first retry.
-    pub(crate) tried: Option<TriedEndpoints>,
+    /// The first attempt went out without a `TriedEndpoints` record: the
+    /// retries' record is built at the first retry, starting from the
+    /// endpoint the router reported back with the first attempt's result.
+    pub(crate) pending_record: bool,
+    /// The endpoint the router reported with the last result.
+    pub(crate) first_pick: Option<u64>,
 }
 
 impl<C> Clone for RetryPolicy<C> {
@@ -144,7 +147,8 @@ impl<C> Clone for RetryPolicy<C> {
             start: self.start,
             session: self.session.clone(),
             give_up: self.give_up,
-            tried: self.tried.clone(),
+            pending_record: self.pending_record,
+            first_pick: self.first_pick,
         }
     }
 }
@@ -215,7 +219,8 @@ impl<C> RetryPolicy<C> {
             start: None,
             session: None,
             give_up: None,
-            tried: None,
+            pending_record: false,
+            first_pick: None,
         }
     }
 
@@ -293,20 +298,41 @@ impl<C> RetryPolicy<C> {
         }
     }
 
-    /// Puts a [`TriedEndpoints`] record in `req` (a request that may be
-    /// retried) when tracking and the caller put none there: the router
-    /// records the endpoint of each attempt in it, and the retries carry the
-    /// same record, so they avoid where earlier attempts went. The record
-    /// travels in the request, so it survives a `Buffer` or a spawned task
-    /// between retry and router.
+    /// Whether the retries of `req` (a request that may be retried) need a
+    /// [`TriedEndpoints`] record built for them: when tracking and the caller
+    /// put none in the request. The first attempt goes out without one (no
+    /// allocation for requests that succeed at once); the router reports
+    /// where it went with a failed result ([`mesh_core::TriedEndpoint`],
+    /// [`mesh_core::AttemptError`]), and [`take_report`](Self::take_report)
+    /// keeps that for the record.
     #[inline]
-    pub(crate) fn track_tried<B>(&mut self, req: &mut Request<B>) {
-        if self.shared.config.track_tried_endpoints
+    pub(crate) fn needs_record<B>(&self, req: &Request<B>) -> bool {
+        self.shared.config.track_tried_endpoints
             && req.extensions().get::<TriedEndpoints>().is_none()
-        {
-            let tried = TriedEndpoints::new();
-            req.extensions_mut().insert(tried.clone());
-            self.tried = Some(tried);
+    }
+
+    /// Takes the router's report of where an attempt went out of its
+    /// result, so the caller never sees it, and keeps it for the retries'
+    /// record.
+    #[inline]
+    pub(crate) fn take_report<Res: ReportEndpoint>(
+        &mut self,
+        result: Result<Res, BoxError>,
+    ) -> Result<Res, BoxError> {
+        match result {
+            Ok(mut response) => {
+                if let Some(id) = response.take_reported_endpoint() {
+                    self.first_pick = Some(id);
+                }
+                Ok(response)
+            }
+            Err(error) => {
+                let (id, error) = AttemptError::split(error);
+                if id.is_some() {
+                    self.first_pick = id;
+                }
+                Err(error)
+            }
         }
     }
 
@@ -412,9 +438,14 @@ impl<C> RetryPolicy<C> {
             req.headers_mut()
                 .insert(name.clone(), HeaderValue::from(next));
         }
-        if let Some(tried) = self.tried.take() {
-            // The copy was made before the record went into the first
-            // attempt; later copies are cloned from this one and share it.
+        if std::mem::take(&mut self.pending_record) {
+            // The first retry builds the record, starting from where the
+            // first attempt went; later copies are cloned from this one and
+            // share it.
+            let tried = TriedEndpoints::new();
+            if let Some(id) = self.first_pick.take() {
+                tried.record_id(id);
+            }
             req.extensions_mut().insert(tried);
         }
         metrics::retry();
@@ -537,15 +568,12 @@ where
         if self.retries == 0 {
             self.begin();
         }
-        self.tried = None;
+        self.pending_record = false;
+        self.first_pick = None;
         let copy = self.copy(req)?;
         // The first attempt (the caller's request) is out of reach here: the
         // retries share one record, put in the copy at the first retry.
-        if self.shared.config.track_tried_endpoints
-            && copy.extensions().get::<TriedEndpoints>().is_none()
-        {
-            self.tried = Some(TriedEndpoints::new());
-        }
+        self.pending_record = self.needs_record(&copy);
         Some(copy)
     }
 }

@@ -68,7 +68,7 @@ where
     }
 
     #[inline]
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let mut policy = self.policy.clone();
         policy.begin();
         let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
@@ -76,9 +76,7 @@ where
         } else {
             None
         };
-        if copy.is_some() {
-            policy.track_tried(&mut req);
-        }
+        policy.pending_record = copy.is_some() && policy.needs_record(&req);
         // The first attempt goes through the service made ready.
         let future = self.inner.call(req);
         // Retries go through a clone, which the future makes ready before
@@ -125,12 +123,18 @@ mod tests {
                 let tried = req.extensions().get::<TriedEndpoints>().cloned();
                 let mut log = log.lock().unwrap();
                 let attempt = log.len() as u64 + 1;
+                let report = tried.is_none();
                 if let Some(tried) = &tried {
                     tried.record_id(attempt);
                 }
                 log.push(tried);
                 let status = if attempt == 1 { 503 } else { 200 };
-                Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+                let mut response = Response::builder().status(status).body(()).unwrap();
+                if report && status != 200 {
+                    // What the router does for a request without a record.
+                    mesh_core::ReportEndpoint::report_endpoint(&mut response, attempt);
+                }
+                Ok::<_, BoxError>(response)
             }
         })
     }
@@ -144,12 +148,18 @@ mod tests {
         let req = Request::get("http://svc/x").body(Full::default()).unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.status(), 200);
+        assert!(
+            res.extensions().get::<mesh_core::TriedEndpoint>().is_none(),
+            "the report never reaches the caller"
+        );
         let log = log.lock().unwrap();
-        let first = log[0].as_ref().expect("the first attempt carries a record");
-        let tried = log[1].as_ref().expect("the retry carries the same record");
+        assert!(
+            log[0].is_none(),
+            "no record allocated for the first attempt"
+        );
+        let tried = log[1].as_ref().expect("the retry carries a record");
         assert!(tried.contains_id(1) && tried.contains_id(2));
         assert_eq!(tried.len(), 2);
-        assert_eq!(first.len(), 2, "one record, shared by every attempt");
     }
 
     #[tokio::test(start_paused = true)]

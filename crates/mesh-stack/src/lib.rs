@@ -19,13 +19,25 @@
 //! ```text
 //! retry (budget, backoff + jitter, Retry-After, deadline)
 //!   -> discovery router (p2c peak-EWMA over live endpoints)
-//!      -> per endpoint: breaker (readiness mode) -> attempt timeout -> rewrite
+//!      -> per endpoint: breaker (reports) -> attempt timeout -> rewrite
 //!         -> inner client (hyper-util, reqwest, tonic's HTTP/2)
 //! ```
 //!
-//! A retry goes to another endpoint than the one that just failed; an open
-//! breaker takes its endpoint out of the balancer's choices until it probes
-//! again; a service with no live endpoint fails fast with `NoReadyEndpoint`.
+//! A retry goes to another endpoint than the one that just failed; a service
+//! with no endpoint fails with `NoReadyEndpoint` after `ready_timeout`.
+//!
+//! # Who decides what
+//!
+//! Each endpoint's breaker, built from the endpoint's target, **counts and
+//! trips**: it publishes its state into the endpoint's health signal and
+//! never refuses a call. The **balancer decides who gets traffic**: it
+//! ejects tripped endpoints and success-rate outliers (gray failures), never
+//! more than `balance.max_ejection_percent` (50 %) and never the last
+//! endpoint; past the cap the ejected ones take traffic again (panic mode),
+//! so an outage of every endpoint lasts as long as the backends are down,
+//! not a breaker's open period. An ejection lasts `breaker.recovery_timeout`
+//! times the endpoint's consecutive ejections, capped at
+//! `breaker.max_open_time`.
 //!
 //! # Example
 //!

@@ -6,8 +6,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use mesh_balance::LoadGuard;
-use mesh_core::BoxError;
 use mesh_core::classify::Classify;
+use mesh_core::{AttemptError, BoxError, ReportEndpoint};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
@@ -61,6 +61,7 @@ impl<T: Service<R>, R, C> fmt::Debug for ResponseFuture<T, R, C> {
 impl<T, R, C> Future for ResponseFuture<T, R, C>
 where
     T: Service<R>,
+    T::Response: ReportEndpoint,
     T::Error: Into<BoxError>,
     C: Classify<T::Response, T::Error>,
 {
@@ -88,6 +89,9 @@ pin_project! {
     {
         guard: Option<LoadGuard>,
         classifier: C,
+        // The request carried no tried-endpoints record: report the endpoint
+        // back with a failed result (see `mesh_core::TriedEndpoint`).
+        report: bool,
         #[pin]
         state: State<T, R, T::Future>,
     }
@@ -121,10 +125,12 @@ where
         guard: LoadGuard,
         classifier: C,
         ready_timeout: Duration,
+        report: bool,
     ) -> Self {
         Self {
             guard: Some(guard),
             classifier,
+            report,
             state: State::Pending {
                 service,
                 request: Some(request),
@@ -138,6 +144,7 @@ where
 impl<T, R, C> Future for Dispatch<T, R, C>
 where
     T: Service<R>,
+    T::Response: ReportEndpoint,
     T::Error: Into<BoxError>,
     C: Classify<T::Response, T::Error>,
 {
@@ -150,10 +157,17 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
-                    if let Some(guard) = this.guard.take() {
-                        guard.record(this.classifier.classify(&result));
+                    let Some(guard) = this.guard.take() else {
+                        return Poll::Ready(result.map_err(Into::into));
+                    };
+                    let outcome = this.classifier.classify(&result);
+                    let failed = outcome.is_failure() || outcome.is_retryable();
+                    let id = guard.key_id();
+                    guard.record(outcome);
+                    if !(*this.report && failed) {
+                        return Poll::Ready(result.map_err(Into::into));
                     }
-                    return Poll::Ready(result.map_err(Into::into));
+                    return Poll::Ready(report(result, id));
                 }
                 StateProj::Pending {
                     service,
@@ -194,5 +208,22 @@ where
                 },
             }
         }
+    }
+}
+
+/// A failed result of a request without a tried-endpoints record, with the
+/// endpoint it went to: in the response's extensions, or around the error.
+#[cold]
+#[inline(never)]
+fn report<Res: ReportEndpoint, E: Into<BoxError>>(
+    result: Result<Res, E>,
+    id: u64,
+) -> Result<Res, BoxError> {
+    match result {
+        Ok(mut response) => {
+            response.report_endpoint(id);
+            Ok(response)
+        }
+        Err(e) => Err(Box::new(AttemptError::new(id, e.into()))),
     }
 }

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use mesh_balance::{Balancer, LoadGuard};
 use mesh_core::classify::Classify;
 use mesh_core::target::{NewEndpoint, Target};
-use mesh_core::{Availability, BoxError, Endpoint, TriedEndpoints};
+use mesh_core::{Availability, BoxError, Endpoint, ReportEndpoint, TriedEndpoints};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
@@ -416,7 +416,7 @@ where
     N::Service: Service<R> + Clone + Send + Sync + 'static,
     <N::Service as Service<R>>::Error: Into<BoxError>,
     <N::Service as Service<R>>::Future: Send + 'static,
-    <N::Service as Service<R>>::Response: Send + 'static,
+    <N::Service as Service<R>>::Response: ReportEndpoint + Send + 'static,
     C: Classify<<N::Service as Service<R>>::Response, <N::Service as Service<R>>::Error>
         + Clone
         + Send
@@ -470,13 +470,16 @@ where
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         let shared = &*self.shared;
-        match shared.pick(request.tried_endpoints()) {
+        let tried = request.tried_endpoints();
+        let report = tried.is_none();
+        match shared.pick(tried) {
             Some((guard, service)) => ResponseFuture::dispatch(Dispatch::new(
                 service,
                 request,
                 guard,
                 shared.classifier.clone(),
                 shared.ready_timeout,
+                report,
             )),
             // `poll_ready` said yes, and the set emptied since.
             None => ResponseFuture::failed(shared.no_ready_endpoint(Duration::ZERO).into()),
