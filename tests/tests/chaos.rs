@@ -242,7 +242,7 @@ async fn total_outage_retries_stay_in_budget_and_calls_still_reach_the_servers()
     .await;
     for c in &more {
         assert_eq!(
-            c.result.as_ref().ok().map(|s| s.as_u16()),
+            c.result.as_ref().ok().map(http::StatusCode::as_u16),
             Some(503),
             "{:?}",
             c.result
@@ -326,7 +326,7 @@ async fn recovery_traffic_returns_within_recovery_timeout_without_a_thundering_h
         })
         .await,
         "every backend sees its failures: {:?}",
-        hits(&bs)
+        hits(bs)
     );
     settled(bs, Duration::from_millis(100), Duration::from_secs(5))
         .await

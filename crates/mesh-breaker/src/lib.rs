@@ -51,7 +51,7 @@
 //!
 //! # Who decides what
 //!
-//! A standalone breaker (built with [`Layer::layer`](tower::Layer::layer))
+//! A standalone breaker (built with [`Layer::layer`](tower_layer::Layer::layer))
 //! decides alone: it refuses calls while open. Inside the discovery router
 //! the breaker is built per endpoint from the endpoint's
 //! [`Target`](mesh_core::Target) (through the layer's

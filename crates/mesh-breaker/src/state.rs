@@ -521,14 +521,13 @@ impl Shared {
                 c.store(0, Ordering::Relaxed);
             }
         }
-        if let Some(window) = &self.window {
-            if let Some(snapshot) = window.record(failure, slow)
-                && may_trip
-                && let Some(reason) = self.rate_reason(snapshot)
-            {
-                let pushback = pushback.and_then(Pushback::delay);
-                self.transition(word, CircuitState::Open, reason, pushback);
-            }
+        if let Some(window) = &self.window
+            && let Some(snapshot) = window.record(failure, slow)
+            && may_trip
+            && let Some(reason) = self.rate_reason(snapshot)
+        {
+            let pushback = pushback.and_then(Pushback::delay);
+            self.transition(word, CircuitState::Open, reason, pushback);
         }
     }
 

@@ -181,7 +181,7 @@ impl RetryBudget {
         let counter = &self.inner.stripes[stripe].deposits;
         let n = counter.load(Ordering::Relaxed);
         counter.store(n.wrapping_add(1), Ordering::Relaxed);
-        if n % CLOCK_EVERY == 0 {
+        if n.is_multiple_of(CLOCK_EVERY) {
             self.deposit_at(self.epoch());
         } else {
             let epoch = self.inner.swept.load(Ordering::Acquire);

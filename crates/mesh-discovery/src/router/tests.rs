@@ -394,15 +394,13 @@ fn config_validation_names_the_fields() {
 
 /// `n` endpoints, round robin, the default 50 % ejection cap, with their
 /// health signals.
+type Plain = mesh_core::target::LayerEndpoint<tower::layer::util::Identity>;
+
 fn router_with_signals(
     n: u8,
 ) -> (
-    DiscoveryLayer<mesh_core::target::LayerEndpoint<tower::layer::util::Identity>>,
-    DiscoveryService<
-        Echo,
-        mesh_core::target::LayerEndpoint<tower::layer::util::Identity>,
-        mesh_core::classify::DefaultHttpClassifier,
-    >,
+    DiscoveryLayer<Plain>,
+    DiscoveryService<Echo, Plain, mesh_core::classify::DefaultHttpClassifier>,
     Vec<Availability>,
 ) {
     let eps: Vec<_> = (1..=n).map(|i| ep(&format!("10.0.0.{i}:80"))).collect();
