@@ -353,20 +353,38 @@ where
     fn pick(&self, tried: Option<&TriedEndpoints>) -> Option<(LoadGuard, N::Service)> {
         let guard = self.balancer.pick(tried)?;
         let table = self.table.load();
-        // An endpoint the balancer just learned may not have its stack yet
-        // (an update is being applied): try once more, the update is
-        // finished by then or the set is the old one again.
-        let service = match table.get(guard.slot(), guard.key_id()) {
-            Some(stack) => stack.service.clone(),
+        match table.get(guard.slot(), guard.key_id()) {
+            Some(stack) => {
+                let service = stack.service.clone();
+                Some(self.record(tried, guard, service))
+            }
             None => {
                 drop(table);
-                let guard = self.balancer.pick(tried)?;
-                let table = self.table.load();
-                let service = table.get(guard.slot(), guard.key_id())?.service.clone();
+                self.pick_during_update(tried)
+            }
+        }
+    }
+
+    /// The balancer chose an endpoint whose stack is not in the table yet:
+    /// an update is being applied (the balancer learns the set before the
+    /// stacks are built). Waits for it to finish (it is synchronous and
+    /// short: building stacks) and picks again.
+    #[cold]
+    #[inline(never)]
+    fn pick_during_update(
+        &self,
+        tried: Option<&TriedEndpoints>,
+    ) -> Option<(LoadGuard, N::Service)> {
+        for _ in 0..3 {
+            drop(self.applied.lock().unwrap_or_else(PoisonError::into_inner));
+            let guard = self.balancer.pick(tried)?;
+            let table = self.table.load();
+            if let Some(stack) = table.get(guard.slot(), guard.key_id()) {
+                let service = stack.service.clone();
                 return Some(self.record(tried, guard, service));
             }
-        };
-        Some(self.record(tried, guard, service))
+        }
+        None
     }
 
     #[inline]
