@@ -20,8 +20,11 @@
 //! | update + snapshot + diff, unique indexes | 89 ms | 21 ms |
 //!
 //! Against the baseline of the same run, the serde model costs 0.22× a
-//! `Value` parse and the reader 0.04×: about 30 ms and 5 ms at the machine's
-//! quiet speed. The serde model was kept.
+//! `Value` parse and the reader 0.04×. Measured again on the idle machine
+//! (2026-12-01, load average 0.5 at the start, nothing else running), the
+//! serde model: parse + snapshot + diff 45.7 ms, update + snapshot + diff
+//! 41.8 ms, unique indexes 42.0 ms, baseline 189.8 ms; within the 50 ms
+//! target, so the serde model was kept.
 //!
 //! - `parse`, `parse_snapshot_diff`: a cold parse (`parse_health`), as for a
 //!   watch's first answer or after an error;
