@@ -64,6 +64,29 @@ impl EndpointKey {
     }
 }
 
+/// A [`Hasher`](std::hash::Hasher) that keeps a `u64` as it is: for maps
+/// keyed by [`EndpointKey::id`]s, which are well-mixed 64-bit hashes
+/// already (`HashMap<u64, V, BuildHasherDefault<IdHasher>>`). Other input is
+/// folded in byte by byte.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {

@@ -15,33 +15,16 @@
 
 use std::hash::{Hash, Hasher};
 
+use crate::endpoint::IdHasher;
+
 /// A well-mixed number for the calling thread, stable for its life: take it
 /// modulo (or masked to) the number of stripes.
 #[inline]
 pub fn current_thread_stripe() -> usize {
-    let mut h = IdHasher(0);
+    let mut h = IdHasher::default();
     std::thread::current().id().hash(&mut h);
     // Fibonacci hashing: thread ids are small consecutive integers.
-    (h.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
-}
-
-/// Keeps the `u64` a `ThreadId` hashes as.
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+    (h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use mesh_balance::{Balancer, LoadGuard};
 use mesh_core::classify::Classify;
+use mesh_core::endpoint::IdHasher;
 use mesh_core::target::{NewEndpoint, Target};
 use mesh_core::{Availability, BoxError, Endpoint, ReportEndpoint, TriedEndpoints};
 use tokio::sync::watch;
@@ -44,11 +45,14 @@ where
     wait: Option<Pin<Box<Wait>>>,
 }
 
+/// See [`Shared::next_update`].
+type NextUpdate = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
+
 /// What a `poll_ready` with no routable endpoint waits on: the source's next
 /// update, within the bounded wait.
 struct Wait {
     /// `None` once the source is gone (only the bound is left).
-    changed: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
+    changed: Option<NextUpdate>,
     sleep: Pin<Box<Sleep>>,
     since: Instant,
 }
@@ -139,26 +143,6 @@ struct EndpointStack<T> {
     service: T,
 }
 
-/// Endpoint-key ids are already well-mixed 64-bit hashes: use them as is.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id;
-    }
-}
-
 // ===== impl DiscoveryService =====
 
 impl<S, N, C> DiscoveryService<S, N, C>
@@ -237,6 +221,13 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Resolves when the source publishes its next set (`true`), or when the
+    /// source is gone (`false`).
+    fn next_update(&self) -> NextUpdate {
+        let mut updates = self.receiver();
+        Box::pin(async move { updates.changed().await.is_ok() })
     }
 
     /// Applies the source's newest set if it changed since the last look.
@@ -455,9 +446,8 @@ where
                 return Poll::Ready(Ok(()));
             }
             let wait = self.wait.get_or_insert_with(|| {
-                let mut updates = shared.receiver();
                 Box::pin(Wait {
-                    changed: Some(Box::pin(async move { updates.changed().await.is_ok() })),
+                    changed: Some(shared.next_update()),
                     sleep: Box::pin(tokio::time::sleep(shared.ready_timeout)),
                     since: Instant::now(),
                 })
@@ -467,8 +457,7 @@ where
             {
                 if open {
                     // A new set: look again (and wait on the next one).
-                    let mut updates = shared.receiver();
-                    wait.changed = Some(Box::pin(async move { updates.changed().await.is_ok() }));
+                    wait.changed = Some(shared.next_update());
                     continue;
                 }
                 tracing::warn!(service = %shared.name, "router: the discovery source is gone; keeping the last set");
