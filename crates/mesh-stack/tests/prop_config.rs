@@ -74,7 +74,8 @@ fn service() -> impl Strategy<Value = ServiceConfig> {
         millis(1..=300_000),
         millis(1..=3_600_000),
         0u32..=100,
-        proptest::option::of(millis(1..=60_000)),
+        // Above the default `min_attempt_time` (10ms), which must be shorter.
+        proptest::option::of(millis(11..=60_000)),
         (1u32..50).prop_map(Some), // `None` needs a window: no trip policy otherwise
         prop::sample::select(vec![
             Balance::P2cPeakEwma,
