@@ -607,8 +607,9 @@ mod tests {
         let allowed = 10 + deposits / 4;
         assert!(withdrawals <= allowed, "{withdrawals} > {allowed}");
         // And it did not starve either: everything deposited was spent but
-        // less than one retry.
-        assert!(withdrawals + 1 >= allowed, "{withdrawals} vs {allowed}");
+        // less than one retry per thread (a thread's last deposits can come
+        // after the other threads stopped withdrawing).
+        assert!(withdrawals + 4 >= allowed, "{withdrawals} vs {allowed}");
         assert_eq!(b.balance_units(), b.slot_sum_units(e));
     }
 
