@@ -8,6 +8,9 @@ use mesh_core::{Availability, Endpoint, EndpointKey, Outcome};
 
 use crate::state::{EndpointState, in_flight};
 
+/// `LoadGuard::started_ns` of a strategy that does not time requests.
+const NOT_TIMED: u64 = u64::MAX;
+
 /// One request in flight to the endpoint a [`Balancer`](crate::Balancer)
 /// chose.
 ///
@@ -22,9 +25,10 @@ use crate::state::{EndpointState, in_flight};
 #[must_use = "dropping the guard ends the request's load accounting at once"]
 pub struct LoadGuard {
     state: Arc<EndpointState>,
-    /// When the request started (ns since the balancer's epoch), if this
-    /// strategy uses latency.
-    started_ns: Option<u64>,
+    /// When the request started (ns since the balancer's epoch), or
+    /// [`NOT_TIMED`] if this strategy does not use latency (a sentinel, not
+    /// an `Option`: the guard travels in every response body).
+    started_ns: u64,
     /// Where the endpoint sits in the set it was picked from.
     slot: usize,
 }
@@ -33,6 +37,7 @@ impl LoadGuard {
     /// Counts one more request in flight to `state`.
     #[inline]
     pub(crate) fn new(state: &Arc<EndpointState>, started_ns: Option<u64>, slot: usize) -> Self {
+        let started_ns = started_ns.map_or(NOT_TIMED, |ns| ns.min(NOT_TIMED - 1));
         #[cfg(feature = "metrics")]
         state.picks.increment(1);
         Self {
@@ -105,7 +110,7 @@ impl LoadGuard {
             _ => Some(state.count(failed)),
         };
         let pushback = outcome.pushback().and_then(Pushback::delay);
-        let now = match self.started_ns {
+        let now = match (self.started_ns != NOT_TIMED).then_some(self.started_ns) {
             Some(started) => {
                 let now = state.params.clock.elapsed_nanos();
                 state.observe(now.saturating_sub(started), now, failed);
@@ -125,6 +130,15 @@ impl LoadGuard {
         if state.detector.due(now) {
             state.detector.run(now);
         }
+    }
+}
+
+/// A balancer records through its guard at the end of a response body when
+/// the router tracks outcomes at end of stream ([`mesh_core::eos`]).
+impl mesh_core::eos::Record for LoadGuard {
+    #[inline]
+    fn record(self, outcome: Outcome) {
+        LoadGuard::record(self, outcome);
     }
 }
 

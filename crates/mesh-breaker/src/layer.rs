@@ -6,6 +6,7 @@ use std::sync::Arc;
 use mesh_core::Availability;
 use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
+use mesh_core::eos::{AtEndOfStream, AtResponse};
 use mesh_core::target::{NewEndpoint, Target};
 use tower_layer::Layer;
 
@@ -43,12 +44,22 @@ use crate::state::Shared;
 /// [`Classify`](mesh_core::classify::Classify), a closure included, can be used
 /// with [`with_classifier`](Self::with_classifier). The classifier is cloned
 /// into each call's future: keep it small (a closure, a `&'static`, an `Arc`).
+///
+/// # When a call's outcome is counted
+///
+/// By default ([`AtResponse`]) when the response arrives: for HTTP, at its
+/// headers. [`at_end_of_stream`](Self::at_end_of_stream) counts an HTTP
+/// response that looks successful when its *body* ends instead: a body that
+/// fails (a broken connection, a timeout mid-body) is a failure, a gRPC
+/// `grpc-status` in the trailers is classified, and slow-call detection
+/// times the whole body (see [`mesh_core::eos`]).
 #[derive(Clone)]
-pub struct CircuitBreakerLayer<C = DefaultHttpClassifier> {
+pub struct CircuitBreakerLayer<C = DefaultHttpClassifier, M = AtResponse> {
     config: BreakerConfig,
     classifier: C,
     listener: Option<Listener>,
     name: Option<Arc<str>>,
+    mode: M,
 }
 
 impl CircuitBreakerLayer {
@@ -60,6 +71,7 @@ impl CircuitBreakerLayer {
             classifier: DefaultHttpClassifier,
             listener: None,
             name: None,
+            mode: AtResponse,
         })
     }
 }
@@ -72,18 +84,39 @@ impl Default for CircuitBreakerLayer {
             classifier: DefaultHttpClassifier,
             listener: None,
             name: None,
+            mode: AtResponse,
         }
     }
 }
 
-impl<C> CircuitBreakerLayer<C> {
+impl<C, M> CircuitBreakerLayer<C, M> {
     /// Classifies results with `classifier` instead.
-    pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
+    pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2, M> {
         CircuitBreakerLayer {
             config: self.config,
             classifier,
             listener: self.listener,
             name: self.name,
+            mode: self.mode,
+        }
+    }
+
+    /// Counts an HTTP response that looks successful when its body ends
+    /// (see the [type docs](CircuitBreakerLayer)). The classifier must also
+    /// classify the end of a body ([`ClassifyEos`](mesh_core::eos::ClassifyEos)),
+    /// as mesh's HTTP and gRPC classifiers do.
+    pub fn at_end_of_stream(self) -> CircuitBreakerLayer<C, AtEndOfStream> {
+        self.with_mode(AtEndOfStream)
+    }
+
+    /// Counts outcomes when `mode` says ([`mesh_core::eos::TrackOutcome`]).
+    pub fn with_mode<M2>(self, mode: M2) -> CircuitBreakerLayer<C, M2> {
+        CircuitBreakerLayer {
+            config: self.config,
+            classifier: self.classifier,
+            listener: self.listener,
+            name: self.name,
+            mode,
         }
     }
 
@@ -110,8 +143,8 @@ impl<C> CircuitBreakerLayer<C> {
     }
 }
 
-impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
-    type Service = CircuitBreaker<S, C>;
+impl<S, C: Clone, M: Clone> Layer<S> for CircuitBreakerLayer<C, M> {
+    type Service = CircuitBreaker<S, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let shared = Shared::new_arc(
@@ -120,12 +153,12 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             self.listener.clone(),
             self.name.clone(),
         );
-        CircuitBreaker::from_shared(inner, shared, self.classifier.clone())
+        CircuitBreaker::from_shared(inner, shared, self.classifier.clone(), self.mode.clone())
     }
 }
 
-impl<S, C: Clone> NewEndpoint<S> for CircuitBreakerLayer<C> {
-    type Service = CircuitBreaker<S, C>;
+impl<S, C: Clone, M: Clone> NewEndpoint<S> for CircuitBreakerLayer<C, M> {
+    type Service = CircuitBreaker<S, C, M>;
 
     /// A breaker for one endpoint of a router: publishes into the target's
     /// health signal, is named after the target, and only reports (see the
@@ -141,17 +174,18 @@ impl<S, C: Clone> NewEndpoint<S> for CircuitBreakerLayer<C> {
             self.listener.clone(),
             Some(Arc::clone(target.name_arc())),
         );
-        CircuitBreaker::from_shared(inner, shared, self.classifier.clone())
+        CircuitBreaker::from_shared(inner, shared, self.classifier.clone(), self.mode.clone())
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C> {
+impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
             .field("config", &self.config)
             .field("classifier", &self.classifier)
             .field("listener", &self.listener.is_some())
             .field("name", &self.name)
+            .field("mode", &self.mode)
             .finish()
     }
 }

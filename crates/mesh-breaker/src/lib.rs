@@ -153,7 +153,7 @@ pub use config::{
 };
 pub use error::BreakerOpen;
 pub use events::{BreakerEvent, TransitionReason};
-pub use future::ResponseFuture;
+pub use future::{BreakerRecorder, ResponseFuture};
 pub use handle::CircuitBreakerHandle;
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;

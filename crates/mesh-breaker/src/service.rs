@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mesh_core::classify::{Classify, DefaultHttpClassifier};
+use mesh_core::eos::{AtResponse, TrackOutcome};
 use mesh_core::{Availability, BoxError};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
@@ -14,7 +15,7 @@ use tower_service::Service;
 
 use crate::config::OpenBehavior;
 use crate::error::BreakerOpen;
-use crate::future::{Admission, ResponseFuture};
+use crate::future::{Admission, BreakerRecorder, ResponseFuture};
 use crate::handle::CircuitBreakerHandle;
 use crate::state::{Admit, ProbePermit, Shared, state_of};
 
@@ -33,10 +34,11 @@ enum Ready {
 ///
 /// Clones share one breaker, and cloning never allocates. Each call's future
 /// holds a reference to the breaker (one atomic increment and decrement).
-pub struct CircuitBreaker<S, C = DefaultHttpClassifier> {
+pub struct CircuitBreaker<S, C = DefaultHttpClassifier, M = AtResponse> {
     inner: S,
     shared: Arc<Shared>,
     classifier: C,
+    mode: M,
     ready: Option<Ready>,
     wait: Option<Wait>,
 }
@@ -48,12 +50,13 @@ struct Wait {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+impl<S, C, M> CircuitBreaker<S, C, M> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, classifier: C, mode: M) -> Self {
         Self {
             inner,
             shared,
             classifier,
+            mode,
             ready: None,
             wait: None,
         }
@@ -87,7 +90,7 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 }
 
-impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+impl<S: Clone, C: Clone, M: Clone> Clone for CircuitBreaker<S, C, M> {
     fn clone(&self) -> Self {
         // A clone starts without this clone's readiness (like tower's own
         // middleware): a probe permit is never duplicated.
@@ -95,21 +98,23 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
             classifier: self.classifier.clone(),
+            mode: self.mode.clone(),
             ready: None,
             wait: None,
         }
     }
 }
 
-impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+impl<S, C, M, Req> Service<Req> for CircuitBreaker<S, C, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
+    M: TrackOutcome<S::Response, C> + Clone,
 {
-    type Response = S::Response;
+    type Response = M::Output<BreakerRecorder>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, C, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -137,6 +142,7 @@ where
                     self.classifier.clone(),
                     Arc::clone(&self.shared),
                     word,
+                    self.mode.clone(),
                 );
             }
         }
@@ -144,7 +150,7 @@ where
     }
 }
 
-impl<S, C> CircuitBreaker<S, C> {
+impl<S, C, M> CircuitBreaker<S, C, M> {
     /// Everything but the steady state: a probe, a refusal, waiting.
     fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
     where
@@ -211,16 +217,20 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// A call that needs the breaker: a probe, a refusal, or a result that
     /// would change the counters.
-    fn call_slow<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, C>
+    fn call_slow<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, C, M>
     where
         S: Service<Req>,
         C: Clone,
+        M: Clone,
     {
+        let mode = self.mode.clone();
         let shared = &self.shared;
         let admission = match self.ready.take() {
-            Some(Ready::Rejected(error)) => return ResponseFuture::rejected(error),
-            Some(Ready::Bypass) => return ResponseFuture::uncounted(self.inner.call(request)),
-            Some(Ready::Probe(permit)) => Admission::Probe(permit),
+            Some(Ready::Rejected(error)) => return ResponseFuture::rejected(error, mode),
+            Some(Ready::Bypass) => {
+                return ResponseFuture::uncounted(self.inner.call(request), mode);
+            }
+            Some(Ready::Probe(permit)) => Admission::Probe(Box::new(permit)),
             None => {
                 let word = shared.word();
                 if state_of(word).admits_all() {
@@ -229,11 +239,11 @@ impl<S, C> CircuitBreaker<S, C> {
                     // The state changed since poll_ready said yes.
                     match shared.admit() {
                         Admit::Closed { word } => Admission::Closed(word),
-                        Admit::Probe(permit) => Admission::Probe(permit),
+                        Admit::Probe(permit) => Admission::Probe(Box::new(permit)),
                         Admit::Bypass => {
-                            return ResponseFuture::uncounted(self.inner.call(request));
+                            return ResponseFuture::uncounted(self.inner.call(request), mode);
                         }
-                        Admit::Rejected(error) => return ResponseFuture::rejected(error),
+                        Admit::Rejected(error) => return ResponseFuture::rejected(error, mode),
                     }
                 }
             }
@@ -246,6 +256,7 @@ impl<S, C> CircuitBreaker<S, C> {
             Arc::clone(shared),
             admission,
             start,
+            mode,
         )
     }
 }

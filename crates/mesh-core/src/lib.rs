@@ -13,6 +13,9 @@
 //!   decorrelated jitter, fresh randomness for every session.
 //! - [`Pushback`](pushback::Pushback): `Retry-After` and
 //!   `grpc-retry-pushback-ms`, parsed defensively and clamped.
+//! - [`eos`]: when a layer that records outcomes learns them: at the
+//!   response, or at the end of its body (body errors, gRPC trailers).
+//! - [`CallDeadline`]: a logical call's deadline, for the layers below retry.
 //! - [`Endpoint`]: one instance of a service, cheap to clone.
 //! - [`Target`] and [`NewEndpoint`]: what a router builds each endpoint's
 //!   stack from (the endpoint, its health signal, the service name), in
@@ -73,7 +76,9 @@ pub mod backoff;
 pub mod classify;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod endpoint;
+pub mod eos;
 mod outcome;
 pub mod pushback;
 pub mod stripe;
@@ -81,6 +86,7 @@ pub mod target;
 mod tried;
 
 pub use availability::{Availability, AvailabilityState};
+pub use deadline::CallDeadline;
 pub use endpoint::{Address, Endpoint, EndpointKey};
 pub use outcome::{Failure, Outcome};
 pub use target::{NewEndpoint, Target};

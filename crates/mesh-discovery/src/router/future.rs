@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mesh_balance::LoadGuard;
 use mesh_core::classify::Classify;
+use mesh_core::eos::{AtResponse, TrackOutcome};
 use mesh_core::{AttemptError, BoxError, ReportEndpoint};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -18,28 +19,28 @@ pin_project! {
     /// The future [`DiscoveryService`](super::DiscoveryService) returns: one
     /// attempt on the endpoint the balancer chose, or the error that no
     /// endpoint could be chosen.
-    pub struct ResponseFuture<T, R, C>
+    pub struct ResponseFuture<T, R, C, M = AtResponse>
     where
         T: Service<R>,
     {
         #[pin]
-        kind: Kind<T, R, C>,
+        kind: Kind<T, R, C, M>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<T, R, C>
+    enum Kind<T, R, C, M>
     where
         T: Service<R>,
     {
-        Dispatch { #[pin] dispatch: Dispatch<T, R, C> },
+        Dispatch { #[pin] dispatch: Dispatch<T, R, C, M> },
         Failed { error: Option<BoxError> },
     }
 }
 
-impl<T: Service<R>, R, C> ResponseFuture<T, R, C> {
-    pub(crate) fn dispatch(dispatch: Dispatch<T, R, C>) -> Self {
+impl<T: Service<R>, R, C, M> ResponseFuture<T, R, C, M> {
+    pub(crate) fn dispatch(dispatch: Dispatch<T, R, C, M>) -> Self {
         Self {
             kind: Kind::Dispatch { dispatch },
         }
@@ -52,20 +53,21 @@ impl<T: Service<R>, R, C> ResponseFuture<T, R, C> {
     }
 }
 
-impl<T: Service<R>, R, C> fmt::Debug for ResponseFuture<T, R, C> {
+impl<T: Service<R>, R, C, M> fmt::Debug for ResponseFuture<T, R, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture")
     }
 }
 
-impl<T, R, C> Future for ResponseFuture<T, R, C>
+impl<T, R, C, M> Future for ResponseFuture<T, R, C, M>
 where
     T: Service<R>,
     T::Response: ReportEndpoint,
     T::Error: Into<BoxError>,
     C: Classify<T::Response, T::Error>,
+    M: TrackOutcome<T::Response, C>,
 {
-    type Output = Result<T::Response, BoxError>;
+    type Output = Result<M::Output<LoadGuard>, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -83,12 +85,13 @@ pin_project! {
     /// with the caller's waker), call it, classify the result and record it
     /// in the endpoint's load accounting. Dropping it before the end counts
     /// as neither success nor failure.
-    pub(crate) struct Dispatch<T, R, C>
+    pub(crate) struct Dispatch<T, R, C, M>
     where
         T: Service<R>,
     {
         guard: Option<LoadGuard>,
         classifier: C,
+        mode: M,
         // The request carried no tried-endpoints record: report the endpoint
         // back with a failed result (see `mesh_core::TriedEndpoint`).
         report: bool,
@@ -114,7 +117,7 @@ pin_project! {
     }
 }
 
-impl<T, R, C> Dispatch<T, R, C>
+impl<T, R, C, M> Dispatch<T, R, C, M>
 where
     T: Service<R>,
 {
@@ -124,12 +127,14 @@ where
         request: R,
         guard: LoadGuard,
         classifier: C,
+        mode: M,
         ready_timeout: Duration,
         report: bool,
     ) -> Self {
         Self {
             guard: Some(guard),
             classifier,
+            mode,
             report,
             state: State::Pending {
                 service,
@@ -141,14 +146,15 @@ where
     }
 }
 
-impl<T, R, C> Future for Dispatch<T, R, C>
+impl<T, R, C, M> Future for Dispatch<T, R, C, M>
 where
     T: Service<R>,
     T::Response: ReportEndpoint,
     T::Error: Into<BoxError>,
     C: Classify<T::Response, T::Error>,
+    M: TrackOutcome<T::Response, C>,
 {
-    type Output = Result<T::Response, BoxError>;
+    type Output = Result<M::Output<LoadGuard>, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -158,16 +164,29 @@ where
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
                     let Some(guard) = this.guard.take() else {
-                        return Poll::Ready(result.map_err(Into::into));
+                        return Poll::Ready(match result {
+                            Ok(response) => Ok(this.mode.untracked(response)),
+                            Err(e) => Err(e.into()),
+                        });
                     };
                     let outcome = this.classifier.classify(&result);
                     let failed = outcome.is_failure() || outcome.is_retryable();
-                    let id = guard.key_id();
-                    guard.record(outcome);
-                    if !(*this.report && failed) {
-                        return Poll::Ready(result.map_err(Into::into));
-                    }
-                    return Poll::Ready(report(result, id));
+                    let result = if *this.report && failed {
+                        report(result, guard.key_id())
+                    } else {
+                        result.map_err(Into::into)
+                    };
+                    // Recorded now, or (at end of stream) when the body ends:
+                    // the request stays in flight until then.
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            Ok(this.mode.track(this.classifier, response, outcome, guard))
+                        }
+                        Err(e) => {
+                            guard.record(outcome);
+                            Err(e)
+                        }
+                    });
                 }
                 StateProj::Pending {
                     service,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mesh_balance::{BalanceConfig, Balancer};
 use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
+use mesh_core::eos::{AtEndOfStream, AtResponse};
 use mesh_core::target::{LayerEndpoint, NewEndpoint};
 use tower_layer::{Identity, Layer};
 
@@ -72,16 +73,17 @@ impl RouterConfig {
 /// All services this layer builds share one balancer (one set of load and
 /// health accounting for the service); build one layer per logical service.
 #[derive(Clone)]
-pub struct DiscoveryLayer<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier> {
+pub struct DiscoveryLayer<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier, M = AtResponse> {
     discovery: Discovery,
     balancer: Balancer,
     new_endpoint: N,
     classifier: C,
+    mode: M,
     ready_timeout: Duration,
     host: HostHeader,
 }
 
-impl<N, C> fmt::Debug for DiscoveryLayer<N, C> {
+impl<N, C, M> fmt::Debug for DiscoveryLayer<N, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiscoveryLayer")
             .field("service", &self.discovery.name())
@@ -104,6 +106,7 @@ impl DiscoveryLayer {
             balancer,
             new_endpoint: LayerEndpoint(Identity::new()),
             classifier: DefaultHttpClassifier,
+            mode: AtResponse,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             host: HostHeader::Keep,
         }
@@ -116,11 +119,12 @@ impl DiscoveryLayer {
             config: RouterConfig::default(),
             new_endpoint: LayerEndpoint(Identity::new()),
             classifier: DefaultHttpClassifier,
+            mode: AtResponse,
         }
     }
 }
 
-impl<N, C> DiscoveryLayer<N, C> {
+impl<N, C, M> DiscoveryLayer<N, C, M> {
     /// The discovery handle this layer routes over.
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
@@ -132,14 +136,15 @@ impl<N, C> DiscoveryLayer<N, C> {
     }
 }
 
-impl<S, N, C> Layer<S> for DiscoveryLayer<N, C>
+impl<S, N, C, M> Layer<S> for DiscoveryLayer<N, C, M>
 where
     S: Clone,
     N: NewEndpoint<Rewrite<S>> + Clone,
     N::Service: Clone,
     C: Clone,
+    M: Clone,
 {
-    type Service = DiscoveryService<S, N, C>;
+    type Service = DiscoveryService<S, N, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         DiscoveryService::new(
@@ -147,6 +152,7 @@ where
             inner,
             self.new_endpoint.clone(),
             self.classifier.clone(),
+            self.mode.clone(),
             self.balancer.clone(),
             self.discovery.subscribe(),
             self.ready_timeout,
@@ -157,14 +163,19 @@ where
 
 /// Builds a [`DiscoveryLayer`]; [`build`](Self::build) validates.
 #[derive(Debug, Clone)]
-pub struct DiscoveryLayerBuilder<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier> {
+pub struct DiscoveryLayerBuilder<
+    N = LayerEndpoint<Identity>,
+    C = DefaultHttpClassifier,
+    M = AtResponse,
+> {
     discovery: Discovery,
     config: RouterConfig,
     new_endpoint: N,
     classifier: C,
+    mode: M,
 }
 
-impl<N, C> DiscoveryLayerBuilder<N, C> {
+impl<N, C, M> DiscoveryLayerBuilder<N, C, M> {
     /// All router settings at once (from a config file, say).
     #[must_use]
     pub fn config(mut self, config: RouterConfig) -> Self {
@@ -197,7 +208,7 @@ impl<N, C> DiscoveryLayerBuilder<N, C> {
     /// per-attempt timeout, a concurrency limit): it knows nothing of the
     /// endpoint it serves. For a breaker that feeds the balancer, use
     /// [`new_endpoint`](Self::new_endpoint).
-    pub fn endpoint_layer<L2>(self, layer: L2) -> DiscoveryLayerBuilder<LayerEndpoint<L2>, C> {
+    pub fn endpoint_layer<L2>(self, layer: L2) -> DiscoveryLayerBuilder<LayerEndpoint<L2>, C, M> {
         self.new_endpoint(LayerEndpoint(layer))
     }
 
@@ -208,12 +219,13 @@ impl<N, C> DiscoveryLayerBuilder<N, C> {
     /// builds a breaker that publishes into the target's signal, so the
     /// balancer ejects a tripped endpoint within its cap); compose it with
     /// plain layers through [`endpoint_fn`](mesh_core::target::endpoint_fn).
-    pub fn new_endpoint<N2>(self, new_endpoint: N2) -> DiscoveryLayerBuilder<N2, C> {
+    pub fn new_endpoint<N2>(self, new_endpoint: N2) -> DiscoveryLayerBuilder<N2, C, M> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
             config: self.config,
             new_endpoint,
             classifier: self.classifier,
+            mode: self.mode,
         }
     }
 
@@ -222,17 +234,36 @@ impl<N, C> DiscoveryLayerBuilder<N, C> {
     /// [`HttpClassifier`](mesh_core::classify::HttpClassifier); the classifier is cloned into
     /// every request's future, so pass something small or a reference; use
     /// [`GrpcClassifier`](mesh_core::classify::GrpcClassifier) for gRPC).
-    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<N, C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<N, C2, M> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
             config: self.config,
             new_endpoint: self.new_endpoint,
             classifier,
+            mode: self.mode,
+        }
+    }
+
+    /// Records an HTTP response that looks successful in the balancer's
+    /// load and health accounting when its *body* ends, not at its headers:
+    /// the request counts as in flight until then, its latency is the time
+    /// to the end of the body, and a body that fails (or a gRPC
+    /// `grpc-status` in the trailers that is not `OK`) is the endpoint's
+    /// failure. See [`mesh_core::eos`]. The classifier must classify the end
+    /// of a body ([`ClassifyEos`](mesh_core::eos::ClassifyEos)), as mesh's
+    /// HTTP and gRPC classifiers do.
+    pub fn at_end_of_stream(self) -> DiscoveryLayerBuilder<N, C, AtEndOfStream> {
+        DiscoveryLayerBuilder {
+            discovery: self.discovery,
+            config: self.config,
+            new_endpoint: self.new_endpoint,
+            classifier: self.classifier,
+            mode: AtEndOfStream,
         }
     }
 
     /// Validates the settings and builds the layer.
-    pub fn build(self) -> Result<DiscoveryLayer<N, C>, InvalidConfig> {
+    pub fn build(self) -> Result<DiscoveryLayer<N, C, M>, InvalidConfig> {
         self.config.validate()?;
         let balancer = Balancer::named(self.discovery.name().to_owned(), self.config.balance)?;
         Ok(DiscoveryLayer {
@@ -240,6 +271,7 @@ impl<N, C> DiscoveryLayerBuilder<N, C> {
             balancer,
             new_endpoint: self.new_endpoint,
             classifier: self.classifier,
+            mode: self.mode,
             ready_timeout: self.config.ready_timeout,
             host: self.config.host_header,
         })

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use mesh_balance::{Balancer, LoadGuard};
 use mesh_core::classify::Classify;
 use mesh_core::endpoint::IdHasher;
+use mesh_core::eos::{AtResponse, TrackOutcome};
 use mesh_core::target::{NewEndpoint, Target};
 use mesh_core::{Availability, BoxError, Endpoint, ReportEndpoint, TriedEndpoints};
 use tokio::sync::watch;
@@ -36,11 +37,11 @@ use crate::EndpointSet;
 /// (the balancer never ejects the last one, see the [module docs](super)).
 /// With none, it waits, woken by the source's next update, at most the
 /// router's `ready_timeout`, and then fails with [`NoReadyEndpoint`].
-pub struct DiscoveryService<S, N, C>
+pub struct DiscoveryService<S, N, C, M = AtResponse>
 where
     N: NewEndpoint<Rewrite<S>>,
 {
-    shared: Arc<Shared<S, N, C>>,
+    shared: Arc<Shared<S, N, C, M>>,
     /// While `poll_ready` waits for an endpoint to appear.
     wait: Option<Pin<Box<Wait>>>,
 }
@@ -57,7 +58,7 @@ struct Wait {
     since: Instant,
 }
 
-impl<S, N, C> Clone for DiscoveryService<S, N, C>
+impl<S, N, C, M> Clone for DiscoveryService<S, N, C, M>
 where
     N: NewEndpoint<Rewrite<S>>,
 {
@@ -71,7 +72,7 @@ where
     }
 }
 
-impl<S, N, C> fmt::Debug for DiscoveryService<S, N, C>
+impl<S, N, C, M> fmt::Debug for DiscoveryService<S, N, C, M>
 where
     N: NewEndpoint<Rewrite<S>>,
 {
@@ -83,7 +84,7 @@ where
     }
 }
 
-pub(crate) struct Shared<S, N, C>
+pub(crate) struct Shared<S, N, C, M>
 where
     N: NewEndpoint<Rewrite<S>>,
 {
@@ -91,6 +92,7 @@ where
     inner: S,
     new_endpoint: N,
     pub(crate) classifier: C,
+    pub(crate) mode: M,
     pub(crate) balancer: Balancer,
     table: ArcSwap<Table<N::Service>>,
     /// Whether the applied set has an endpoint a pick may choose.
@@ -145,7 +147,7 @@ struct EndpointStack<T> {
 
 // ===== impl DiscoveryService =====
 
-impl<S, N, C> DiscoveryService<S, N, C>
+impl<S, N, C, M> DiscoveryService<S, N, C, M>
 where
     N: NewEndpoint<Rewrite<S>>,
     N::Service: Clone,
@@ -157,6 +159,7 @@ where
         inner: S,
         new_endpoint: N,
         classifier: C,
+        mode: M,
         balancer: Balancer,
         mut updates: watch::Receiver<EndpointSet>,
         ready_timeout: Duration,
@@ -168,6 +171,7 @@ where
             inner,
             new_endpoint,
             classifier,
+            mode,
             balancer,
             table: ArcSwap::from_pointee(Table::empty()),
             routable: AtomicBool::new(false),
@@ -209,7 +213,7 @@ where
     }
 }
 
-impl<S, N, C> Shared<S, N, C>
+impl<S, N, C, M> Shared<S, N, C, M>
 where
     N: NewEndpoint<Rewrite<S>>,
     N::Service: Clone,
@@ -418,7 +422,7 @@ fn same_route(a: &Endpoint, b: &Endpoint) -> bool {
             && a.metadata() == b.metadata())
 }
 
-impl<S, N, C, R> Service<R> for DiscoveryService<S, N, C>
+impl<S, N, C, M, R> Service<R> for DiscoveryService<S, N, C, M>
 where
     S: Clone + Send + Sync + 'static,
     N: NewEndpoint<Rewrite<S>> + Send + Sync + 'static,
@@ -431,11 +435,12 @@ where
         + Send
         + Sync
         + 'static,
+    M: TrackOutcome<<N::Service as Service<R>>::Response, C> + Clone + Send + Sync + 'static,
     R: RewriteTarget + Send + 'static,
 {
-    type Response = <N::Service as Service<R>>::Response;
+    type Response = M::Output<LoadGuard>;
     type Error = BoxError;
-    type Future = ResponseFuture<N::Service, R, C>;
+    type Future = ResponseFuture<N::Service, R, C, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
@@ -485,6 +490,7 @@ where
                 request,
                 guard,
                 shared.classifier.clone(),
+                shared.mode.clone(),
                 shared.ready_timeout,
                 report,
             )),
