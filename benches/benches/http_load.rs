@@ -387,10 +387,11 @@ struct WorkerResult {
 }
 
 /// Sends GETs to `uris[i % len]` one after the other until `end`.
-async fn worker<S>(mut svc: S, uris: Arc<[Uri]>, start_at: usize, end: Instant) -> WorkerResult
+async fn worker<S, B>(mut svc: S, uris: Arc<[Uri]>, start_at: usize, end: Instant) -> WorkerResult
 where
-    S: Service<Request<Body>, Response = Response<Incoming>>,
+    S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: http_body::Body<Error: Into<BoxError>>,
 {
     let mut histogram = Histogram::<u64>::new_with_max(MAX_LATENCY_NS, 3).expect("valid bounds");
     let (mut ok, mut errors) = (0, 0);
@@ -412,7 +413,7 @@ where
                 .await
                 .map_err(Into::into)?;
             let status = resp.status();
-            resp.into_body().collect().await?;
+            resp.into_body().collect().await.map_err(Into::into)?;
             Ok::<_, BoxError>(status)
         }
         .await;

@@ -10,7 +10,10 @@ use mesh_core::Endpoint;
 use tower::{Service, ServiceExt};
 
 pub(crate) type Req = http::Request<()>;
-pub(crate) type Resp = http::Response<()>;
+/// An empty body: the response is classified from its headers, the hot
+/// path every variant shares (a body that streams is recorded when it ends,
+/// see `mesh_core::eos`).
+pub(crate) type Resp = http::Response<http_body_util::Empty<bytes::Bytes>>;
 
 /// The always-ready inner service every variant ends in.
 #[derive(Clone, Copy)]
@@ -29,7 +32,7 @@ impl Service<Req> for Inner {
     }
 
     fn call(&mut self, _req: Req) -> Self::Future {
-        ready(Ok(http::Response::new(())))
+        ready(Ok(http::Response::new(http_body_util::Empty::new())))
     }
 }
 

@@ -35,7 +35,10 @@ pub struct DeadlineExceeded {
 }
 
 impl DeadlineExceeded {
-    pub(crate) fn new(source: Option<BoxError>) -> Self {
+    /// The deadline passed; `source` says during what, if known (a layer
+    /// below the retry that enforces the deadline, such as mesh-stack's
+    /// per-attempt timeout in a response body, says so).
+    pub fn new(source: Option<BoxError>) -> Self {
         Self { source }
     }
 }

@@ -3,8 +3,8 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use mesh_core::BoxError;
 use mesh_core::classify::Classify;
+use mesh_core::{BoxError, CallDeadline};
 use tower_service::Service;
 
 use crate::body::TryCloneBody;
@@ -68,9 +68,14 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let mut policy = self.policy.clone();
         policy.begin();
+        if let Some(deadline) = policy.deadline() {
+            // For the layers below: a per-attempt timeout there bounds the
+            // attempt, and its response body, by the deadline too.
+            req.extensions_mut().insert(CallDeadline(deadline));
+        }
         let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
             RequestCopy::of(&req)
         } else {

@@ -59,17 +59,17 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 
     /// Routes each request to a live endpoint of a service
     /// ([`DiscoveryLayer`]); inside retry.
-    fn discovery<E, C>(
+    fn discovery<E, C, M>(
         self,
-        layer: DiscoveryLayer<E, C>,
-    ) -> ServiceBuilder<Stack<DiscoveryLayer<E, C>, L>>;
+        layer: DiscoveryLayer<E, C, M>,
+    ) -> ServiceBuilder<Stack<DiscoveryLayer<E, C, M>, L>>;
 
     /// A circuit breaker ([`CircuitBreakerLayer`]) around what follows: one
     /// address, or (as a `DiscoveryLayer` endpoint layer) one endpoint.
-    fn circuit_breaker<C>(
+    fn circuit_breaker<C, M>(
         self,
-        layer: CircuitBreakerLayer<C>,
-    ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>>;
+        layer: CircuitBreakerLayer<C, M>,
+    ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C, M>, L>>;
 
     /// The whole ready-made stack of one service (retry, router, and per
     /// endpoint a breaker and a timeout), from [`Mesh::layer`](crate::Mesh::layer).
@@ -89,17 +89,17 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self.layer(ReplayBodyLayer::new(max_bytes))
     }
 
-    fn discovery<E, C>(
+    fn discovery<E, C, M>(
         self,
-        layer: DiscoveryLayer<E, C>,
-    ) -> ServiceBuilder<Stack<DiscoveryLayer<E, C>, L>> {
+        layer: DiscoveryLayer<E, C, M>,
+    ) -> ServiceBuilder<Stack<DiscoveryLayer<E, C, M>, L>> {
         self.layer(layer)
     }
 
-    fn circuit_breaker<C>(
+    fn circuit_breaker<C, M>(
         self,
-        layer: CircuitBreakerLayer<C>,
-    ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>> {
+        layer: CircuitBreakerLayer<C, M>,
+    ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C, M>, L>> {
         self.layer(layer)
     }
 

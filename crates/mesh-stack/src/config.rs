@@ -101,11 +101,20 @@ pub struct ServiceConfig {
     /// `NoReadyEndpoint`. 1ms..=5min, default 1 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub ready_timeout: Duration,
-    /// The time limit of one attempt on one endpoint; a timed-out attempt
-    /// counts as a failure for that endpoint's breaker and is retried
-    /// elsewhere. 1ms..=1h, default 2 s.
+    /// The time limit of one attempt on one endpoint, response body
+    /// included (unless `streaming`); a timed-out attempt counts as a
+    /// failure for that endpoint's breaker and balancer, and is retried
+    /// elsewhere while no response was returned. 1ms..=1h, default 2 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub attempt_timeout: Duration,
+    /// `true` for a service whose responses stream for long (downloads,
+    /// gRPC server streams, watches): `attempt_timeout` and
+    /// `retry.deadline` then end when the response headers arrive, and the
+    /// body takes as long as it takes. Default `false`: both limits cover
+    /// the whole response, and a body still running when one fires fails
+    /// with `AttemptTimedOut` or `DeadlineExceeded`. Either way the
+    /// breaker and the balancer record the outcome when the body ends.
+    pub streaming: bool,
     /// Each endpoint's breaker (one per endpoint). In a mesh a breaker
     /// counts and trips; the balancer decides who gets traffic (ejection
     /// within `balance.max_ejection_percent`, panic mode past it), so
@@ -229,6 +238,7 @@ impl ServiceConfig {
             balance: BalanceConfig::default(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            streaming: false,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             api_key: None,

@@ -4,13 +4,18 @@ use std::fmt;
 use std::time::Duration;
 
 use mesh_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use mesh_core::eos::AtEndOfStream;
 use mesh_core::target::{NewEndpoint, Target};
 
 use crate::timeout::AttemptTimeout;
 
 /// The per-endpoint stack of a mesh service: a circuit breaker over a
 /// per-attempt timeout ([`AttemptTimeout`], which reuses its timers from one
-/// attempt to the next).
+/// attempt to the next and covers the response body). The breaker records
+/// an HTTP response's outcome when its body ends
+/// ([`mesh_core::eos::AtEndOfStream`]): a body cut short by the timeout or
+/// a broken connection, or gRPC trailers with an error status, count as the
+/// endpoint's failure.
 ///
 /// The discovery router builds it for each endpoint from the endpoint's
 /// [`Target`] when the endpoint appears (it is a [`NewEndpoint`]): each
@@ -23,17 +28,29 @@ use crate::timeout::AttemptTimeout;
 /// `C` is the breaker's classifier, cloned into each call's future: keep it
 /// small (a zero-sized `DefaultHttpClassifier`, or an `Arc`).
 pub struct EndpointLayer<C> {
-    breaker: CircuitBreakerLayer<C>,
+    breaker: CircuitBreakerLayer<C, AtEndOfStream>,
     attempt_timeout: Duration,
+    streaming: bool,
 }
 
 impl<C> EndpointLayer<C> {
-    /// A breaker built by `breaker` over a timeout of `attempt_timeout`.
-    pub fn new(breaker: CircuitBreakerLayer<C>, attempt_timeout: Duration) -> Self {
+    /// A breaker built by `breaker` over a timeout of `attempt_timeout`
+    /// that covers the response body. The breaker counts an HTTP response
+    /// when its body ends ([`CircuitBreakerLayer::at_end_of_stream`]).
+    pub fn new<M>(breaker: CircuitBreakerLayer<C, M>, attempt_timeout: Duration) -> Self {
         Self {
-            breaker,
+            breaker: breaker.at_end_of_stream(),
             attempt_timeout,
+            streaming: false,
         }
+    }
+
+    /// With `streaming`, the attempt timeout ends at the response headers
+    /// (see [`AttemptTimeout::streaming`]).
+    #[must_use]
+    pub fn streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
     }
 
     /// The per-attempt timeout.
@@ -47,6 +64,7 @@ impl<C: Clone> Clone for EndpointLayer<C> {
         Self {
             breaker: self.breaker.clone(),
             attempt_timeout: self.attempt_timeout,
+            streaming: self.streaming,
         }
     }
 }
@@ -56,15 +74,16 @@ impl<C: fmt::Debug> fmt::Debug for EndpointLayer<C> {
         f.debug_struct("EndpointLayer")
             .field("breaker", &self.breaker)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("streaming", &self.streaming)
             .finish()
     }
 }
 
 impl<S, C: Clone> NewEndpoint<S> for EndpointLayer<C> {
-    type Service = CircuitBreaker<AttemptTimeout<S>, C>;
+    type Service = CircuitBreaker<AttemptTimeout<S>, C, AtEndOfStream>;
 
     fn new_endpoint(&self, target: &Target, inner: S) -> Self::Service {
-        self.breaker
-            .new_endpoint(target, AttemptTimeout::new(inner, self.attempt_timeout))
+        let timeout = AttemptTimeout::new(inner, self.attempt_timeout).streaming(self.streaming);
+        self.breaker.new_endpoint(target, timeout)
     }
 }

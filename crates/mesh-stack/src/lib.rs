@@ -39,6 +39,19 @@
 //! times the endpoint's consecutive ejections, capped at
 //! `breaker.max_open_time`.
 //!
+//! # Limits over the whole response, outcomes at its end
+//!
+//! `attempt_timeout` and `retry.deadline` bound the response *body* as well
+//! as the headers: a body still running when one fires yields
+//! [`AttemptTimedOut`] or [`DeadlineExceeded`].
+//! The breaker and the balancer record a response that looks successful when
+//! its body ends ([`mesh_core::eos`]): a broken or timed-out body, or gRPC
+//! trailers with an error status, are the endpoint's failure, and the
+//! balancer's latency is the time to the end of the body, what the caller
+//! waited. A service whose responses stream for long sets `streaming = true`:
+//! its limits end at the headers. Retries are decided at the headers: a
+//! response already returned is never sent again.
+//!
 //! # Example
 //!
 //! ```
@@ -65,7 +78,10 @@
 //!     .await?
 //!     .call(http::Request::get("http://users/profile/7").body(String::new())?)
 //!     .await?;
-//! assert_eq!(response.body(), "http://127.0.0.1:8081/profile/7");
+//! // The body is read through the stack: its time limit and the outcome
+//! // the breaker and balancer record run until it ends.
+//! let body = http_body_util::BodyExt::collect(response.into_body()).await?;
+//! assert_eq!(body.to_bytes(), "http://127.0.0.1:8081/profile/7");
 //! # Ok(())
 //! # }
 //! ```
@@ -109,7 +125,7 @@ pub use mesh::{GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshSer
 pub use security::{
     CredentialsLayer, MeshTlsConfig, ServerSecurityConfig, ServerSecurityLayer, ServiceApiKeyConfig,
 };
-pub use timeout::AttemptTimeout;
+pub use timeout::{AttemptTimedOut, AttemptTimeout, TimedBody};
 
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcChannel, GrpcStatus, GrpcStatusLayer};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use mesh_breaker::CircuitBreakerLayer;
 use mesh_core::classify::{DefaultHttpClassifier, GrpcClassifier};
 use mesh_core::config::InvalidConfig;
+use mesh_core::eos::AtEndOfStream;
 use mesh_discovery::consul::{
     ConsulClient, ConsulConfig, ConsulDiscovery, HealthQuery, WatchConfig,
 };
@@ -27,7 +28,7 @@ use crate::endpoint::EndpointLayer;
 /// [`DefaultHttpClassifier`], is zero-sized (a configured `HttpClassifier`
 /// is 280 bytes: share one through an `Arc`, see [`Mesh::layer`]).
 pub type MeshService<S, C = DefaultHttpClassifier> =
-    RetryService<DiscoveryService<S, EndpointLayer<C>, C>, C>;
+    RetryService<DiscoveryService<S, EndpointLayer<C>, C, AtEndOfStream>, C>;
 
 /// The gRPC stack: [`MeshService`] with gRPC classification, behind a
 /// [`ReplayBodyLayer`] so streaming tonic bodies can be retried.
@@ -240,8 +241,11 @@ impl Mesh {
             .name(name.to_owned());
         let router = DiscoveryLayer::builder(discovery)
             .config(config.router_config())
-            .new_endpoint(EndpointLayer::new(breaker, config.attempt_timeout))
+            .new_endpoint(
+                EndpointLayer::new(breaker, config.attempt_timeout).streaming(config.streaming),
+            )
             .classifier(classifier.clone())
+            .at_end_of_stream()
             .build()
             .map_err(|e| e.nest(&format!("services.{name}")))?;
         let retry = RetryLayer::with_classifier(config.retry.clone(), classifier)
@@ -475,12 +479,12 @@ impl Mesh {
 /// in a [`MeshService`]. From [`Mesh::layer`].
 pub struct MeshLayer<C = DefaultHttpClassifier> {
     retry: RetryLayer<C>,
-    router: DiscoveryLayer<EndpointLayer<C>, C>,
+    router: DiscoveryLayer<EndpointLayer<C>, C, AtEndOfStream>,
 }
 
 impl<C> MeshLayer<C> {
     /// The router layer (its balancer and discovery handle).
-    pub fn router(&self) -> &DiscoveryLayer<EndpointLayer<C>, C> {
+    pub fn router(&self) -> &DiscoveryLayer<EndpointLayer<C>, C, AtEndOfStream> {
         &self.router
     }
 
@@ -549,15 +553,19 @@ mod tests {
         })
     }
 
-    async fn call<S>(svc: &S) -> String
+    async fn call<S, B>(svc: &S) -> String
     where
-        S: tower_service::Service<http::Request<String>, Response = http::Response<String>> + Clone,
+        S: tower_service::Service<http::Request<String>, Response = http::Response<B>> + Clone,
         S::Error: fmt::Debug,
+        B: http_body::Body<Error: fmt::Debug>,
     {
+        use http_body_util::BodyExt;
         let req = http::Request::get("http://users/x")
             .body(String::new())
             .unwrap();
-        svc.clone().oneshot(req).await.unwrap().into_body()
+        let body = svc.clone().oneshot(req).await.unwrap().into_body();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     fn ep(addr: &str) -> Endpoint {

@@ -153,11 +153,19 @@ impl Middleware for MeshMiddleware {
     }
 }
 
-/// The response as a `reqwest::Response` whose `url()` is `url`.
-fn with_url(response: http::Response<reqwest::Body>, url: reqwest::Url) -> reqwest::Response {
+/// The response as a `reqwest::Response` whose `url()` is `url`. The body
+/// is wrapped, not read: the stack's time limits and end-of-stream
+/// accounting go on while the caller reads it.
+fn with_url<B>(response: http::Response<B>, url: reqwest::Url) -> reqwest::Response
+where
+    B: http_body::Body + Send + Sync + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
     use reqwest::ResponseBuilderExt as _;
 
     let (mut parts, body) = response.into_parts();
+    let body = reqwest::Body::wrap(body);
     // reqwest keeps a response's URL in a private extension; its builder sets it.
     if let Ok(marker) = http::Response::builder().url(url).body(()) {
         parts.extensions.extend(marker.into_parts().0.extensions);

@@ -126,11 +126,11 @@ rules = [ { identity = "spiffe://test.mesh/orders", methods = ["GET"], paths = [
           { identity = "apikey:reports", methods = ["GET"], paths = ["/users"] } ]
 "#;
 
-    async fn call(
+    async fn call<B: http_body::Body<Error: std::fmt::Debug>>(
         svc: &(
              impl tower::Service<
             http::Request<String>,
-            Response = http::Response<reqwest::Body>,
+            Response = http::Response<B>,
             Error = mesh_stack::core::BoxError,
         > + Clone
          ),
