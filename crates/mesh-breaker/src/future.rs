@@ -66,7 +66,7 @@ impl fmt::Debug for BreakerRecorder {
 }
 
 impl Record for BreakerRecorder {
-    #[inline]
+    #[inline(always)]
     fn record(self, outcome: Outcome) {
         match self.0 {
             // The steady state, kept small and in place: only a failure
@@ -81,11 +81,13 @@ impl Record for BreakerRecorder {
                 admission,
                 start,
             } => record_full(&shared, admission, start, outcome),
+            // (`record_full` stays out of line: the steady state is `Lite`.)
         }
     }
 }
 
 /// Counts the outcome of a call that holds its breaker.
+#[inline(never)]
 fn record_full(shared: &Shared, admission: Admission, start: Option<Instant>, outcome: Outcome) {
     match admission {
         Admission::Closed(word) => shared.on_closed_result(word, outcome, start),

@@ -186,7 +186,7 @@ where
 {
     type Output<R: Record> = http::Response<EosBody<B, C, R>>;
 
-    #[inline]
+    #[inline(always)]
     fn track<R: Record>(
         &self,
         classifier: &C,

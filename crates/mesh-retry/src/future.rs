@@ -130,7 +130,11 @@ where
                 StateProj::Called { future } => {
                     let polled = future.poll(cx);
                     let result = match polled {
-                        Poll::Ready(r) => this.policy.take_report(r.map_err(Into::into)),
+                        Poll::Ready(r) => {
+                            let mut result = r.map_err(Into::into);
+                            this.policy.take_report(&mut result);
+                            result
+                        }
                         Poll::Pending => {
                             if deadline_passed(this.timers, cx) {
                                 return Poll::Ready(Err(deadline_exceeded(this.policy)));

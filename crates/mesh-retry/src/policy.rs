@@ -315,23 +315,24 @@ impl<C> RetryPolicy<C> {
     /// result, so the caller never sees it, and keeps it for the retries'
     /// record.
     #[inline]
-    pub(crate) fn take_report<Res: ReportEndpoint>(
-        &mut self,
-        result: Result<Res, BoxError>,
-    ) -> Result<Res, BoxError> {
+    pub(crate) fn take_report<Res: ReportEndpoint>(&mut self, result: &mut Result<Res, BoxError>) {
+        // In place: the response (its body wrappers included) is not moved.
         match result {
-            Ok(mut response) => {
+            Ok(response) => {
                 if let Some(id) = response.take_reported_endpoint() {
                     self.first_pick = Some(id);
                 }
-                Ok(response)
             }
             Err(error) => {
-                let (id, error) = AttemptError::split(error);
-                if id.is_some() {
-                    self.first_pick = id;
+                if error.is::<AttemptError>() {
+                    // `fmt::Error` is zero-sized: a placeholder that does not allocate.
+                    let wrapped = std::mem::replace(error, Box::new(fmt::Error));
+                    let (id, inner) = AttemptError::split(wrapped);
+                    *error = inner;
+                    if id.is_some() {
+                        self.first_pick = id;
+                    }
                 }
-                Err(error)
             }
         }
     }
