@@ -17,7 +17,7 @@ use crate::guard::LoadGuard;
 use crate::outlier::Detector;
 use crate::pick::Ctx;
 use crate::snapshot::{Slot, Snapshot};
-use crate::state::{EndpointState, Params, in_flight};
+use crate::state::{EndpointState, Params, cold_estimate, in_flight};
 
 /// Chooses an endpoint for each request and keeps every endpoint's load.
 ///
@@ -183,6 +183,8 @@ impl Balancer {
 
         let mut changes = SetChanges::default();
         let mut slots = Vec::with_capacity(order.len());
+        // New endpoints start from their measured peers' estimate.
+        let mut seed_rtt = None;
         for ep in order {
             let survivor = old
                 .index
@@ -194,9 +196,13 @@ impl Balancer {
                 None => {
                     tracing::debug!(service = %shared.service, endpoint = %ep.key(), address = %ep.address(), "balance: endpoint added");
                     changes.added.push(ep.key().clone());
+                    let seed = *seed_rtt.get_or_insert_with(|| {
+                        cold_estimate(&old.slots, now, shared.params.default_rtt_ns)
+                    });
                     Arc::new(EndpointState::new(
                         ep.clone(),
                         shared.params,
+                        seed,
                         now,
                         ramp,
                         Arc::clone(&shared.detector),

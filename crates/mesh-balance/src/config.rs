@@ -81,8 +81,10 @@ pub struct BalanceConfig {
     /// (Linkerd's and Finagle's).
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub ewma_decay: Duration,
-    /// The latency a new endpoint is assumed to have before its first
-    /// response. 1µs..=1min, default 30ms.
+    /// The latency an endpoint is assumed to have before its first
+    /// response when no endpoint of the set was measured yet; once some are,
+    /// a new endpoint starts from the median of their estimates instead (see
+    /// the [crate docs](crate)). 1µs..=1min, default 30ms.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub default_rtt: Duration,
     /// The latency a failed call is recorded with when it failed faster than

@@ -113,7 +113,12 @@ impl LoadGuard {
         let now = match (self.started_ns != NOT_TIMED).then_some(self.started_ns) {
             Some(started) => {
                 let now = state.params.clock.elapsed_nanos();
-                state.observe(now.saturating_sub(started), now, failed);
+                let alone = in_flight(&self.state) <= 1;
+                if state.observe(now.saturating_sub(started), now, failed, alone) {
+                    state
+                        .detector
+                        .first_sample(now, state.params.default_rtt_ns);
+                }
                 Some(now)
             }
             // Latency-blind strategy: the clock is read for pushback, and

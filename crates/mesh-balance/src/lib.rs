@@ -21,6 +21,28 @@
 //! penalty latency, and server pushback (`Retry-After`) penalises the
 //! instance until its delay passes, so failing fast never pays.
 //!
+//! Two more refinements keep identical replicas sharing calls at low
+//! concurrency, where the estimates are mostly noise:
+//!
+//! - **Cold endpoints start from their peers.** An endpoint no call has
+//!   measured is estimated at the *median* of its measured peers' estimates
+//!   (`default_rtt` only while nobody is measured), and its first successful
+//!   response replaces that guess. A fixed guess (Linkerd's and Finagle's
+//!   `default_rtt`) makes the first replica measured on a fast network win
+//!   every comparison against the cold ones for seconds; the median (rather
+//!   than the mean) is not lifted by one failing peer recorded at the failure
+//!   penalty, and (rather than the lowest, or Finagle's cost 0 for a new
+//!   node) does not make a cold and slow newcomer win every comparison until
+//!   it answers. The guess is refreshed when an update adds endpoints and
+//!   when the number of measured endpoints doubles, never per pick.
+//! - **Idle look-alikes take turns.** When neither candidate has a request
+//!   in flight, estimates within a factor of 2 count as equal and the one
+//!   measured longer ago wins: one slow response (a cold connection, a
+//!   scheduling hiccup) no longer sends every sequential call to the other
+//!   replica for the seconds the peak takes to decay. A replica more than
+//!   twice as slow is still avoided, and with requests in flight the plain
+//!   comparison decides.
+//!
 //! Around the strategies sit the protections Envoy taught the industry:
 //!
 //! - **One owner of ejection**: an endpoint whose health signal (the

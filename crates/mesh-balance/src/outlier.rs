@@ -49,7 +49,7 @@ use mesh_core::clock::Clock;
 use mesh_core::config::InvalidConfig;
 
 use crate::snapshot::Snapshot;
-use crate::state::duration_ns;
+use crate::state::{duration_ns, seed_cold};
 
 /// Success-rate outlier detection settings (serde with the `serde` feature;
 /// durations in humantime form).
@@ -159,6 +159,11 @@ pub(crate) struct Detector {
     /// The balancer's current set (weak: the set holds the accounting,
     /// which holds this).
     snapshot: Weak<ArcSwap<Snapshot>>,
+    /// Endpoints measured for the first time since the balancer was built:
+    /// the cold ones' estimates are refreshed each time this doubles. Kept
+    /// here because the detector is the balancer-wide state every
+    /// endpoint's accounting already reaches.
+    first_samples: AtomicU64,
 }
 
 impl Detector {
@@ -180,6 +185,23 @@ impl Detector {
             clock,
             service,
             snapshot: Arc::downgrade(snapshot),
+            first_samples: AtomicU64::new(0),
+        }
+    }
+
+    /// An endpoint completed its first call: when the number of endpoints
+    /// measured so far reaches a power of two, the cold ones get their
+    /// measured peers' estimate again ([`seed_cold`]), so the work over a
+    /// set's warm-up is O(n log n), never per pick.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn first_sample(&self, now_ns: u64, default_rtt_ns: f64) {
+        let n = self.first_samples.fetch_add(1, Ordering::Relaxed) + 1;
+        if !n.is_power_of_two() {
+            return;
+        }
+        if let Some(snapshot) = self.snapshot.upgrade() {
+            seed_cold(&snapshot.load().slots, now_ns, default_rtt_ns);
         }
     }
 

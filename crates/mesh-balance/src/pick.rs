@@ -13,6 +13,14 @@ use crate::config::Strategy;
 use crate::snapshot::{EJECTED, IN_SERVICE, OVER_CAP, Slot, Snapshot};
 use crate::state::in_flight;
 
+/// How a p2c pick compares its two candidates: whether it prefers the
+/// second.
+type Prefer = fn(&Balancer, &mut Ctx<'_>, usize, usize) -> bool;
+
+/// Between two endpoints with nothing in flight, latency estimates within
+/// this factor of each other count as equal (see `prefer_latency`).
+const IDLE_TIE: f64 = 2.0;
+
 /// Random draws a pick tries before falling back to a scan.
 const DRAWS: usize = 4;
 /// Up to this many endpoints, least-outstanding compares them all.
@@ -49,11 +57,11 @@ impl Balancer {
         avoid: Option<&TriedEndpoints>,
     ) -> Option<usize> {
         match self.shared.config.strategy {
-            Strategy::P2cPeakEwma => self.p2c(ctx, avoid, Self::latency_cost),
+            Strategy::P2cPeakEwma => self.p2c(ctx, avoid, Self::prefer_latency),
             Strategy::LeastOutstanding if ctx.snap.slots.len() <= EXACT_LEAST_OUTSTANDING => {
                 self.least_exact(ctx, avoid)
             }
-            Strategy::LeastOutstanding => self.p2c(ctx, avoid, Self::outstanding_cost),
+            Strategy::LeastOutstanding => self.p2c(ctx, avoid, Self::prefer_outstanding),
             Strategy::RoundRobin => self.round_robin(ctx, avoid),
             Strategy::WeightedRoundRobin => self.weighted_round_robin(ctx, avoid),
             Strategy::Random => self.random(ctx, avoid),
@@ -244,11 +252,11 @@ impl Balancer {
         &self,
         ctx: &mut Ctx<'_>,
         avoid: Option<&TriedEndpoints>,
-        cost: fn(&Self, &mut Ctx<'_>, usize) -> (bool, f64),
+        prefer: Prefer,
     ) -> Option<usize> {
         let n = ctx.snap.slots.len();
         let Ok(n32) = u32::try_from(n) else {
-            return self.p2c_drawn(ctx, avoid, cost);
+            return self.p2c_drawn(ctx, avoid, prefer);
         };
         let r = fastrand::u64(..);
         let mut a = reduce(r as u32, n32);
@@ -268,7 +276,7 @@ impl Balancer {
                 None => return Some(a),
             }
         }
-        if cost(self, ctx, b) < cost(self, ctx, a) {
+        if prefer(self, ctx, a, b) {
             Some(b)
         } else {
             Some(a)
@@ -281,13 +289,13 @@ impl Balancer {
         &self,
         ctx: &mut Ctx<'_>,
         avoid: Option<&TriedEndpoints>,
-        cost: fn(&Self, &mut Ctx<'_>, usize) -> (bool, f64),
+        prefer: Prefer,
     ) -> Option<usize> {
         let a = self.draw_eligible(ctx, avoid, None)?;
         let Some(b) = self.draw_eligible(ctx, avoid, Some(a)) else {
             return Some(a);
         };
-        if cost(self, ctx, b) < cost(self, ctx, a) {
+        if prefer(self, ctx, a, b) {
             Some(b)
         } else {
             Some(a)
@@ -302,25 +310,68 @@ impl Balancer {
         state.may_be_pushed_back() && state.pushed_back(ctx.now())
     }
 
-    /// `(pushed back, latency × (in-flight + 1) / effective weight)`.
+    /// `(pushed back, latency × (in-flight + 1) / effective weight, when it
+    /// was last measured if nothing is in flight to it)`.
     ///
     /// The slow-start factor and the pushback deadline are looked at only
     /// when the snapshot has a ramping endpoint or this endpoint was ever
     /// pushed back: the common case is a few loads and three multiplications.
     #[inline]
-    fn latency_cost(&self, ctx: &mut Ctx<'_>, i: usize) -> (bool, f64) {
+    fn latency_cost(&self, ctx: &mut Ctx<'_>, i: usize) -> (bool, f64, Option<u64>) {
         let snap = ctx.snap;
         let slot = &snap.slots[i];
         let state = &*slot.state;
         let in_flight = in_flight(&slot.state);
         let now = ctx.now();
-        let rtt = state.rtt_view(now, in_flight);
+        let (rtt, idle_since) = state.rtt_view_idle(now, in_flight);
         let mut weight = f64::from(slot.weight);
         if snap.ramp_until.load(Ordering::Relaxed) != 0 {
             weight *= self.ramp(ctx, i);
         }
         let pushed_back = state.may_be_pushed_back() && state.pushed_back(now);
-        (pushed_back, rtt * f64::from(in_flight + 1) / weight)
+        (
+            pushed_back,
+            rtt * f64::from(in_flight + 1) / weight,
+            idle_since,
+        )
+    }
+
+    /// Whether p2c peak-EWMA prefers `b` to `a`: the one not pushed back,
+    /// then the lower cost; but when neither has a request in flight and
+    /// their costs are within [`IDLE_TIE`] of each other, the one measured
+    /// longer ago.
+    ///
+    /// Why: with nothing in flight the cost is the latency estimate alone,
+    /// and at low concurrency that is mostly noise. The estimate jumps to any
+    /// slower response (the "peak") and comes down over `ewma_decay`
+    /// (seconds), so between identical replicas the one that last met a
+    /// slow response (a cold connection, a scheduling hiccup) would lose
+    /// every comparison for seconds, and sequential callers would send
+    /// nearly everything to the other: its connections warm, the idle one's
+    /// cold, its estimate stale. Taking turns among replicas of similar
+    /// latency keeps every estimate fresh; a replica more than
+    /// [`IDLE_TIE`] times slower is still avoided, and under load (requests
+    /// in flight) the plain comparison decides.
+    #[inline]
+    fn prefer_latency(&self, ctx: &mut Ctx<'_>, a: usize, b: usize) -> bool {
+        let (pa, ca, ia) = self.latency_cost(ctx, a);
+        let (pb, cb, ib) = self.latency_cost(ctx, b);
+        if pa != pb {
+            return pa;
+        }
+        if let (Some(ia), Some(ib)) = (ia, ib)
+            && cb < ca * IDLE_TIE
+            && ca < cb * IDLE_TIE
+        {
+            return ib < ia;
+        }
+        cb < ca
+    }
+
+    /// Whether least outstanding prefers `b` to `a`.
+    #[inline]
+    fn prefer_outstanding(&self, ctx: &mut Ctx<'_>, a: usize, b: usize) -> bool {
+        self.outstanding_cost(ctx, b) < self.outstanding_cost(ctx, a)
     }
 
     /// `(pushed back, (in-flight + 1) / effective weight)`.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mesh_core::clock::Clock;
@@ -11,6 +11,10 @@ use mesh_core::{Availability, Endpoint};
 
 use crate::config::BalanceConfig;
 use crate::outlier::Detector;
+use crate::snapshot::Slot;
+
+/// Successful calls an endpoint's first estimate is the median of.
+pub(crate) const WARMUP: usize = 3;
 
 /// `admitted_at` when the endpoint is not ramping up.
 pub(crate) const NOT_RAMPING: u64 = u64::MAX;
@@ -63,6 +67,10 @@ pub(crate) struct EndpointState {
     /// Until when the server asked for no traffic (ns since the epoch), 0 if never.
     pushback_until: AtomicU64,
     pub(crate) availability: Availability,
+    /// Whether [`WARMUP`] calls to this endpoint succeeded yet: until then
+    /// `rtt_bits` holds an estimate made from its measured peers (see
+    /// [`cold_estimate`]).
+    measured: AtomicBool,
     /// How many snapshot slots hold this state: every other strong reference
     /// is a [`LoadGuard`](crate::LoadGuard)'s, i.e. a request in flight (the
     /// trick tower's `PendingRequests` uses; a count that cannot be lost).
@@ -70,6 +78,9 @@ pub(crate) struct EndpointState {
     pub(crate) id: u64,
     pub(crate) endpoint: Endpoint,
     pub(crate) params: Params,
+    /// The first successful samples (ns, as `f64` bits), while warming up.
+    warmup: [AtomicU64; WARMUP],
+    warm_count: AtomicU32,
     /// Calls and failures recorded since the outlier detector last looked.
     calls: AtomicU64,
     failures: AtomicU64,
@@ -88,9 +99,13 @@ pub(crate) fn in_flight(state: &Arc<EndpointState>) -> u32 {
 }
 
 impl EndpointState {
+    /// A fresh endpoint whose latency estimate starts at `seed_rtt_ns` (its
+    /// measured peers' median, see [`cold_estimate`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         endpoint: Endpoint,
         params: Params,
+        seed_rtt_ns: f64,
         now_ns: u64,
         ramp: bool,
         detector: Arc<Detector>,
@@ -107,7 +122,10 @@ impl EndpointState {
             endpoint,
             availability: Availability::new(),
             snapshot_refs: AtomicU32::new(0),
-            rtt_bits: AtomicU64::new(params.default_rtt_ns.to_bits()),
+            measured: AtomicBool::new(false),
+            warmup: std::array::from_fn(|_| AtomicU64::new(0)),
+            warm_count: AtomicU32::new(0),
+            rtt_bits: AtomicU64::new(seed_rtt_ns.to_bits()),
             rtt_stamp: AtomicU64::new(now_ns),
             admitted_at: AtomicU64::new(if ramp && params.slow_start_ns > 0 {
                 now_ns
@@ -151,6 +169,22 @@ impl EndpointState {
         }
         let elapsed = now_ns.saturating_sub(self.rtt_stamp.load(Ordering::Relaxed));
         rtt * decay(elapsed as f64 * self.params.inv_tau_ns)
+    }
+
+    /// [`rtt_view`](Self::rtt_view), and when nothing is in flight, when
+    /// the estimate was last updated.
+    #[inline]
+    pub(crate) fn rtt_view_idle(&self, now_ns: u64, in_flight: u32) -> (f64, Option<u64>) {
+        let rtt = f64::from_bits(self.rtt_bits.load(Ordering::Relaxed));
+        if in_flight > 0 {
+            return (rtt, None);
+        }
+        let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+        let elapsed = now_ns.saturating_sub(stamp);
+        (
+            rtt * decay(elapsed as f64 * self.params.inv_tau_ns),
+            Some(stamp),
+        )
     }
 
     /// Whether the server ever pushed back and the penalty was not yet seen
@@ -217,7 +251,9 @@ impl EndpointState {
     /// Folds one completed call into the latency estimate.
     ///
     /// Successes are "peak" samples: a slower one replaces the estimate at
-    /// once, a faster one is blended in. Failures are blended in at
+    /// once (half way when the call was `alone`, with no other request in
+    /// flight to the endpoint: the next slow one confirms it), a faster one
+    /// is blended in. Failures are blended in at
     /// `max(latency, failure_penalty)`: one failure among many successes barely
     /// moves the estimate, an endpoint that keeps failing fast soon looks slow.
     ///
@@ -227,16 +263,33 @@ impl EndpointState {
     /// and loses nothing measurable, while every call saves an atomic
     /// read-modify-write (~10 ns here). The in-flight count, which must
     /// never be lost, is not kept here (see [`in_flight`]).
+    ///
+    /// The median of an endpoint's first [`WARMUP`] successful samples
+    /// replaces the estimate its peers gave it (those are measurements, the
+    /// seed was a guess; the median, because the first call on a new
+    /// connection pays for its setup, several times a warm call); returns
+    /// `true` then, so the caller can refresh the estimates of the endpoints
+    /// still cold. A failure before that is blended into the guess as above.
     #[inline]
-    pub(crate) fn observe(&self, latency_ns: u64, now_ns: u64, failed: bool) {
+    pub(crate) fn observe(&self, latency_ns: u64, now_ns: u64, failed: bool, alone: bool) -> bool {
         let sample = if failed {
             (latency_ns as f64).max(self.params.penalty_ns)
         } else {
             latency_ns as f64
         };
+        if !failed && !self.measured.load(Ordering::Relaxed) {
+            return self.first_sample(sample, now_ns);
+        }
         let rtt = f64::from_bits(self.rtt_bits.load(Ordering::Relaxed));
         let next = if !failed && sample > rtt {
-            sample
+            if alone {
+                // Nothing else was in flight: no queue made it slow, and one
+                // slow response at low concurrency is as likely noise as a
+                // slowing server. Half way there; a second one confirms.
+                (rtt + sample) * 0.5
+            } else {
+                sample
+            }
         } else {
             let elapsed = now_ns.saturating_sub(self.rtt_stamp.load(Ordering::Relaxed));
             let d = decay(elapsed as f64 * self.params.inv_tau_ns);
@@ -244,6 +297,49 @@ impl EndpointState {
         };
         self.rtt_bits.store(next.to_bits(), Ordering::Relaxed);
         self.rtt_stamp.store(now_ns, Ordering::Relaxed);
+        false
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn first_sample(&self, sample: f64, now_ns: u64) -> bool {
+        let k = self.warm_count.fetch_add(1, Ordering::AcqRel) as usize;
+        if k >= WARMUP {
+            // Raced with the call that completed the warm-up.
+            return false;
+        }
+        self.warmup[k].store(sample.to_bits(), Ordering::Release);
+        // Measured just now (for the idle comparison), still estimated by
+        // its peers.
+        self.rtt_stamp.store(now_ns, Ordering::Relaxed);
+        if k + 1 < WARMUP {
+            return false;
+        }
+        let mut samples: [f64; WARMUP] =
+            std::array::from_fn(|i| f64::from_bits(self.warmup[i].load(Ordering::Acquire)));
+        samples.sort_unstable_by(f64::total_cmp);
+        self.rtt_bits
+            .store(samples[WARMUP / 2].to_bits(), Ordering::Relaxed);
+        !self.measured.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether a call to this endpoint completed yet.
+    #[inline]
+    pub(crate) fn is_measured(&self) -> bool {
+        self.measured.load(Ordering::Acquire)
+    }
+
+    /// Gives a cold endpoint its peers' estimate (it fades when idle like
+    /// any estimate, from when it was last called, or from `now_ns` if it
+    /// never was). A no-op once measured.
+    pub(crate) fn seed(&self, rtt_ns: f64, now_ns: u64) {
+        if self.is_measured() {
+            return;
+        }
+        self.rtt_bits.store(rtt_ns.to_bits(), Ordering::Relaxed);
+        if self.warm_count.load(Ordering::Relaxed) == 0 {
+            self.rtt_stamp.store(now_ns, Ordering::Relaxed);
+        }
     }
 
     /// Records the server's "come back after `delay`".
@@ -260,6 +356,51 @@ impl EndpointState {
     /// The current latency estimate (for stats and tests).
     pub(crate) fn rtt_estimate(&self) -> Duration {
         Duration::from_nanos(f64::from_bits(self.rtt_bits.load(Ordering::Relaxed)) as u64)
+    }
+}
+
+/// The latency estimate for an endpoint no call has measured yet: the
+/// median of its measured peers' current estimates (as a pick sees them at
+/// `now_ns`), or `default_rtt` when none is measured.
+///
+/// Why the median: a fixed guess (Linkerd's and Finagle's `default_rtt`,
+/// 30 ms here) makes the first endpoint measured on a fast network win every
+/// comparison against the cold ones until their guess decays, seconds later:
+/// a replica that joins stays cold, its connections are never warmed, and
+/// every failure lands on the busy one. The peers' estimate says "as fast
+/// as a typical replica": a cold endpoint then takes its fair share from
+/// the start, and its first response replaces the guess. The median rather
+/// than the mean, because one failing peer (recorded at the 1 s failure
+/// penalty) would lift a mean far above every healthy replica; rather than
+/// the lowest (Finagle gives a new node cost 0), because a replica that is
+/// cold *and* slow should not win every comparison until it answers.
+///
+/// O(n) with one allocation: run when an update adds endpoints and when the
+/// number of measured endpoints doubles (so O(n log n) over a set's
+/// warm-up), never per pick.
+pub(crate) fn cold_estimate(slots: &[Slot], now_ns: u64, default_rtt_ns: f64) -> f64 {
+    let mut measured: Vec<f64> = slots
+        .iter()
+        .filter(|s| s.weight > 0 && s.state.is_measured())
+        .map(|s| s.state.rtt_view(now_ns, in_flight(&s.state)))
+        .filter(|rtt| rtt.is_finite())
+        .collect();
+    if measured.is_empty() {
+        return default_rtt_ns;
+    }
+    let mid = measured.len() / 2;
+    let (_, median, _) = measured.select_nth_unstable_by(mid, f64::total_cmp);
+    *median
+}
+
+/// Seeds every cold endpoint of `slots` with [`cold_estimate`].
+pub(crate) fn seed_cold(slots: &[Slot], now_ns: u64, default_rtt_ns: f64) {
+    if slots.iter().all(|s| s.state.is_measured()) {
+        return;
+    }
+    let rtt = cold_estimate(slots, now_ns, default_rtt_ns);
+    for slot in slots {
+        slot.state.seed(rtt, now_ns);
     }
 }
 
@@ -305,6 +446,7 @@ mod tests {
         EndpointState::new(
             Endpoint::new("a", "127.0.0.1:1".parse().unwrap()),
             params,
+            params.default_rtt_ns,
             0,
             false,
             detector,
@@ -316,10 +458,15 @@ mod tests {
     fn peak_jumps_up_and_blends_down() {
         let s = state(&BalanceConfig::default());
         assert_eq!(s.rtt_estimate(), Duration::from_millis(30));
-        s.observe(100_000_000, 1_000, false);
+        // Warming up: the median of the first samples (a cold connection's
+        // first call does not count as the peak).
+        s.observe(500_000_000, 1_000, false, false);
+        s.observe(100_000_000, 1_000, false, false);
+        assert_eq!(s.rtt_estimate(), Duration::from_millis(30));
+        assert!(s.observe(20_000_000, 1_000, false, false), "warmed up");
         assert_eq!(s.rtt_estimate(), Duration::from_millis(100));
         // One decay time later a fast sample moves the estimate ~63% of the way.
-        s.observe(0, 10_000_001_000, false);
+        s.observe(0, 10_000_001_000, false, false);
         let ms = s.rtt_estimate().as_secs_f64() * 1e3;
         assert!((36.0..38.0).contains(&ms), "{ms}");
     }
@@ -327,7 +474,7 @@ mod tests {
     #[test]
     fn fast_failures_are_penalised_but_one_failure_is_not_a_peak() {
         let s = state(&BalanceConfig::default());
-        s.observe(1_000, 1_000_000, true);
+        s.observe(1_000, 1_000_000, true, false);
         // 1ms after the last update: the 1s penalty weighs ~1e-4.
         let est = s.rtt_estimate();
         assert!(
@@ -335,7 +482,7 @@ mod tests {
             "{est:?}"
         );
         // Failing for a whole decay time drives it most of the way to the penalty.
-        s.observe(1_000, 10_001_000_000, true);
+        s.observe(1_000, 10_001_000_000, true, false);
         assert!(s.rtt_estimate() > Duration::from_millis(600));
     }
 

@@ -598,3 +598,96 @@ async fn the_outlier_detector_compares_with_peers_not_with_perfection() {
         assert_eq!(b.stats().ejected, 0, "fail rate {fail_rate}");
     }
 }
+
+/// Picks until `name` is chosen, then records a success after `latency`.
+async fn measure_once(b: &Balancer, name: &str, latency: Duration) {
+    // The others' picks stay in flight (unrecorded) until `name` is chosen:
+    // idle look-alikes take turns, so the one just measured would otherwise
+    // lose to every idle peer.
+    let mut others = Vec::new();
+    let g = loop {
+        let g = b.pick(None).unwrap();
+        if g.key().as_str() == name {
+            break g;
+        }
+        others.push(g);
+    };
+    drop(others);
+    tokio::time::advance(latency).await;
+    g.record(Outcome::Success);
+}
+
+/// Warms `name` up: three successes, the first (a cold connection's) slow.
+async fn measure(b: &Balancer, name: &str, latency: Duration) {
+    measure_once(b, name, latency * 5).await;
+    measure_once(b, name, latency).await;
+    measure_once(b, name, latency).await;
+}
+
+fn estimate(b: &Balancer, name: &str) -> Duration {
+    b.endpoint_stats(&EndpointKey::new(name))
+        .unwrap()
+        .latency_estimate
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_endpoint_starts_from_its_measured_peers_median() {
+    fastrand::seed(7);
+    let b = balancer(Strategy::P2cPeakEwma);
+    b.update([ep("a", 1), ep("b", 1), ep("c", 1), ep("d", 1)]);
+    // Nobody measured: the configured guess.
+    assert_eq!(estimate(&b, "d"), Duration::from_millis(30));
+    // The median of the first responses replaces the guess (not the slow
+    // first one), and the cold peers take it.
+    measure_once(&b, "a", Duration::from_millis(10)).await;
+    assert_eq!(estimate(&b, "a"), Duration::from_millis(30));
+    measure_once(&b, "a", Duration::from_millis(2)).await;
+    measure_once(&b, "a", Duration::from_millis(2)).await;
+    assert_eq!(estimate(&b, "a"), Duration::from_millis(2));
+    assert_eq!(estimate(&b, "d"), Duration::from_millis(2));
+    // Two measured: the median of {2, 4} is 4 (the upper middle); one
+    // failing peer would not move a median of more.
+    measure(&b, "b", Duration::from_millis(4)).await;
+    let d = estimate(&b, "d").as_secs_f64() * 1e3;
+    assert!((3.9..=4.0).contains(&d), "{d}");
+    // An endpoint that joins later starts from the peers too.
+    measure(&b, "c", Duration::from_millis(3)).await;
+    b.update([ep("a", 1), ep("b", 1), ep("c", 1), ep("d", 1), ep("e", 1)]);
+    let e = estimate(&b, "e").as_secs_f64() * 1e3;
+    assert!((2.9..=3.0).contains(&e), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_call_is_not_a_measurement() {
+    let b = balancer(Strategy::P2cPeakEwma);
+    b.update([ep("a", 1)]);
+    let g = b.pick(None).unwrap();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    g.record(Outcome::retryable());
+    // Blended into the guess at the failure penalty, not taken as its
+    // latency: one refused connection does not make a replica look 1 s slow.
+    let est = estimate(&b, "a");
+    assert!(est > Duration::from_millis(30) && est < Duration::from_millis(31));
+    // The first successes still replace it.
+    measure(&b, "a", Duration::from_millis(1)).await;
+    assert_eq!(estimate(&b, "a"), Duration::from_millis(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_cold_replicas_share_sequential_calls() {
+    // The first measured replica no longer wins every comparison against a
+    // cold one still at the 30 ms guess.
+    for seed in 0..20 {
+        fastrand::seed(seed);
+        let b = balancer(Strategy::P2cPeakEwma);
+        b.update([ep("a", 1), ep("b", 1)]);
+        let mut a = 0;
+        for _ in 0..50 {
+            let g = b.pick(None).unwrap();
+            a += usize::from(g.key().as_str() == "a");
+            tokio::time::advance(Duration::from_micros(200)).await;
+            g.record(Outcome::Success);
+        }
+        assert!((15..=35).contains(&a), "seed {seed}: a got {a} of 50");
+    }
+}

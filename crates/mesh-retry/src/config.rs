@@ -83,6 +83,19 @@ impl BudgetConfig {
 pub struct RetryConfig {
     /// Retries after the first attempt. At most 100; default 3.
     pub max_retries: u32,
+    /// Requeues of one request: attempts sent again at once, to another
+    /// endpoint, because the last one provably never reached a server
+    /// (connection refused, a request handed back unsent, a stream the
+    /// server refused unprocessed, mesh's own "no ready endpoint"). Any
+    /// method, `POST` and gRPC included; no backoff; paid from the budget
+    /// like retries and counted apart from them (they do not use up
+    /// `max_retries`). Once they are used up, such a failure ends the call
+    /// with its error at once (give-up reason
+    /// [`GiveUp::MaxRequeues`](crate::GiveUp::MaxRequeues)): it is never
+    /// retried after a backoff. 0 turns requeueing off: such failures are
+    /// then treated like any other (an idempotent request is retried after
+    /// its backoff). At most 100; default 3.
+    pub max_requeues: u32,
     /// Delay between attempts; drawn afresh for each request.
     pub backoff: Backoff,
     /// The budget shared by every clone of the layer's service.
@@ -140,6 +153,7 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             max_retries: 3,
+            max_requeues: 3,
             backoff: Backoff::default(),
             budget: BudgetConfig::default(),
             max_pushback: Duration::from_secs(30),
@@ -163,6 +177,12 @@ impl RetryConfig {
             errors.push(
                 "max_retries",
                 format!("must be at most 100, got {}", self.max_retries),
+            );
+        }
+        if self.max_requeues > 100 {
+            errors.push(
+                "max_requeues",
+                format!("must be at most 100, got {}", self.max_requeues),
             );
         }
         errors.merge_nested("backoff", self.backoff.validate());
@@ -237,6 +257,7 @@ mod tests {
     fn every_bad_field_is_named() {
         let c = RetryConfig {
             max_retries: 1000,
+            max_requeues: 101,
             backoff: Backoff::new(Duration::ZERO, 2.0, Duration::from_secs(1)),
             budget: BudgetConfig {
                 ttl: Duration::ZERO,
@@ -257,6 +278,7 @@ mod tests {
             paths,
             [
                 "max_retries",
+                "max_requeues",
                 "backoff.base",
                 "budget.ttl",
                 "budget.retry_ratio",

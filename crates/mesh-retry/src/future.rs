@@ -146,10 +146,7 @@ where
                             if !timed_out {
                                 return Poll::Pending;
                             }
-                            tracing::debug!(
-                                attempt = this.policy.retries() + 1,
-                                "attempt timed out"
-                            );
+                            tracing::debug!(attempt = this.policy.attempts(), "attempt timed out");
                             Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError)
                         }
                     };
@@ -159,6 +156,11 @@ where
                         return Poll::Ready(result);
                     };
                     match this.policy.decide(req, &result) {
+                        Decision::Retry(delay) if delay.is_zero() => {
+                            // A requeue: no wait, no timer.
+                            drop(result);
+                            this.state.set(State::Retrying);
+                        }
                         Decision::Retry(delay) => {
                             drop(result);
                             set_timer(this.timers, instant_after(Instant::now(), delay));
@@ -199,7 +201,7 @@ where
                     };
                     // Send a clone and keep the copy while another retry may
                     // follow; the last allowed attempt sends the copy itself.
-                    let more = this.policy.retries() < this.policy.config().max_retries;
+                    let more = this.policy.more_attempts();
                     let req = match more.then(|| copy.to_request()).flatten() {
                         Some(req) => {
                             *this.request = Some(copy);
@@ -262,7 +264,7 @@ fn set_timer(timers: &mut Option<Pin<Box<Timers>>>, at: Instant) {
 
 fn deadline_exceeded<C>(policy: &RetryPolicy<C>) -> BoxError {
     tracing::debug!(
-        attempt = policy.retries() + 1,
+        attempt = policy.attempts(),
         reason = GiveUp::Deadline.as_str(),
         "deadline passed during an attempt"
     );

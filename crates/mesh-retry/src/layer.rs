@@ -50,6 +50,16 @@ impl<C> RetryLayer<C> {
         Self::from_policy(self.policy.with_budget(budget))
     }
 
+    /// The same layer telling never-sent failures (which it requeues) with
+    /// `unsent`: see [`RetryPolicy::unsent_errors`].
+    #[must_use]
+    pub fn unsent_errors(self, unsent: crate::UnsentErrors) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_policy(self.policy.unsent_errors(unsent))
+    }
+
     /// The policy the layer's services decide with.
     pub fn policy(&self) -> &RetryPolicy<C> {
         &self.policy

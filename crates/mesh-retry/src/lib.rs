@@ -27,7 +27,43 @@
 //! - **With the same body**: cloneable bodies are cloned without copying;
 //!   streaming ones are buffered lazily up to a cap by [`ReplayBody`].
 //!
-//! Each retry carries an `x-mesh-attempt` header (2, 3, ...) and a shared
+//! # Requeues: failover that does not wait
+//!
+//! A failure that proves the request **never reached a server** is not a
+//! retry's business: nobody processed it, so sending it again is safe for
+//! any method, and nobody is overloaded by it, so there is nothing to back
+//! off from. Such a request is *requeued* (Finagle's word): sent again at
+//! once, to another endpoint (the tried-endpoints record steers the
+//! router), `POST`s and gRPC calls included.
+//!
+//! - **Never sent** means, by default,
+//!   [`is_unsent_error`](mesh_core::classify::is_unsent_error): a connection
+//!   that could not be made (refused, or any hyper-util `Connect` error), a
+//!   request hyper handed back unsent, an HTTP/2 stream the server refused
+//!   unprocessed (`GOAWAY`, `REFUSED_STREAM`). mesh-stack adds the mesh's own
+//!   refusals (no ready endpoint, an open breaker); set your own with
+//!   [`RetryLayer::unsent_errors`]. A connection reset or closed after the
+//!   request was written is **not** never-sent: the server may have acted on
+//!   it, so it follows the retry rules above (a `POST` is not repeated).
+//! - **Bounded** by [`RetryConfig::max_requeues`] (3 by default) per request
+//!   and by the same budget as retries (each requeue withdraws a token): with
+//!   every endpoint down, a call ends at once with the last connect error, or
+//!   [`BudgetExhausted`] once the budget is spent; never after a backoff.
+//! - **Counted apart**: [`RetryPolicy::stats`] (`requeues` beside
+//!   `retries`), the `mesh_retry_requeues_total` counter, give-up reason
+//!   [`GiveUp::MaxRequeues`]. Requeues do not use up `max_retries`.
+//! - **Bodies**: the request is copied before its first attempt, whatever
+//!   its method, when requeues are on. A cloneable body (`Full`, `Bytes`,
+//!   `String`, ...) is shared, never copied. A streaming body must be a
+//!   [`ReplayBody`]: one never read (a refused connect reads nothing) is
+//!   requeued whole whatever its size; one that was partly streamed is
+//!   replayed only up to `max_replay_body`, and past that the request is not
+//!   requeued (give-up reason [`GiveUp::BodyNotReplayable`]). A body that can
+//!   be neither cloned nor replayed is sent once.
+//! - `max_requeues = 0` turns requeues off: never-sent failures are then
+//!   treated like any other.
+//!
+//! Each retry or requeue carries an `x-mesh-attempt` header (2, 3, ...) and a shared
 //! [`TriedEndpoints`](mesh_core::TriedEndpoints) record in its extensions,
 //! which a discovery router fills and a balancer reads to send the retry to
 //! another endpoint. The first attempt of a retryable request carries the
@@ -107,8 +143,8 @@
 //! - `serde`: `Serialize`/`Deserialize` for [`RetryConfig`] (durations in
 //!   humantime form).
 //! - `metrics`: counters `mesh_retry_requests_total`,
-//!   `mesh_retry_retries_total`, `mesh_retry_budget_exhausted_total`,
-//!   `mesh_retry_give_ups_total{reason}`.
+//!   `mesh_retry_retries_total`, `mesh_retry_requeues_total`,
+//!   `mesh_retry_budget_exhausted_total`, `mesh_retry_give_ups_total{reason}`.
 //!
 //! [`HedgeLayer`] adds hedging: a second attempt of a slow idempotent request
 //! after a fixed delay, first success wins, paid from the same budget.
@@ -135,6 +171,6 @@ pub use error::{BudgetExhausted, DeadlineExceeded};
 pub use future::ResponseFuture;
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer};
 pub use layer::RetryLayer;
-pub use policy::{GiveUp, RetryPolicy};
+pub use policy::{GiveUp, RetryPolicy, RetryStats, UnsentErrors};
 pub use replay::{ReplayBodyLayer, WithReplayBody};
 pub use service::RetryService;

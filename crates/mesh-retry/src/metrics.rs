@@ -2,6 +2,8 @@
 //!
 //! - `mesh_retry_requests_total`: logical requests seen.
 //! - `mesh_retry_retries_total`: retries sent.
+//! - `mesh_retry_requeues_total`: requeues sent (requests that never reached
+//!   a server, sent again at once).
 //! - `mesh_retry_budget_exhausted_total`: retries refused by the budget.
 //! - `mesh_retry_give_ups_total{reason}`: retryable failures not retried, by
 //!   [`GiveUp`] reason (a fixed, small label set).
@@ -18,6 +20,12 @@ pub(crate) fn request() {
 pub(crate) fn retry() {
     #[cfg(feature = "metrics")]
     metrics::counter!("mesh_retry_retries_total").increment(1);
+}
+
+#[inline]
+pub(crate) fn requeue() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("mesh_retry_requeues_total").increment(1);
 }
 
 #[inline]

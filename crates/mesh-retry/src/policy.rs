@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use mesh_core::backoff::BackoffSession;
-use mesh_core::classify::{Classify, HttpClassifier, as_dyn_error};
+use mesh_core::classify::{Classify, HttpClassifier, as_dyn_error, is_unsent_error};
 use mesh_core::config::InvalidConfig;
 use mesh_core::pushback::Pushback;
 use mesh_core::{AttemptError, BoxError, Outcome, ReportEndpoint, TriedEndpoints};
@@ -35,6 +36,10 @@ pub enum GiveUp {
     Pushback,
     /// The request body was too large to keep for replay.
     BodyNotReplayable,
+    /// The request never reached a server and was requeued
+    /// [`RetryConfig::max_requeues`] times already (a never-sent failure is
+    /// requeued, never retried after a backoff).
+    MaxRequeues,
 }
 
 impl GiveUp {
@@ -46,6 +51,7 @@ impl GiveUp {
             GiveUp::Deadline => "deadline",
             GiveUp::Pushback => "pushback_beyond_max",
             GiveUp::BodyNotReplayable => "body_not_replayable",
+            GiveUp::MaxRequeues => "max_requeues",
         }
     }
 }
@@ -70,12 +76,31 @@ enum GrpcMethod {
     Service(String),
 }
 
+/// Tells whether an attempt's error proves the request never reached a
+/// server (see [`RetryPolicy::unsent_errors`]).
+pub type UnsentErrors = fn(&(dyn std::error::Error + 'static)) -> bool;
+
 struct Shared<C> {
     config: RetryConfig,
     classifier: C,
     budget: RetryBudget,
     attempt_header: Option<HeaderName>,
     grpc_methods: Vec<GrpcMethod>,
+    unsent: UnsentErrors,
+    retries: AtomicU64,
+    requeues: AtomicU64,
+}
+
+/// What the services of one policy (every clone) did, since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RetryStats {
+    /// Retries sent: attempts repeated after a failure the server may have
+    /// seen, after a backoff.
+    pub retries: u64,
+    /// Requeues sent: attempts repeated at once, to another endpoint, after
+    /// a failure that proved the request never reached a server.
+    pub requeues: u64,
 }
 
 /// Safe, budgeted retries for HTTP and gRPC requests, as a
@@ -126,6 +151,11 @@ pub struct RetryPolicy<C = HttpClassifier> {
     shared: Arc<Shared<C>>,
     /// Retries decided so far for this request.
     retries: u32,
+    /// Requeues decided so far for this request.
+    requeues: u32,
+    /// The request itself may be retried (idempotent, or allowed): the copy
+    /// kept for the next attempt may serve only requeues otherwise.
+    pub(crate) may_retry: bool,
     start: Option<Instant>,
     // Boxed: drawn only on a retry, and kept out of the future's size.
     session: Option<Box<BackoffSession>>,
@@ -144,6 +174,8 @@ impl<C> Clone for RetryPolicy<C> {
         Self {
             shared: self.shared.clone(),
             retries: self.retries,
+            requeues: self.requeues,
+            may_retry: self.may_retry,
             start: self.start,
             session: self.session.clone(),
             give_up: self.give_up,
@@ -159,6 +191,7 @@ impl<C> fmt::Debug for RetryPolicy<C> {
             .field("config", &self.shared.config)
             .field("budget", &self.shared.budget)
             .field("retries", &self.retries)
+            .field("requeues", &self.requeues)
             .finish_non_exhaustive()
     }
 }
@@ -177,7 +210,12 @@ impl<C> RetryPolicy<C> {
     pub fn with_classifier(config: RetryConfig, classifier: C) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let budget = RetryBudget::new(&config.budget);
-        Ok(Self::from_parts(config, classifier, budget))
+        Ok(Self::from_parts(
+            config,
+            classifier,
+            budget,
+            is_unsent_error,
+        ))
     }
 
     /// The same policy drawing from another (shared) budget.
@@ -190,10 +228,36 @@ impl<C> RetryPolicy<C> {
             self.shared.config.clone(),
             self.shared.classifier.clone(),
             budget,
+            self.shared.unsent,
         )
     }
 
-    fn from_parts(config: RetryConfig, classifier: C, budget: RetryBudget) -> Self {
+    /// The same policy telling never-sent failures with `unsent` instead of
+    /// [`is_unsent_error`](mesh_core::classify::is_unsent_error): a failure
+    /// for which it returns `true` is *requeued* (sent again at once, to
+    /// another endpoint, whatever the method; see
+    /// [`RetryConfig::max_requeues`]). Return `true` only for errors raised
+    /// before any byte of the request could reach a server.
+    /// mesh-stack adds its router's and breakers' refusals this way.
+    #[must_use]
+    pub fn unsent_errors(self, unsent: UnsentErrors) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_parts(
+            self.shared.config.clone(),
+            self.shared.classifier.clone(),
+            self.shared.budget.clone(),
+            unsent,
+        )
+    }
+
+    fn from_parts(
+        config: RetryConfig,
+        classifier: C,
+        budget: RetryBudget,
+        unsent: UnsentErrors,
+    ) -> Self {
         let attempt_header = if config.attempt_header.is_empty() {
             None
         } else {
@@ -214,8 +278,13 @@ impl<C> RetryPolicy<C> {
                 budget,
                 attempt_header,
                 grpc_methods,
+                unsent,
+                retries: AtomicU64::new(0),
+                requeues: AtomicU64::new(0),
             }),
             retries: 0,
+            requeues: 0,
+            may_retry: true,
             start: None,
             session: None,
             give_up: None,
@@ -237,6 +306,15 @@ impl<C> RetryPolicy<C> {
     /// The classifier.
     pub fn classifier(&self) -> &C {
         &self.shared.classifier
+    }
+
+    /// The retries and requeues sent by every service of this policy (all
+    /// clones share the counts).
+    pub fn stats(&self) -> RetryStats {
+        RetryStats {
+            retries: self.shared.retries.load(Ordering::Relaxed),
+            requeues: self.shared.requeues.load(Ordering::Relaxed),
+        }
     }
 
     pub(crate) fn attempt_header(&self) -> Option<&HeaderName> {
@@ -337,14 +415,23 @@ impl<C> RetryPolicy<C> {
         }
     }
 
-    /// The copy kept for the next attempt, or `None` when the request must not
-    /// (or cannot) be retried.
+    /// The copy kept for the next attempt, or `None` when the request can
+    /// be neither retried nor requeued.
     #[inline]
-    pub(crate) fn copy<B: TryCloneBody>(&self, req: &Request<B>) -> Option<Request<B>> {
-        if self.retries >= self.shared.config.max_retries || !self.is_retryable_request(req) {
+    pub(crate) fn copy<B: TryCloneBody>(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        self.may_retry =
+            self.retries < self.shared.config.max_retries && self.is_retryable_request(req);
+        if !self.may_retry && self.requeues >= self.shared.config.max_requeues {
             return None;
         }
         clone_request(req)
+    }
+
+    /// Whether another attempt may follow the next one: keep the copy.
+    #[inline]
+    pub(crate) fn more_attempts(&self) -> bool {
+        let config = &self.shared.config;
+        (self.may_retry && self.retries < config.max_retries) || self.requeues < config.max_requeues
     }
 
     /// The absolute deadline, if there is one.
@@ -367,10 +454,90 @@ impl<C> RetryPolicy<C> {
         E: 'static,
     {
         let outcome = self.shared.classifier.classify(result);
-        if !outcome.is_retryable() {
+        if let Err(e) = result
+            && self.shared.config.max_requeues > 0
+            && as_dyn_error(e).is_some_and(self.shared.unsent)
+        {
+            return self.decide_requeue(req, result, outcome);
+        }
+        if !outcome.is_retryable() || !self.may_retry {
             return Decision::Stop(None);
         }
         self.decide_retryable(req, result, outcome)
+    }
+
+    /// [`decide`](Self::decide) for a failure that proves the request never
+    /// reached a server: send it again at once, whatever its method, to
+    /// another endpoint (the tried-endpoints record steers the router), paid
+    /// from the budget like a retry and counted apart from retries. No
+    /// backoff: no server saw it, so none is being overloaded by it.
+    #[cold]
+    #[inline(never)]
+    fn decide_requeue<R, Res, E>(
+        &mut self,
+        req: &mut R,
+        result: &Result<Response<Res>, E>,
+        outcome: Outcome,
+    ) -> Decision
+    where
+        R: RetryRequest,
+        E: 'static,
+    {
+        let attempt = self.retries + self.requeues + 1;
+        let give_up = |this: &mut Self, why: GiveUp| {
+            tracing::debug!(
+                attempt,
+                reason = why.as_str(),
+                error = %Reason { outcome: &outcome, result },
+                "not requeueing a request that never reached a server"
+            );
+            metrics::give_up(why);
+            this.give_up = Some(why);
+            Decision::Stop(Some(why))
+        };
+        if self.requeues >= self.shared.config.max_requeues {
+            return give_up(self, GiveUp::MaxRequeues);
+        }
+        if !req.can_replay() {
+            return give_up(self, GiveUp::BodyNotReplayable);
+        }
+        if let Some(deadline) = self.deadline()
+            && self.shared.config.min_attempt_time
+                > deadline.saturating_duration_since(Instant::now())
+        {
+            return give_up(self, GiveUp::Deadline);
+        }
+        if !self.shared.budget.withdraw() {
+            return give_up(self, GiveUp::Budget);
+        }
+        self.requeues += 1;
+        let next = attempt + 1;
+        self.stamp(req, next);
+        metrics::requeue();
+        self.shared.requeues.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            attempt = next,
+            reason = %Reason { outcome: &outcome, result },
+            "requeueing request: it never reached a server"
+        );
+        Decision::Retry(Duration::ZERO)
+    }
+
+    /// Stamps attempt number `next` on the copy and, at the first repeat,
+    /// puts in the tried-endpoints record, starting from where the first
+    /// attempt went; later copies are cloned from this one and share it.
+    fn stamp<R: RetryRequest>(&mut self, req: &mut R, next: u32) {
+        if let Some(name) = &self.shared.attempt_header {
+            req.headers_mut()
+                .insert(name.clone(), HeaderValue::from(next));
+        }
+        if std::mem::take(&mut self.pending_record) {
+            let tried = TriedEndpoints::new();
+            if let Some(id) = self.first_pick.take() {
+                tried.record_id(id);
+            }
+            req.extensions_mut().insert(tried);
+        }
     }
 
     /// [`decide`](Self::decide) for a retryable failure: kept out of line so
@@ -386,7 +553,7 @@ impl<C> RetryPolicy<C> {
         R: RetryRequest,
         E: 'static,
     {
-        let attempt = self.retries + 1;
+        let attempt = self.retries + self.requeues + 1;
         let give_up = |this: &mut Self, why: GiveUp| {
             tracing::debug!(attempt, reason = why.as_str(), "not retrying");
             metrics::give_up(why);
@@ -435,21 +602,9 @@ impl<C> RetryPolicy<C> {
         }
         self.retries += 1;
         let next = attempt + 1;
-        if let Some(name) = &self.shared.attempt_header {
-            req.headers_mut()
-                .insert(name.clone(), HeaderValue::from(next));
-        }
-        if std::mem::take(&mut self.pending_record) {
-            // The first retry builds the record, starting from where the
-            // first attempt went; later copies are cloned from this one and
-            // share it.
-            let tried = TriedEndpoints::new();
-            if let Some(id) = self.first_pick.take() {
-                tried.record_id(id);
-            }
-            req.extensions_mut().insert(tried);
-        }
+        self.stamp(req, next);
         metrics::retry();
+        self.shared.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             attempt = next,
             reason = %Reason { outcome: &outcome, result },
@@ -476,15 +631,34 @@ impl<C> RetryPolicy<C> {
         self.retries
     }
 
+    /// Attempts sent so far, the first included.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.retries + self.requeues + 1
+    }
+
     /// After the last allowed attempt (no copy was kept for another): reports
     /// the give-up if that attempt failed retryably.
     pub(crate) fn note_last_attempt<Res, E>(&mut self, result: &Result<Response<Res>, E>)
     where
         C: Classify<Response<Res>, E>,
+        E: 'static,
     {
+        if self.requeues > 0
+            && let Err(e) = result
+            && as_dyn_error(e).is_some_and(self.shared.unsent)
+        {
+            tracing::debug!(
+                attempt = self.attempts(),
+                reason = GiveUp::MaxRequeues.as_str(),
+                "not requeueing a request that never reached a server"
+            );
+            metrics::give_up(GiveUp::MaxRequeues);
+            self.give_up = Some(GiveUp::MaxRequeues);
+            return;
+        }
         if self.retries > 0 && self.shared.classifier.classify(result).is_retryable() {
             tracing::debug!(
-                attempt = self.retries + 1,
+                attempt = self.attempts(),
                 reason = GiveUp::MaxRetries.as_str(),
                 "not retrying"
             );
@@ -566,7 +740,7 @@ where
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
         // tower calls this on the service's own policy once per request
         // (retries == 0 there: only the per-request clones ever retry).
-        if self.retries == 0 {
+        if self.retries == 0 && self.requeues == 0 {
             self.begin();
         }
         self.pending_record = false;

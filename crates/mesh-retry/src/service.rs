@@ -76,7 +76,10 @@ where
             // attempt, and its response body, by the deadline too.
             req.extensions_mut().insert(CallDeadline(deadline));
         }
-        let copy = if policy.config().max_retries > 0 && policy.is_retryable_request(&req) {
+        // A request that may not be retried is still copied for requeues
+        // (sent again only if it provably never reached a server).
+        policy.may_retry = policy.config().max_retries > 0 && policy.is_retryable_request(&req);
+        let copy = if policy.may_retry || policy.config().max_requeues > 0 {
             RequestCopy::of(&req)
         } else {
             None

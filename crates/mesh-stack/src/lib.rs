@@ -121,7 +121,9 @@ pub mod timeout;
 pub use builder::ServiceBuilderExt;
 pub use config::{ConfigError, ConsulSourceConfig, DiscoveryConfig, MeshConfig, ServiceConfig};
 pub use endpoint::EndpointLayer;
-pub use mesh::{GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService};
+pub use mesh::{
+    GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService, is_unsent_error,
+};
 pub use security::{
     CredentialsLayer, MeshTlsConfig, ServerSecurityConfig, ServerSecurityLayer, ServiceApiKeyConfig,
 };
@@ -140,6 +142,7 @@ pub use mesh_breaker::{
 pub use mesh_discovery::router::{DiscoveryLayer, EndpointNotReady, NoReadyEndpoint, RouterConfig};
 pub use mesh_retry::{
     BudgetExhausted, DeadlineExceeded, ReplayBodyLayer, RetryConfig, RetryLayer, RetryPolicy,
+    RetryStats,
 };
 
 /// `mesh-auth`: mTLS, API keys and authorization.

@@ -249,7 +249,8 @@ impl Mesh {
             .build()
             .map_err(|e| e.nest(&format!("services.{name}")))?;
         let retry = RetryLayer::with_classifier(config.retry.clone(), classifier)
-            .map_err(|e| e.nest(&format!("services.{name}.retry")))?;
+            .map_err(|e| e.nest(&format!("services.{name}.retry")))?
+            .unsent_errors(is_unsent_error);
         Ok(MeshLayer { retry, router })
     }
 
@@ -473,6 +474,34 @@ impl Mesh {
     ) -> Result<crate::middleware::MeshMiddleware, MeshError> {
         crate::middleware::MeshMiddleware::new(self, client)
     }
+}
+
+/// Whether `error` proves the request never reached a server: what the
+/// ready-made stacks requeue (send again at once, to another endpoint,
+/// whatever the method; see `RetryConfig::max_requeues`).
+///
+/// [`mesh_core::classify::is_unsent_error`] (a connect that failed, a
+/// request hyper handed back unsent, an HTTP/2 stream the server refused
+/// unprocessed), plus the mesh's own refusals before sending: the router's
+/// [`NoReadyEndpoint`](mesh_discovery::router::NoReadyEndpoint) and
+/// [`EndpointNotReady`](mesh_discovery::router::EndpointNotReady), and an
+/// open breaker's [`BreakerOpen`](mesh_breaker::BreakerOpen). Give it to a
+/// `RetryLayer` of your own with `unsent_errors`.
+pub fn is_unsent_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    if mesh_core::classify::is_unsent_error(error) {
+        return true;
+    }
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<mesh_discovery::router::NoReadyEndpoint>()
+            || e.is::<mesh_discovery::router::EndpointNotReady>()
+            || e.is::<mesh_breaker::BreakerOpen>()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The ready-made stack of one service as a [`Layer`]: wraps an inner client

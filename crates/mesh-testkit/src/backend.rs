@@ -201,6 +201,8 @@ impl BackendBuilder {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
+        let (closing, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             name: self.name,
             addr,
@@ -212,6 +214,8 @@ impl BackendBuilder {
             received: Mutex::new(Vec::new()),
             record_limit: self.record_limit,
             shutdown,
+            draining,
+            closing,
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Backend { shared })
@@ -237,6 +241,12 @@ struct Shared {
     received: Mutex<Vec<ReceivedRequest>>,
     record_limit: usize,
     shutdown: watch::Sender<bool>,
+    /// Asks the accept loop to stop.
+    draining: watch::Sender<bool>,
+    /// Set by the accept loop once its listener is gone: connections then
+    /// shut down gracefully (in that order, so that a client told `GOAWAY`
+    /// never reconnects into a listener about to close).
+    closing: watch::Sender<bool>,
 }
 
 impl fmt::Debug for Backend {
@@ -329,6 +339,16 @@ impl Backend {
         self.shared.shutdown.send_replace(true);
     }
 
+    /// Stops as a server being stopped for a deploy does: stops accepting
+    /// (its listener is dropped, so the port refuses connections) and closes
+    /// each connection once the requests in flight on it are answered
+    /// (hyper's graceful shutdown: an HTTP/1 connection closes after its
+    /// current response, an HTTP/2 one sends `GOAWAY` and finishes its
+    /// streams). [`shutdown`](Self::shutdown) still closes them at once.
+    pub fn drain(&self) {
+        self.shared.draining.send_replace(true);
+    }
+
     fn with_received<R>(&self, f: impl FnOnce(&mut Vec<ReceivedRequest>) -> R) -> R {
         let mut guard = self
             .shared
@@ -341,25 +361,40 @@ impl Backend {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut stop = shared.shutdown.subscribe();
+    let mut drain = shared.draining.subscribe();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => Some(stream),
                 Err(e) => {
                     tracing::debug!(error = %e, "testkit backend: accept failed");
                     continue;
                 }
             },
             _ = stop.wait_for(|s| *s) => return,
+            _ = drain.wait_for(|s| *s) => None,
+        };
+        let Some(stream) = stream else {
+            drop(listener);
+            shared.closing.send_replace(true);
+            return;
         };
         shared.connections.fetch_add(1, Ordering::SeqCst);
         let shared = shared.clone();
         let mut stop = shared.shutdown.subscribe();
+        let mut drain = shared.closing.subscribe();
         tokio::spawn(async move {
             let svc_shared = shared.clone();
             let svc = service_fn(move |req| handle(svc_shared.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s) => return,
+                _ = drain.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn => {}
                 _ = stop.wait_for(|s| *s) => {}

@@ -40,7 +40,7 @@ mod error;
 mod grpc;
 mod http;
 
-pub use self::error::{as_dyn_error, is_transient_error};
+pub use self::error::{as_dyn_error, is_transient_error, is_unsent_error};
 pub use self::grpc::{GrpcClassifier, GrpcCode, GrpcCodeSet};
 pub use self::http::{DefaultHttpClassifier, HttpClassifier, StatusSet};
 

@@ -204,29 +204,43 @@ where
                         this.state.set(State::Called { future });
                     }
                     Poll::Ready(Err(e)) => {
-                        // The stack refused before sending: not the server's doing.
-                        this.guard.take();
-                        return Poll::Ready(Err(e.into()));
+                        // The stack refused before sending: not the server's
+                        // doing, so nothing is recorded; the endpoint is
+                        // reported, so that a requeue goes elsewhere.
+                        let guard = this.guard.take();
+                        return Poll::Ready(unsent(guard, *this.report, e.into()));
                     }
                     Poll::Pending => {
                         let timeout = *ready_timeout;
                         let sleep =
                             sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                         ready!(sleep.as_mut().poll(cx));
-                        let endpoint = this
-                            .guard
-                            .take()
+                        let guard = this.guard.take();
+                        let endpoint = guard
+                            .as_ref()
                             .map(|g| g.key().to_string())
                             .unwrap_or_default();
-                        return Poll::Ready(Err(EndpointNotReady {
+                        let error = EndpointNotReady {
                             endpoint,
                             waited: timeout,
-                        }
-                        .into()));
+                        };
+                        return Poll::Ready(unsent(guard, *this.report, error.into()));
                     }
                 },
             }
         }
+    }
+}
+
+/// An error raised before the request was handed to the endpoint's stack:
+/// the load guard ends without a record, and the endpoint is reported (for a
+/// request without a tried-endpoints record) so that a requeue avoids it.
+#[cold]
+#[inline(never)]
+fn unsent<Res>(guard: Option<LoadGuard>, report: bool, error: BoxError) -> Result<Res, BoxError> {
+    match guard {
+        Some(guard) if report => Err(Box::new(AttemptError::new(guard.key_id(), error))),
+        _ => Err(error),
     }
 }
 

@@ -363,6 +363,10 @@ async fn a_stack_that_stays_not_ready_fails_within_the_bound() {
         .unwrap();
     let mut svc = layer.layer(echo());
     let err = send(&mut svc).await.unwrap_err();
+    // Reported with the endpoint it was meant for, so that a requeue (the
+    // request never left) avoids it.
+    let (endpoint, err) = mesh_core::AttemptError::split(err);
+    assert_eq!(endpoint, Some(ep("10.0.0.1:80").key().id()));
     let err = err
         .downcast_ref::<EndpointNotReady>()
         .expect("EndpointNotReady");
