@@ -133,8 +133,23 @@ async fn with_every_replica_down_calls_end_at_once_with_a_typed_error() {
     post(&users, "warm".into()).await.unwrap();
     a.drain();
     b.drain();
-    // Let the stopped listeners go.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A drained replica closes its connections gracefully: a request sent
+    // in the moment before its GOAWAY arrives is still served. Wait until
+    // both are gone (a call fails), at most 2 s, rather than for a fixed time.
+    let closing = Instant::now();
+    loop {
+        let probe = http::Request::get("http://users/orders")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if users.clone().oneshot(probe).await.is_err() {
+            break;
+        }
+        assert!(
+            closing.elapsed() < Duration::from_secs(2),
+            "replicas still serve"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let calls = 40;
     let mut budget_exhausted = 0;
