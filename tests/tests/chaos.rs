@@ -171,13 +171,22 @@ async fn more_failing_backends_than_the_ejection_cap_still_fail_no_call() {
     let consecutive = 5 + 16;
     let ejected = bs[..5].iter().filter(|b| b.hits() <= consecutive).count();
     assert!(ejected >= 4, "the cap: four ejected: {:?}", hits(&bs));
+    // The fifth stays in play: not ejected, eligible for picks (panic mode
+    // once its breaker trips too). How much it then gets is p2c's business: its failures are
+    // recorded at the 1 s failure penalty, so against healthy peers measured
+    // at ~2 ms it rarely wins a comparison.
+    let balancer = users.get_ref().balancer();
     let in_play = bs[..5]
         .iter()
-        .map(mesh_testkit::Backend::hits)
-        .max()
-        .unwrap();
-    assert!(
-        in_play > 5,
+        .filter(|b| {
+            balancer
+                .endpoint_stats(&support::endpoint(b).key().clone())
+                .is_some_and(|s| s.eligible)
+        })
+        .count();
+    assert_eq!(
+        in_play,
+        1,
         "one failing backend stays in play: {:?}",
         hits(&bs)
     );

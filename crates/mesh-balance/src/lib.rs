@@ -26,8 +26,9 @@
 //!
 //! - **Cold endpoints start from their peers.** An endpoint no call has
 //!   measured is estimated at the *median* of its measured peers' estimates
-//!   (`default_rtt` only while nobody is measured), and its first successful
-//!   response replaces that guess. A fixed guess (Linkerd's and Finagle's
+//!   (`default_rtt` only while nobody is measured), and the median of its
+//!   first three successful responses replaces that guess (the first call on
+//!   a new connection pays for its setup: it is not the endpoint's peak). A fixed guess (Linkerd's and Finagle's
 //!   `default_rtt`) makes the first replica measured on a fast network win
 //!   every comparison against the cold ones for seconds; the median (rather
 //!   than the mean) is not lifted by one failing peer recorded at the failure
@@ -39,9 +40,10 @@
 //!   in flight, estimates within a factor of 2 count as equal and the one
 //!   measured longer ago wins: one slow response (a cold connection, a
 //!   scheduling hiccup) no longer sends every sequential call to the other
-//!   replica for the seconds the peak takes to decay. A replica more than
-//!   twice as slow is still avoided, and with requests in flight the plain
-//!   comparison decides.
+//!   replica for the seconds the peak takes to decay; and a slower response
+//!   to a call that had the endpoint to itself moves its estimate half way
+//!   (a second one confirms it). A replica more than twice as slow is still
+//!   avoided, and with requests in flight the plain comparison decides.
 //!
 //! Around the strategies sit the protections Envoy taught the industry:
 //!
