@@ -240,14 +240,39 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
         consistency: Consistency::Default,
         ..config.query.clone()
     };
+    let _counted = client.watch_guard();
+    // A query held for (about) its whole wait that saw no change costs no
+    // token: taking turns on a shared client must not eat the bucket.
+    let mut free_turn = false;
+    let mut last_digest: Option<u64> = None;
     tracing::debug!(source = %publisher.name(), "consul watch started");
     loop {
-        bucket.acquire().await;
+        if !free_turn {
+            bucket.acquire().await;
+        }
         let wait = (index > 0).then_some(config.wait);
+        let asked = Instant::now();
         let answer = tokio::select! {
             () = publisher.closed() => break,
             a = query(&client, &config, &leader_query, index, wait) => a,
         };
+        // Same index and the same bytes as the answer parsed last: nothing
+        // changed (Consul's blocking-query rules), so nothing is parsed and
+        // an idle service costs its watch a hash of the body. (The bytes
+        // are compared too so a body mangled on the way is still noticed.)
+        let digest = answer.as_ref().ok().map(|a| body_digest(&a.body));
+        if let Ok(a) = &answer
+            && index > 0
+            && a.index == Some(index)
+            && digest == last_digest
+        {
+            free_turn = asked.elapsed() >= config.wait.min(client.shared_wait()) / 2;
+            backoff.reset();
+            publisher.record_success();
+            continue;
+        }
+        free_turn = false;
+        last_digest = None;
         let parsed = answer.and_then(|a| {
             let new_index = a
                 .index
@@ -256,6 +281,7 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
             // published: no allocation, and a pointer compare in `publish`.
             let (endpoints, report) =
                 parse_health_report(&a.body, Some(&publisher.current()), config.address)?;
+            publisher.record_parsed();
             if a.filtered_by_acls {
                 if endpoints.is_empty() && report.unhealthy == 0 && report.skipped == 0 {
                     return Err(DiscoveryError::new(
@@ -295,6 +321,7 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
                     publisher.publish(endpoints);
                 }
                 publisher.record_success();
+                last_digest = digest;
             }
             Err(e) => {
                 index = 0;
@@ -309,6 +336,15 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
         }
     }
     tracing::debug!(source = %publisher.name(), "consul watch stopped: nobody listens");
+}
+
+/// A digest of an answer's body, to tell an unchanged answer without
+/// parsing it.
+fn body_digest(body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
 }
 
 /// One query; a stale answer older than `max_staleness` (or from a server
