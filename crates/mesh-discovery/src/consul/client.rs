@@ -191,22 +191,33 @@ struct Budget {
     all: Semaphore,
     blocking: Semaphore,
     max: usize,
+    /// The permits of `all`: `max` less a slack of `max / 32` for
+    /// connections on their way back to the pool (hyper returns a
+    /// connection to its pool from a task of its own, a moment after the
+    /// response was read; a request let through in that moment would open
+    /// another).
+    all_max: usize,
     blocking_max: usize,
     /// Watches running over this client (see [`WatchGuard`]).
     watches: AtomicUsize,
+    /// Watches announced by [`ConsulClient::expect_watches`].
+    expected: AtomicUsize,
     shared_wait: Duration,
 }
 
 impl Budget {
     fn new(max: u32, shared_wait: Duration) -> Self {
         let max = usize::try_from(max).unwrap_or(usize::MAX).max(2);
-        let reserve = (max / 8).max(1);
+        let all_max = max - max / 32;
+        let reserve = (all_max / 8).max(1);
         Self {
-            all: Semaphore::new(max),
-            blocking: Semaphore::new(max - reserve),
+            all: Semaphore::new(all_max),
+            blocking: Semaphore::new(all_max - reserve),
             max,
-            blocking_max: max - reserve,
+            all_max,
+            blocking_max: all_max - reserve,
             watches: AtomicUsize::new(0),
+            expected: AtomicUsize::new(0),
             shared_wait,
         }
     }
@@ -229,7 +240,11 @@ impl Budget {
     /// every watch can hold a connection, `shared_wait` at most when they
     /// must take turns.
     fn wait(&self, wait: Duration) -> Duration {
-        if self.watches.load(Ordering::Relaxed) > self.blocking_max {
+        let watches = self
+            .watches
+            .load(Ordering::Relaxed)
+            .max(self.expected.load(Ordering::Relaxed));
+        if watches > self.blocking_max {
             wait.min(self.shared_wait)
         } else {
             wait
@@ -351,13 +366,23 @@ impl ConsulClient {
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.inner.budget.max - self.inner.budget.all.available_permits()
+        self.inner.budget.all_max - self.inner.budget.all.available_permits()
     }
 
     /// Watches ([`ConsulDiscovery`](super::ConsulDiscovery)) running over
     /// this client (and its clones).
     pub fn watches(&self) -> usize {
         self.inner.budget.watches.load(Ordering::Relaxed)
+    }
+
+    /// Announces that `watches` watches will share this client, before
+    /// they start: a watch that starts early then takes turns of
+    /// `shared_wait` from its first blocking query, instead of holding a
+    /// connection for its whole `wait` while the others queue (it would
+    /// take turns from its next query on). `Mesh` announces its Consul
+    /// services.
+    pub fn expect_watches(&self, watches: usize) {
+        self.inner.budget.expected.store(watches, Ordering::Relaxed);
     }
 
     pub(crate) fn shared_wait(&self) -> Duration {
@@ -415,11 +440,15 @@ impl ConsulClient {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<(http::HeaderMap, Bytes), DiscoveryError> {
-        let _permit = self.inner.budget.any().await?;
+        let permit = self.inner.budget.any().await?;
         let resp = rb.send().await.map_err(DiscoveryError::from_reqwest)?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
+        // Let hyper's task put the connection back in the pool before the
+        // next request may start (see `Budget::all_max`).
+        tokio::task::yield_now().await;
+        drop(permit);
         if !status.is_success() {
             return Err(DiscoveryError::status(status.as_u16(), &body));
         }
