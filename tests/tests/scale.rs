@@ -111,9 +111,7 @@ async fn three_hundred_services_share_a_bounded_consul_client() {
     // Give the other watches about half a rotation to show a spurious
     // re-parse.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let reparsed: Vec<usize> = (0..SERVICES)
-        .filter(|&s| parsed(s) != before[s])
-        .collect();
+    let reparsed: Vec<usize> = (0..SERVICES).filter(|&s| parsed(s) != before[s]).collect();
     assert_eq!(reparsed, [changed], "one change re-parses its service only");
     assert!(
         fake.health_wakeups() <= 1,

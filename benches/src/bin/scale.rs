@@ -77,7 +77,9 @@ fn build_static(services: usize, endpoints: usize) -> (u64, Duration, Vec<Client
     for s in 0..services {
         config = config.service(
             name(s),
-            ServiceConfig::with_static((0..endpoints).map(|e| Endpoint::from_address(address(s, e)))),
+            ServiceConfig::with_static(
+                (0..endpoints).map(|e| Endpoint::from_address(address(s, e))),
+            ),
         );
     }
     let mesh = Mesh::new(config).expect("a valid config");
@@ -109,7 +111,12 @@ async fn fake(services: usize, endpoints: usize) {
     fake.add_instances((0..services).flat_map(|s| {
         (0..endpoints).map(move |e| {
             let a = address(s, e);
-            Instance::new(&name(s), &format!("{}-{e}", name(s)), &a.ip().to_string(), a.port())
+            Instance::new(
+                &name(s),
+                &format!("{}-{e}", name(s)),
+                &a.ip().to_string(),
+                a.port(),
+            )
         })
     }));
     println!("{}", fake.url());
@@ -151,7 +158,10 @@ async fn consul_case(services: usize, endpoints: usize) {
         ..MeshConfig::new()
     };
     for s in 0..services {
-        config = config.service(name(s), ServiceConfig::with_consul(ConsulSourceConfig::default()));
+        config = config.service(
+            name(s),
+            ServiceConfig::with_consul(ConsulSourceConfig::default()),
+        );
     }
     let mesh = Mesh::new(config).expect("a valid config");
     let clients: Vec<Client> = (0..services)

@@ -826,7 +826,11 @@ mod tests {
         assert_eq!(client.blocking_connections(), 14);
         let wait = Duration::from_secs(300);
         let guards: Vec<_> = (0..14).map(|_| client.watch_guard()).collect();
-        assert_eq!(client.inner.budget.wait(wait), wait, "every watch has a turn");
+        assert_eq!(
+            client.inner.budget.wait(wait),
+            wait,
+            "every watch has a turn"
+        );
         let one_more = client.clone().watch_guard();
         assert_eq!(client.watches(), 15);
         assert_eq!(

@@ -488,10 +488,22 @@ async fn a_write_wakes_the_watchers_of_its_service_only_and_connections_are_coun
     let db = c.service_index("db");
     let (c1, c2) = (c.clone(), c.clone());
     let web_watch = tokio::spawn(async move {
-        call(&c1, "GET", &format!("/v1/health/service/web?index={web}&wait=5s"), "").await
+        call(
+            &c1,
+            "GET",
+            &format!("/v1/health/service/web?index={web}&wait=5s"),
+            "",
+        )
+        .await
     });
     let db_watch = tokio::spawn(async move {
-        call(&c2, "GET", &format!("/v1/health/service/db?index={db}&wait=1s"), "").await
+        call(
+            &c2,
+            "GET",
+            &format!("/v1/health/service/db?index={db}&wait=1s"),
+            "",
+        )
+        .await
     });
     while c.blocked_health_requests() < 2 {
         tokio::task::yield_now().await;
@@ -500,7 +512,11 @@ async fn a_write_wakes_the_watchers_of_its_service_only_and_connections_are_coun
     let (_, idx, _) = web_watch.await.unwrap();
     assert!(idx.unwrap().parse::<u64>().unwrap() > web);
     let (_, idx, _) = db_watch.await.unwrap();
-    assert_eq!(idx.unwrap().parse::<u64>().unwrap(), db, "db ran out its wait");
+    assert_eq!(
+        idx.unwrap().parse::<u64>().unwrap(),
+        db,
+        "db ran out its wait"
+    );
     assert_eq!(c.health_wakeups(), 1, "only web's watcher was woken");
     assert_eq!(c.connections_opened(), 2);
     assert!(c.max_open_connections() >= 2);
