@@ -47,8 +47,8 @@ async fn three_hundred_services_share_a_bounded_consul_client() {
 
     let mut consul = ConsulConfig::new(fake.url());
     consul.max_connections = MAX_CONNECTIONS;
-    // 300 watches over 28 blocking connections take turns of 200 ms: a
-    // change is seen within about 300 / 28 × 200 ms ≈ 2.2 s.
+    // 300 watches over 27 blocking connections take turns of 200 ms: a
+    // change is seen within about 300 / 27 × 200 ms ≈ 2.2 s.
     consul.shared_wait = Duration::from_millis(200);
     let mut config = MeshConfig {
         consul: Some(consul),

@@ -7,6 +7,7 @@
 //! cargo build --release -p mesh-bench --bin scale
 //! target/release/scale static 1000 100   # RSS per static endpoint
 //! target/release/scale consul 1000 100   # connections, RSS per service, change latency
+//! target/release/scale consul 1000 100 128 250   # consul.max_connections, shared_wait in ms
 //! ```
 //!
 //! RSS comes from `/proc/self/statm` (Linux), measured around building the
@@ -34,6 +35,8 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| "static".into());
     let services: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let endpoints: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let max_connections: Option<u32> = args.next().and_then(|s| s.parse().ok());
+    let shared_wait: Option<u64> = args.next().and_then(|s| s.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -41,7 +44,12 @@ fn main() {
         .expect("a runtime");
     match mode.as_str() {
         "static" => rt.block_on(static_case(services, endpoints)),
-        "consul" => rt.block_on(consul_case(services, endpoints)),
+        "consul" => rt.block_on(consul_case(
+            services,
+            endpoints,
+            max_connections,
+            shared_wait,
+        )),
         "fake" => rt.block_on(fake(services, endpoints)),
         other => eprintln!("unknown mode {other:?}: static, consul"),
     }
@@ -78,7 +86,7 @@ fn build_static(services: usize, endpoints: usize) -> (u64, Duration, Vec<Client
         config = config.service(
             name(s),
             ServiceConfig::with_static(
-                (0..endpoints).map(|e| Endpoint::from_address(address(s, e))),
+                (0..endpoints).map(|e| Endpoint::from_address(address(s, e).into())),
             ),
         );
     }
@@ -135,7 +143,12 @@ async fn fake(services: usize, endpoints: usize) {
     );
 }
 
-async fn consul_case(services: usize, endpoints: usize) {
+async fn consul_case(
+    services: usize,
+    endpoints: usize,
+    max_connections: Option<u32>,
+    shared_wait_ms: Option<u64>,
+) {
     let exe = std::env::current_exe().expect("this binary");
     let mut child = Command::new(exe)
         .args(["fake", &services.to_string(), &endpoints.to_string()])
@@ -148,7 +161,13 @@ async fn consul_case(services: usize, endpoints: usize) {
     out.read_line(&mut url).expect("the fake's URL");
     let url = url.trim().to_owned();
 
-    let consul = ConsulConfig::new(url.clone());
+    let mut consul = ConsulConfig::new(url.clone());
+    if let Some(m) = max_connections {
+        consul.max_connections = m;
+    }
+    if let Some(w) = shared_wait_ms {
+        consul.shared_wait = Duration::from_millis(w);
+    }
     let max = consul.max_connections;
     let shared_wait = consul.shared_wait;
     let before = rss();
@@ -187,23 +206,29 @@ async fn consul_case(services: usize, endpoints: usize) {
     let operator = ConsulClient::new(&consul).expect("a client");
     let mut latencies = Vec::new();
     let mut rng = 0x2545_f491_u64;
-    for _ in 0..8 {
+    for _ in 0..12 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let s = usize::try_from(rng % services as u64).unwrap_or(0);
+        // Instance 0 goes into maintenance; it comes back (unmeasured)
+        // before the next change, which lands at a random moment of the
+        // watches' rotation. (A second change to the same service right
+        // after one was seen would wait a whole rotation.)
         let id = format!("{}-0", name(s));
-        for (reason, want) in [(Some("bench"), endpoints - 1), (None, endpoints)] {
-            let t = Instant::now();
-            operator
-                .service_maintenance(&id, reason)
-                .await
-                .expect("maintenance");
-            while clients[s].get_ref().endpoints().len() != want {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            latencies.push(t.elapsed());
+        let t = Instant::now();
+        operator
+            .service_maintenance(&id, Some("bench"))
+            .await
+            .expect("maintenance");
+        while clients[s].get_ref().endpoints().len() != endpoints - 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        latencies.push(t.elapsed());
+        operator
+            .service_maintenance(&id, None)
+            .await
+            .expect("maintenance");
     }
     latencies.sort();
     println!(

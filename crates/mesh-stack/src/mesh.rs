@@ -673,7 +673,11 @@ mod tests {
         );
         let g1 = mesh.grpc_client("users", echo()).unwrap();
         let g2 = mesh.grpc_client("users", echo()).unwrap();
-        assert!(g1.get_ref().get_ref().shares_state_with(g2.get_ref().get_ref()));
+        assert!(
+            g1.get_ref()
+                .get_ref()
+                .shares_state_with(g2.get_ref().get_ref())
+        );
         assert_eq!(call(&a).await, "10.0.0.1:80");
         assert_eq!(call(&b).await, "10.0.0.1:80");
         assert_eq!(mesh.discovery("users").unwrap().name(), "users");

@@ -191,7 +191,7 @@ struct Budget {
     all: Semaphore,
     blocking: Semaphore,
     max: usize,
-    /// The permits of `all`: `max` less a slack of `max / 32` for
+    /// The permits of `all`: `max` less a slack of `max / 16` for
     /// connections on their way back to the pool (hyper returns a
     /// connection to its pool from a task of its own, a moment after the
     /// response was read; a request let through in that moment would open
@@ -208,7 +208,7 @@ struct Budget {
 impl Budget {
     fn new(max: u32, shared_wait: Duration) -> Self {
         let max = usize::try_from(max).unwrap_or(usize::MAX).max(2);
-        let all_max = max - max / 32;
+        let all_max = max - max / 16;
         let reserve = (all_max / 8).max(1);
         Self {
             all: Semaphore::new(all_max),
@@ -446,8 +446,9 @@ impl ConsulClient {
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
         // Let hyper's task put the connection back in the pool before the
-        // next request may start (see `Budget::all_max`).
-        tokio::task::yield_now().await;
+        // next request may start (see `Budget::all_max`): a millisecond per
+        // answer, against a connection opened for nothing.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         drop(permit);
         if !status.is_success() {
             return Err(DiscoveryError::status(status.as_u16(), &body));
@@ -823,7 +824,11 @@ mod tests {
         config.shared_wait = Duration::from_millis(500);
         let client = ConsulClient::new(&config).unwrap();
         assert_eq!(client.max_connections(), 16);
-        assert_eq!(client.blocking_connections(), 14);
+        assert_eq!(
+            client.blocking_connections(),
+            14,
+            "15 in flight, 1 kept for non-blocking calls"
+        );
         let wait = Duration::from_secs(300);
         let guards: Vec<_> = (0..14).map(|_| client.watch_guard()).collect();
         assert_eq!(
