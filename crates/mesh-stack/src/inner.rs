@@ -94,6 +94,15 @@ impl<C, B> SharedClient<C, B> {
     }
 }
 
+/// The client's own methods (`get`, `request`) work through the handle.
+impl<C, B> std::ops::Deref for SharedClient<C, B> {
+    type Target = Client<C, B>;
+
+    fn deref(&self) -> &Client<C, B> {
+        &self.client
+    }
+}
+
 impl<C, B> From<Client<C, B>> for SharedClient<C, B> {
     fn from(client: Client<C, B>) -> Self {
         Self::new(client)

@@ -282,7 +282,7 @@ impl Mesh {
         S: Clone + Send + Sync + 'static,
     {
         self.cached(name, || {
-            Ok(self.build_stack(name, DefaultHttpClassifier, inner)?)
+            self.build_stack(name, DefaultHttpClassifier, inner)
         })
     }
 

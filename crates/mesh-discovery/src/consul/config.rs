@@ -168,10 +168,11 @@ pub struct ConsulConfig {
     /// The most connections a [`ConsulClient`](super::ConsulClient) (one
     /// per `Mesh`) holds to the agent, whatever the number of watched
     /// services: requests wait for a free one (first come, first served).
-    /// One in eight (at least one) is kept for calls that do not block
-    /// (registration, TTL updates, first reads), the rest carry blocking
-    /// queries. 2 to 1000; default 64 (Consul's agent allows 200 per client
-    /// IP, `limits.http_max_conns_per_client`).
+    /// A sixteenth is slack for connections on their way back to the pool,
+    /// an eighth of the rest (at least one) is kept for calls that do not
+    /// block (registration, TTL updates, first reads), the rest (53 of 64)
+    /// carry blocking queries. 2 to 1000; default 64 (Consul's agent allows
+    /// 200 per client IP, `limits.http_max_conns_per_client`).
     pub max_connections: u32,
     /// How long a blocking query may hold a connection while more watches
     /// share the client than it has connections for blocking queries: the

@@ -38,9 +38,9 @@
 //! `limits.http_max_conns_per_client` (200 by default), and a watch refused
 //! there would serve its last endpoints, silently stale. A request holds one
 //! of the budget's permits while in flight, blocking queries one of the
-//! `7/8` set aside for them as well, so non-blocking calls (first reads,
-//! registration, TTL updates) always find a connection, and a startup of
-//! 1,000 watches opens at most the budget's connections at once.
+//! permits set aside for them as well (53 of 64), so non-blocking calls
+//! (first reads, registration, TTL updates) always find a connection, and a
+//! startup of 1,000 watches opens at most the budget's connections at once.
 //!
 //! Up to that many watches each hold their own blocking query: a change
 //! reaches its watch within one round trip. Past it the watches take turns
@@ -48,8 +48,9 @@
 //! query held at most [`shared_wait`](super::ConsulConfig::shared_wait)
 //! (default 1 s). A change that lands while its watch waits for a turn is
 //! answered at once on that turn (its index is behind), so nothing is lost,
-//! only delayed: by up to about `watches / blocking permits × shared_wait`
-//! (≈ 18 s at 1,000 watches with the defaults). Lowering `shared_wait`
+//! only delayed: by up to one rotation, about `watches / blocking permits ×
+//! shared_wait` (≈ 19 s at 1,000 watches with the defaults; 10 s median
+//! measured, `BENCHMARKS.md`). Lowering `shared_wait`
 //! trades that staleness for queries to the agent (`watches / shared_wait`
 //! per second at most, each answered from the agent without parsing here).
 //! A single blocking query on a "what changed" endpoint with non-blocking
