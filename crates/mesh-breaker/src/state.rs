@@ -160,6 +160,10 @@ struct Hot {
     needs_start: bool,
     /// A consecutive-failures policy is on.
     consecutive: bool,
+    /// The configuration: read-only, so it shares the line at no cost
+    /// (inline in `Shared` it made every endpoint's breaker 128 bytes
+    /// larger, issue 23).
+    policy: Policy,
 }
 
 /// The state every clone of one breaker shares.
@@ -167,16 +171,20 @@ struct Hot {
 pub(crate) struct Shared {
     hot: Padded<Hot>,
     consecutive: Padded<AtomicU32>,
-    window: Option<Window>,
+    /// Boxed: a window is several cache lines, and most breakers (the
+    /// mesh's default, consecutive failures only) have none, so inline it
+    /// would cost every endpoint ~400 bytes for nothing (issue 23); a
+    /// windowed breaker pays one pointer chase per call.
+    window: Option<Box<Window>>,
     open_until: AtomicU64,
     probe_successes: AtomicU32,
     probes: Box<[AtomicU64]>,
     ticket: AtomicU64,
-    policy: Policy,
     epoch: Instant,
     availability: Availability,
     notify: Arc<Notify>,
-    cold: Mutex<Cold>,
+    /// Boxed: touched on transitions only.
+    cold: Box<Mutex<Cold>>,
     listener: Option<Listener>,
     name: Option<Arc<str>>,
     #[cfg(feature = "metrics")]
@@ -221,6 +229,7 @@ impl Shared {
         .with_jitter(Jitter::Full);
         availability.set(AvailabilityState::Available);
         let needs_start = policy.slow.is_some();
+        let half_open_max = policy.half_open_max;
         // Forced closed counts nothing; closed and disabled count, so their
         // successes are no-ops only while the counters are quiet.
         let lite_states = if needs_start {
@@ -240,23 +249,21 @@ impl Shared {
                 lite_states,
                 needs_start,
                 consecutive: policy.consecutive.is_some(),
+                policy,
             }),
             consecutive: Padded(AtomicU32::new(0)),
-            window: window.map(Window::new),
+            window: window.map(|w| Box::new(Window::new(w))),
             open_until: AtomicU64::new(0),
             probe_successes: AtomicU32::new(0),
-            probes: (0..policy.half_open_max)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            probes: (0..half_open_max).map(|_| AtomicU64::new(0)).collect(),
             ticket: AtomicU64::new(0),
-            policy,
             epoch: Instant::now(),
             availability,
             notify: Arc::new(Notify::new()),
-            cold: Mutex::new(Cold {
+            cold: Box::new(Mutex::new(Cold {
                 backoff: backoff.session(),
                 trips: 0,
-            }),
+            })),
             listener,
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Metrics::new(name.as_deref()),
@@ -284,7 +291,7 @@ impl Shared {
     }
 
     pub(crate) fn behavior(&self) -> OpenBehavior {
-        self.policy.behavior
+        self.hot.0.policy.behavior
     }
 
     pub(crate) fn notify(&self) -> &Arc<Notify> {
@@ -298,7 +305,7 @@ impl Shared {
         #[cfg(feature = "metrics")]
         self.metrics.admitted.increment(1);
         // Only time windows count on admission; the others skip even the call.
-        if let Some(Window::Time(w)) = &self.window {
+        if let Some(Window::Time(w)) = self.window.as_deref() {
             w.admit();
         }
     }
@@ -314,7 +321,7 @@ impl Shared {
             return false;
         }
         let quiet = !(hot.consecutive && self.consecutive.0.load(Ordering::Relaxed) != 0)
-            && self.window.as_ref().is_none_or(Window::is_saturated);
+            && self.window.as_deref().is_none_or(Window::is_saturated);
         quiet || state_of(word) == CircuitState::ForcedClosed
     }
 
@@ -360,7 +367,7 @@ impl Shared {
                 .iter()
                 .map(|s| s.load(Ordering::Acquire))
                 .filter(|&v| v != 0)
-                .map(|v| ((v >> TICKET_BITS) - 1 + self.policy.probe_timeout_ms) * 1_000_000)
+                .map(|v| ((v >> TICKET_BITS) - 1 + self.hot.0.policy.probe_timeout_ms) * 1_000_000)
                 .min()
                 .map(|n| self.instant(n)),
             _ => None,
@@ -406,7 +413,7 @@ impl Shared {
     }
 
     fn reject(&self, state: CircuitState, remaining: Option<Duration>) -> Admit {
-        if self.policy.behavior == OpenBehavior::Report {
+        if self.hot.0.policy.behavior == OpenBehavior::Report {
             return Admit::Bypass;
         }
         tracing::trace!(breaker = self.name.as_deref(), %state, "circuit breaker refused a call");
@@ -462,7 +469,7 @@ impl Shared {
                 continue;
             }
             let started = (stamp >> TICKET_BITS) - 1;
-            if started + self.policy.probe_timeout_ms <= now_ms
+            if started + self.hot.0.policy.probe_timeout_ms <= now_ms
                 && cell
                     .compare_exchange(stamp, 0, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
@@ -470,7 +477,7 @@ impl Shared {
                 reclaimed = true;
                 tracing::warn!(
                     breaker = self.name.as_deref(),
-                    timeout_ms = self.policy.probe_timeout_ms,
+                    timeout_ms = self.hot.0.policy.probe_timeout_ms,
                     "half-open probe did not finish within the probe timeout; permit released"
                 );
                 self.emit(|| BreakerEvent::ProbeTimedOut);
@@ -504,7 +511,7 @@ impl Shared {
         #[cfg(feature = "metrics")]
         self.metrics.record(failure, slow);
         let may_trip = state == CircuitState::Closed;
-        if let Some(threshold) = self.policy.consecutive {
+        if let Some(threshold) = self.hot.0.policy.consecutive {
             let c = &self.consecutive.0;
             if failure {
                 let count = c.fetch_add(1, Ordering::Relaxed).saturating_add(1);
@@ -565,7 +572,7 @@ impl Shared {
             }
             Outcome::Success => {
                 let count = self.probe_successes.fetch_add(1, Ordering::AcqRel) + 1;
-                if count >= self.policy.half_open_max {
+                if count >= self.hot.0.policy.half_open_max {
                     let reason = TransitionReason::ProbesSucceeded { count };
                     self.transition(current, CircuitState::Closed, reason, None);
                 } else {
@@ -583,7 +590,7 @@ impl Shared {
     /// Whether a call that started at `start` (noted only with a slow-call
     /// policy) was slow: the one place a call needs the precise clock.
     fn is_slow(&self, start: Option<Instant>) -> bool {
-        let (Some(start), Some(slow)) = (start, self.policy.slow) else {
+        let (Some(start), Some(slow)) = (start, self.hot.0.policy.slow) else {
             return false;
         };
         let elapsed = Instant::now().saturating_duration_since(start);
@@ -598,11 +605,11 @@ impl Shared {
     }
 
     fn rate_reason(&self, s: Snapshot) -> Option<TransitionReason> {
-        if s.calls < self.policy.minimum_calls || s.calls == 0 {
+        if s.calls < self.hot.0.policy.minimum_calls || s.calls == 0 {
             return None;
         }
         let calls = f64::from(s.calls);
-        if let Some(threshold) = self.policy.failure_rate {
+        if let Some(threshold) = self.hot.0.policy.failure_rate {
             let rate = f64::from(s.failures) / calls;
             if rate >= threshold {
                 return Some(TransitionReason::FailureRate {
@@ -612,7 +619,7 @@ impl Shared {
                 });
             }
         }
-        if let Some(slow) = self.policy.slow {
+        if let Some(slow) = self.hot.0.policy.slow {
             let rate = f64::from(s.slow) / calls;
             if rate >= slow.rate {
                 return Some(TransitionReason::SlowCallRate {
@@ -631,7 +638,7 @@ impl Shared {
         if let Some(delay) = pushback.and_then(Pushback::delay)
             && state_of(current) == CircuitState::Open
         {
-            let delay = delay.min(self.policy.max_open);
+            let delay = delay.min(self.hot.0.policy.max_open);
             let until = self.nanos(Instant::now()).saturating_add(as_nanos(delay));
             if self.open_until.fetch_max(until, Ordering::AcqRel) < until {
                 // Move the published deadline too.
@@ -658,31 +665,35 @@ impl Shared {
         let mut open_for = None;
         match to {
             CircuitState::Open => {
-                let mut d = if self.policy.behavior == OpenBehavior::Report {
+                let mut d = if self.hot.0.policy.behavior == OpenBehavior::Report {
                     // Ejection, as Envoy's outlier detection times it: the
                     // base time multiplied by the consecutive ejections,
                     // capped.
-                    self.policy
+                    self.hot
+                        .0
+                        .policy
                         .recovery
                         .saturating_mul(cold.trips.saturating_add(1))
-                        .min(self.policy.max_open)
+                        .min(self.hot.0.policy.max_open)
                 } else if cold.trips == 0 {
-                    self.policy.recovery
+                    self.hot.0.policy.recovery
                 } else {
                     // Repeated trips: recovery plus an exponentially growing,
                     // jittered extra, capped at max_open_time.
                     (self
+                        .hot
+                        .0
                         .policy
                         .recovery
                         .saturating_add(cold.backoff.next_delay()))
-                    .min(self.policy.max_open)
+                    .min(self.hot.0.policy.max_open)
                 };
                 cold.trips = cold.trips.saturating_add(1);
                 // Pushback keeps it open longer, never past max_open_time.
                 if let Some(p) = pushback
                     && p > d
                 {
-                    d = p.min(self.policy.max_open).max(d);
+                    d = p.min(self.hot.0.policy.max_open).max(d);
                 }
                 let until = self.nanos(Instant::now()).saturating_add(as_nanos(d));
                 self.open_until.store(until, Ordering::Release);

@@ -20,6 +20,12 @@
 //! and load-balancer idle timeouts (60 s and more) do, so a request is rarely
 //! written to a connection the server is closing at that moment.
 //!
+//! The clients come behind one `Arc` ([`SharedClient`]): a router keeps a
+//! copy of its inner client in every endpoint's stack and clones the stack
+//! for each call, so a by-value hyper client (about 300 bytes, a handful of
+//! reference counts) would cost that much per endpoint and per call; shared,
+//! it is one pointer and one atomic increment.
+//!
 //! Bring your own client to [`Mesh::http_client`](crate::Mesh::http_client)
 //! or [`Mesh::grpc_client`](crate::Mesh::grpc_client) for anything else
 //! (TLS, proxies, other timeouts); start from [`connector`] to keep
@@ -40,14 +46,104 @@
 //! # }
 //! ```
 
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// hyper-util's legacy client over plain TCP, as the ready-made stacks use it.
-pub type HyperClient<B> = Client<HttpConnector, B>;
+/// hyper-util's legacy client over plain TCP, shared through one `Arc`, as
+/// the ready-made stacks use it.
+pub type HyperClient<B> = SharedClient<HttpConnector, B>;
+
+/// hyper-util's legacy client behind one `Arc`: cloning it (what a router
+/// does for every endpoint's stack, and for each call) is one atomic
+/// increment instead of a copy of the whole client.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use mesh_stack::inner::SharedClient;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+///     .build_http::<Empty<Bytes>>();
+/// let shared = SharedClient::new(client);
+/// # let _ = shared;
+/// # }
+/// ```
+pub struct SharedClient<C, B> {
+    client: Arc<Client<C, B>>,
+}
+
+impl<C, B> SharedClient<C, B> {
+    /// Shares `client`.
+    pub fn new(client: Client<C, B>) -> Self {
+        Self {
+            client: Arc::new(client),
+        }
+    }
+
+    /// The client.
+    pub fn get_ref(&self) -> &Client<C, B> {
+        &self.client
+    }
+}
+
+/// The client's own methods (`get`, `request`) work through the handle.
+impl<C, B> std::ops::Deref for SharedClient<C, B> {
+    type Target = Client<C, B>;
+
+    fn deref(&self) -> &Client<C, B> {
+        &self.client
+    }
+}
+
+impl<C, B> From<Client<C, B>> for SharedClient<C, B> {
+    fn from(client: Client<C, B>) -> Self {
+        Self::new(client)
+    }
+}
+
+impl<C, B> Clone for SharedClient<C, B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: Arc::clone(&self.client),
+        }
+    }
+}
+
+impl<C, B> fmt::Debug for SharedClient<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedClient").finish_non_exhaustive()
+    }
+}
+
+impl<C, B> tower_service::Service<http::Request<B>> for SharedClient<C, B>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = <Client<C, B> as tower_service::Service<http::Request<B>>>::Response;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = ResponseFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.client.request(req)
+    }
+}
 
 /// How long an idle pooled connection is kept: shorter than common server
 /// and load-balancer idle timeouts (60 s and more).
@@ -78,11 +174,13 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .build(connector())
+    SharedClient::new(
+        Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .build(connector()),
+    )
 }
 
 /// An HTTP/2-only client (prior knowledge, one multiplexed connection per
@@ -93,11 +191,13 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .build(connector())
+    SharedClient::new(
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .build(connector()),
+    )
 }

@@ -1,5 +1,6 @@
 //! [`Mesh`] and [`MeshBuilder`]: ready-made client stacks from a [`MeshConfig`].
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -102,6 +103,7 @@ impl MeshBuilder {
                 consul: Mutex::new(consul),
                 sources: Mutex::new(self.sources),
                 publishers: Mutex::new(Vec::new()),
+                stacks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -121,6 +123,9 @@ struct Shared {
     consul: Mutex<Option<ConsulClient>>,
     sources: Mutex<HashMap<String, Discovery>>,
     publishers: Mutex<Vec<Publisher>>,
+    /// The stacks built so far, by service and stack type (the client kind):
+    /// one balancer and one set of endpoint stacks per service and kind.
+    stacks: Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
 }
 
 impl fmt::Debug for Mesh {
@@ -187,6 +192,16 @@ impl Mesh {
             }
             DiscoveryConfig::Consul(source) => {
                 let client = self.consul_client().map_err(|e| e.nest("consul"))?;
+                // Every Consul service of the config will share the client:
+                // early watches take turns from the start.
+                let consul_services = self
+                    .shared
+                    .config
+                    .services
+                    .values()
+                    .filter(|s| matches!(s.discovery, DiscoveryConfig::Consul(_)))
+                    .count();
+                client.expect_watches(consul_services);
                 let watch = WatchConfig {
                     query: HealthQuery {
                         tags: source.tags.clone(),
@@ -259,11 +274,62 @@ impl Mesh {
     /// cloneable for retries: `Full`, `Empty`, `String`, ... or a
     /// `ReplayBody`). Requests address the service by name:
     /// `http://users/profile/7`.
+    ///
+    /// **One stack per service and client type**: the first call for a
+    /// service builds its balancer and endpoint stacks over `inner`; later
+    /// calls with an inner client of the same type get a clone of that
+    /// stack (one atomic increment) and drop their `inner`. Build a
+    /// [`layer`](Self::layer) for a stack of its own. The stack applies
+    /// discovery updates as they come, even while idle
+    /// ([`DiscoveryService::apply_updates_in_background`]).
     pub fn http_client<S>(&self, name: &str, inner: S) -> Result<MeshService<S>, MeshError>
     where
-        S: Clone,
+        S: Clone + Send + Sync + 'static,
     {
-        Ok(self.layer(name, DefaultHttpClassifier)?.layer(inner))
+        self.cached(name, || {
+            self.build_stack(name, DefaultHttpClassifier, inner)
+        })
+    }
+
+    /// The stack of `name` over `inner` with `classifier`, its router
+    /// applying updates in the background.
+    fn build_stack<S, C>(
+        &self,
+        name: &str,
+        classifier: C,
+        inner: S,
+    ) -> Result<MeshService<S, C>, MeshError>
+    where
+        S: Clone + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+    {
+        let layer = self.layer(name, classifier)?;
+        let router = layer.router.layer(inner);
+        router.apply_updates_in_background();
+        Ok(layer.retry.layer(router))
+    }
+
+    /// The stack of type `T` for `name`, built by `build` on first use.
+    fn cached<T>(
+        &self,
+        name: &str,
+        build: impl FnOnce() -> Result<T, MeshError>,
+    ) -> Result<T, MeshError>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let key = (name.to_owned(), TypeId::of::<T>());
+        let mut stacks = self
+            .shared
+            .stacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(stack) = stacks.get(&key).and_then(|s| s.downcast_ref::<T>()) {
+            return Ok(stack.clone());
+        }
+        let stack = build()?;
+        stacks.insert(key, Box::new(stack.clone()));
+        Ok(stack)
     }
 
     /// The stack of the service `name` over an HTTP/2 client for a generated
@@ -275,13 +341,18 @@ impl Mesh {
     /// wait ~40 ms on Nagle's algorithm. [`grpc_channel`](Self::grpc_channel)
     /// (feature `tonic`) builds that client for you and maps mesh errors to
     /// tonic statuses.
+    ///
+    /// One stack per service and client type, shared by every call, as
+    /// for [`http_client`](Self::http_client).
     pub fn grpc_client<S>(&self, name: &str, inner: S) -> Result<GrpcMeshService<S>, MeshError>
     where
-        S: Clone,
+        S: Clone + Send + Sync + 'static,
     {
-        let max = self.service_config(name)?.retry.max_replay_body;
-        let stack = self.layer(name, GrpcClassifier::default())?.layer(inner);
-        Ok(ReplayBodyLayer::new(max).layer(stack))
+        self.cached(name, || {
+            let max = self.service_config(name)?.retry.max_replay_body;
+            let stack = self.build_stack(name, GrpcClassifier::default(), inner)?;
+            Ok(ReplayBodyLayer::new(max).layer(stack))
+        })
     }
 
     /// The stack of the service `name` over a `reqwest::Client`: send
@@ -413,7 +484,7 @@ impl Mesh {
         name: &str,
     ) -> Result<MeshService<crate::inner::HyperClient<B>>, MeshError>
     where
-        B: http_body::Body + Send,
+        B: http_body::Body + Send + 'static,
         B::Data: Send,
     {
         self.http_client(name, crate::inner::http_client())
@@ -633,6 +704,17 @@ mod tests {
         .unwrap();
         let a = mesh.http_client("users", echo()).unwrap();
         let b = mesh.http_client("users", echo()).unwrap();
+        assert!(
+            a.get_ref().shares_state_with(b.get_ref()),
+            "one balancer and one set of endpoint stacks per service and client kind"
+        );
+        let g1 = mesh.grpc_client("users", echo()).unwrap();
+        let g2 = mesh.grpc_client("users", echo()).unwrap();
+        assert!(
+            g1.get_ref()
+                .get_ref()
+                .shares_state_with(g2.get_ref().get_ref())
+        );
         assert_eq!(call(&a).await, "10.0.0.1:80");
         assert_eq!(call(&b).await, "10.0.0.1:80");
         assert_eq!(mesh.discovery("users").unwrap().name(), "users");
@@ -650,6 +732,29 @@ mod tests {
         .unwrap();
         let users = mesh.http_client("users", echo()).unwrap();
         assert_eq!(call(&users).await, "10.0.0.9:80");
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_follows_its_source() {
+        let (source, discovery) = ChannelSource::new("users");
+        source.set([ep("10.0.0.1:80")]);
+        let mesh = Mesh::builder(
+            MeshConfig::new().service("users", ServiceConfig::with_static([ep("10.0.0.1:80")])),
+        )
+        .discovery("users", discovery)
+        .build()
+        .unwrap();
+        let users = mesh.http_client("users", echo()).unwrap();
+        assert!(users.get_ref().applies_updates_in_background());
+        source.set([ep("10.0.0.2:80"), ep("10.0.0.3:80")]);
+        // No request: the background task applies the set.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while users.get_ref().endpoints().len() != 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

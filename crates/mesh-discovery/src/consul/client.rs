@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mesh_core::Address;
 use mesh_core::config::InvalidConfig;
 use reqwest::{Method, Url};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::config::{ConsulConfig, ConsulToken, HttpAuth, Target};
 use super::model::{ServiceRegistration, go_duration};
@@ -176,6 +178,87 @@ struct Inner {
     namespace: Option<String>,
     partition: Option<String>,
     request_timeout: Duration,
+    budget: Budget,
+}
+
+/// The client's connection budget ([`ConsulConfig::max_connections`]): every
+/// request in flight holds a permit of `all`, blocking queries one of
+/// `blocking` as well (taken first), so at most `max` requests (and
+/// connections) are in flight and blocking queries never take the last
+/// `max - blocking` of them. tokio's semaphores are fair (first come, first
+/// served), which is what makes watches take turns.
+struct Budget {
+    all: Semaphore,
+    blocking: Semaphore,
+    max: usize,
+    /// The permits of `all`: `max` less a slack of `max / 16` for
+    /// connections on their way back to the pool (hyper returns a
+    /// connection to its pool from a task of its own, a moment after the
+    /// response was read; a request let through in that moment would open
+    /// another).
+    all_max: usize,
+    blocking_max: usize,
+    /// Watches running over this client (see [`WatchGuard`]).
+    watches: AtomicUsize,
+    /// Watches announced by [`ConsulClient::expect_watches`].
+    expected: AtomicUsize,
+    shared_wait: Duration,
+}
+
+impl Budget {
+    fn new(max: u32, shared_wait: Duration) -> Self {
+        let max = usize::try_from(max).unwrap_or(usize::MAX).max(2);
+        let all_max = max - max / 16;
+        let reserve = (all_max / 8).max(1);
+        Self {
+            all: Semaphore::new(all_max),
+            blocking: Semaphore::new(all_max - reserve),
+            max,
+            all_max,
+            blocking_max: all_max - reserve,
+            watches: AtomicUsize::new(0),
+            expected: AtomicUsize::new(0),
+            shared_wait,
+        }
+    }
+
+    async fn any(&self) -> Result<SemaphorePermit<'_>, DiscoveryError> {
+        self.all
+            .acquire()
+            .await
+            .map_err(|_| DiscoveryError::new(ErrorKind::Other, "consul client closed"))
+    }
+
+    async fn blocking(&self) -> Result<SemaphorePermit<'_>, DiscoveryError> {
+        self.blocking
+            .acquire()
+            .await
+            .map_err(|_| DiscoveryError::new(ErrorKind::Other, "consul client closed"))
+    }
+
+    /// The `wait` a blocking query asking for `wait` gets: its own while
+    /// every watch can hold a connection, `shared_wait` at most when they
+    /// must take turns.
+    fn wait(&self, wait: Duration) -> Duration {
+        let watches = self
+            .watches
+            .load(Ordering::Relaxed)
+            .max(self.expected.load(Ordering::Relaxed));
+        if watches > self.blocking_max {
+            wait.min(self.shared_wait)
+        } else {
+            wait
+        }
+    }
+}
+
+/// Counts a running watch in its client's budget while it lives.
+pub(crate) struct WatchGuard(ConsulClient);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.inner.budget.watches.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for ConsulClient {
@@ -207,6 +290,8 @@ impl ConsulClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            // Never more idle connections than the budget allows in flight.
+            .pool_max_idle_per_host(config.max_connections as usize)
             // The token rides in `X-Consul-Token`, which reqwest keeps on a
             // redirect to another host: an agent (or anything in its place)
             // answering 307 would get it forwarded. Consul's HTTP API does
@@ -262,8 +347,51 @@ impl ConsulClient {
                 namespace: config.namespace.clone(),
                 partition: config.partition.clone(),
                 request_timeout: config.request_timeout,
+                budget: Budget::new(config.max_connections, config.shared_wait),
             }),
         })
+    }
+
+    /// The most requests (and so connections) this client has in flight to
+    /// the agent at once ([`ConsulConfig::max_connections`]).
+    pub fn max_connections(&self) -> usize {
+        self.inner.budget.max
+    }
+
+    /// How many of them blocking queries may hold; the rest are kept for
+    /// calls that do not block.
+    pub fn blocking_connections(&self) -> usize {
+        self.inner.budget.blocking_max
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.budget.all_max - self.inner.budget.all.available_permits()
+    }
+
+    /// Watches ([`ConsulDiscovery`](super::ConsulDiscovery)) running over
+    /// this client (and its clones).
+    pub fn watches(&self) -> usize {
+        self.inner.budget.watches.load(Ordering::Relaxed)
+    }
+
+    /// Announces that `watches` watches will share this client, before
+    /// they start: a watch that starts early then takes turns of
+    /// `shared_wait` from its first blocking query, instead of holding a
+    /// connection for its whole `wait` while the others queue (it would
+    /// take turns from its next query on). `Mesh` announces its Consul
+    /// services.
+    pub fn expect_watches(&self, watches: usize) {
+        self.inner.budget.expected.store(watches, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shared_wait(&self) -> Duration {
+        self.inner.budget.shared_wait
+    }
+
+    pub(crate) fn watch_guard(&self) -> WatchGuard {
+        self.inner.budget.watches.fetch_add(1, Ordering::Relaxed);
+        WatchGuard(self.clone())
     }
 
     /// A client configured from Consul's environment variables
@@ -312,10 +440,16 @@ impl ConsulClient {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<(http::HeaderMap, Bytes), DiscoveryError> {
+        let permit = self.inner.budget.any().await?;
         let resp = rb.send().await.map_err(DiscoveryError::from_reqwest)?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(DiscoveryError::from_reqwest)?;
+        // Let hyper's task put the connection back in the pool before the
+        // next request may start (see `Budget::all_max`): a millisecond per
+        // answer, against a connection opened for nothing.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(permit);
         if !status.is_success() {
             return Err(DiscoveryError::status(status.as_u16(), &body));
         }
@@ -410,6 +544,7 @@ impl ConsulClient {
             DiscoveryError::new(ErrorKind::Other, "invalid service ID").with_source(e)
         })?;
         let url = self.url(&["v1", "agent", "health", "service", "id", service_id]);
+        let _permit = self.inner.budget.any().await?;
         let resp = self
             .request(Method::GET, url, self.inner.request_timeout)
             .send()
@@ -472,6 +607,15 @@ impl ConsulClient {
             .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid query").with_source(e))?;
         let mut url = self.url(&["v1", "health", "service", &query.service]);
         let timeout;
+        // A blocking query takes a blocking turn first; its `wait` is
+        // decided once the turn is ours (turns may have become shared).
+        let (blocking, wait) = match wait {
+            Some(w) if index > 0 => {
+                let permit = self.inner.budget.blocking().await?;
+                (Some(permit), Some(self.inner.budget.wait(w)))
+            }
+            _ => (None, None),
+        };
         {
             let mut q = url.query_pairs_mut();
             if query.passing_only {
@@ -499,15 +643,16 @@ impl ConsulClient {
                 }
             }
             match wait {
-                Some(w) if index > 0 => {
+                Some(w) => {
                     q.append_pair("index", &index.to_string());
                     q.append_pair("wait", &go_duration(w));
                     timeout = w + w / 16 + margin;
                 }
-                _ => timeout = self.inner.request_timeout,
+                None => timeout = self.inner.request_timeout,
             }
         }
         let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
+        drop(blocking);
         let header = |name: &str| {
             headers
                 .get(name)
@@ -671,6 +816,40 @@ fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_keeps_a_reserve_and_shares_turns_past_it() {
+        let mut config = ConsulConfig::new("127.0.0.1:8500");
+        config.max_connections = 16;
+        config.shared_wait = Duration::from_millis(500);
+        let client = ConsulClient::new(&config).unwrap();
+        assert_eq!(client.max_connections(), 16);
+        assert_eq!(
+            client.blocking_connections(),
+            14,
+            "15 in flight, 1 kept for non-blocking calls"
+        );
+        let wait = Duration::from_secs(300);
+        let guards: Vec<_> = (0..14).map(|_| client.watch_guard()).collect();
+        assert_eq!(
+            client.inner.budget.wait(wait),
+            wait,
+            "every watch has a turn"
+        );
+        let one_more = client.clone().watch_guard();
+        assert_eq!(client.watches(), 15);
+        assert_eq!(
+            client.inner.budget.wait(wait),
+            Duration::from_millis(500),
+            "watches take turns"
+        );
+        drop((guards, one_more));
+        assert_eq!(client.watches(), 0);
+
+        config.max_connections = 1;
+        let e = ConsulClient::new(&config).unwrap_err();
+        assert_eq!(e.errors()[0].path(), "max_connections");
+    }
 
     #[test]
     fn builds_urls_with_namespace_and_escapes() {

@@ -165,7 +165,27 @@ pub struct ConsulConfig {
     /// longer timeout from their `wait`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub request_timeout: Duration,
+    /// The most connections a [`ConsulClient`](super::ConsulClient) (one
+    /// per `Mesh`) holds to the agent, whatever the number of watched
+    /// services: requests wait for a free one (first come, first served).
+    /// A sixteenth is slack for connections on their way back to the pool,
+    /// an eighth of the rest (at least one) is kept for calls that do not
+    /// block (registration, TTL updates, first reads), the rest (53 of 64)
+    /// carry blocking queries. 2 to 1000; default 64 (Consul's agent allows
+    /// 200 per client IP, `limits.http_max_conns_per_client`).
+    pub max_connections: u32,
+    /// How long a blocking query may hold a connection while more watches
+    /// share the client than it has connections for blocking queries: the
+    /// watches then take turns, and a change waits at most about
+    /// `watches / blocking connections × shared_wait` to be seen. With
+    /// fewer watches than connections, each watch blocks for its own
+    /// `wait`. 100 ms to 10 min; default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub shared_wait: Duration,
 }
+
+/// The default of [`ConsulConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
 
 impl Default for ConsulConfig {
     fn default() -> Self {
@@ -184,6 +204,8 @@ impl Default for ConsulConfig {
             partition: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shared_wait: Duration::from_secs(1),
         }
     }
 }
@@ -409,6 +431,19 @@ impl ConsulConfig {
             Duration::from_millis(100),
             Duration::from_secs(300),
         );
+        range(
+            &mut errors,
+            "shared_wait",
+            self.shared_wait,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
+        if !(2..=1000).contains(&self.max_connections) {
+            errors.push(
+                "max_connections",
+                format!("must be between 2 and 1000, got {}", self.max_connections),
+            );
+        }
         if let Some(t) = &self.token
             && t.0.chars().any(|c| c.is_control() || c == ' ')
         {
@@ -462,6 +497,9 @@ struct ConsulTable {
     connect_timeout: Option<Duration>,
     #[serde(with = "humantime_serde::option")]
     request_timeout: Option<Duration>,
+    max_connections: Option<u32>,
+    #[serde(with = "humantime_serde::option")]
+    shared_wait: Option<Duration>,
 }
 
 #[cfg(feature = "serde")]
@@ -497,7 +535,9 @@ impl ConsulConfig {
             https,
             tls_skip_verify,
             connect_timeout,
-            request_timeout
+            request_timeout,
+            max_connections,
+            shared_wait
         );
         set_opt!(
             token,

@@ -69,7 +69,7 @@ mod registration;
 mod watch;
 
 pub use client::{CheckStatus, Consistency, ConsulClient, HealthAnswer, HealthQuery};
-pub use config::{ConsulConfig, ConsulToken, HttpAuth};
+pub use config::{ConsulConfig, ConsulToken, DEFAULT_MAX_CONNECTIONS, HttpAuth};
 pub use health::{InvalidJson, parse_health, parse_health_update, parse_health_with};
 pub use model::{
     AddressChoice, CheckDefinition, CheckKind, HealthCheck, HealthEntry, HealthNode, HealthService,

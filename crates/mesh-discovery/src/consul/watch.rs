@@ -29,6 +29,40 @@
 //!    [`Publisher`] drops them if their content did not change;
 //! 5. on an error: keep the endpoints (fail static), record the error in the
 //!    source's health, reset the index, and sleep a capped, jittered backoff.
+//!
+//! # Many watches, one agent
+//!
+//! Every watch over one [`ConsulClient`] (a `Mesh` has one) shares its
+//! connection budget ([`ConsulConfig::max_connections`](super::ConsulConfig::max_connections),
+//! default 64): Consul's agent refuses a client IP past
+//! `limits.http_max_conns_per_client` (200 by default), and a watch refused
+//! there would serve its last endpoints, silently stale. A request holds one
+//! of the budget's permits while in flight, blocking queries one of the
+//! permits set aside for them as well (53 of 64), so non-blocking calls
+//! (first reads, registration, TTL updates) always find a connection, and a
+//! startup of 1,000 watches opens at most the budget's connections at once.
+//!
+//! Up to that many watches each hold their own blocking query: a change
+//! reaches its watch within one round trip. Past it the watches take turns
+//! (the permits are handed out first come, first served), each blocking
+//! query held at most [`shared_wait`](super::ConsulConfig::shared_wait)
+//! (default 1 s). A change that lands while its watch waits for a turn is
+//! answered at once on that turn (its index is behind), so nothing is lost,
+//! only delayed: by up to one rotation, about `watches / blocking permits ×
+//! shared_wait` (≈ 19 s at 1,000 watches with the defaults; 10 s median
+//! measured, `BENCHMARKS.md`). Lowering `shared_wait`
+//! trades that staleness for queries to the agent (`watches / shared_wait`
+//! per second at most, each answered from the agent without parsing here).
+//! A single blocking query on a "what changed" endpoint with non-blocking
+//! refreshes of the changed services would make the delay one round trip;
+//! Consul's HTTP API has no cheap per-service change feed, though
+//! (`/v1/catalog/services` lists names without saying which changed,
+//! `/v1/health/state/any` returns every check of the datacenter on each
+//! change), so this crate takes turns instead.
+//!
+//! An answer whose index and body are those of the last parsed answer (a
+//! turn that ran out its wait) is not parsed, and a turn that ran out its
+//! wait costs no token of the bucket.
 
 use std::time::Duration;
 
@@ -193,7 +227,10 @@ impl ConsulDiscovery {
             format!("consul:{}", config.query.service),
             EndpointSet::empty(),
         );
-        tokio::spawn(run(client, config, publisher));
+        // Counted now, not when the task first runs: watches started in a
+        // loop all count before the first one blocks.
+        let counted = client.watch_guard();
+        tokio::spawn(run(client, config, publisher, counted));
         Ok(discovery)
     }
 }
@@ -232,7 +269,12 @@ impl TokenBucket {
     }
 }
 
-async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
+async fn run(
+    client: ConsulClient,
+    config: WatchConfig,
+    publisher: Publisher,
+    _counted: super::client::WatchGuard,
+) {
     let mut index: u64 = 0;
     let mut backoff = config.backoff.session();
     let mut bucket = TokenBucket::new(config.burst, config.min_interval);
@@ -240,14 +282,38 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
         consistency: Consistency::Default,
         ..config.query.clone()
     };
+    // A query held for (about) its whole wait that saw no change costs no
+    // token: taking turns on a shared client must not eat the bucket.
+    let mut free_turn = false;
+    let mut last_digest: Option<u64> = None;
     tracing::debug!(source = %publisher.name(), "consul watch started");
     loop {
-        bucket.acquire().await;
+        if !free_turn {
+            bucket.acquire().await;
+        }
         let wait = (index > 0).then_some(config.wait);
+        let asked = Instant::now();
         let answer = tokio::select! {
             () = publisher.closed() => break,
             a = query(&client, &config, &leader_query, index, wait) => a,
         };
+        // Same index and the same bytes as the answer parsed last: nothing
+        // changed (Consul's blocking-query rules), so nothing is parsed and
+        // an idle service costs its watch a hash of the body. (The bytes
+        // are compared too so a body mangled on the way is still noticed.)
+        let digest = answer.as_ref().ok().map(|a| body_digest(&a.body));
+        if let Ok(a) = &answer
+            && index > 0
+            && a.index == Some(index)
+            && digest == last_digest
+        {
+            free_turn = asked.elapsed() >= config.wait.min(client.shared_wait()) / 2;
+            backoff.reset();
+            publisher.record_success();
+            continue;
+        }
+        free_turn = false;
+        last_digest = None;
         let parsed = answer.and_then(|a| {
             let new_index = a
                 .index
@@ -256,6 +322,7 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
             // published: no allocation, and a pointer compare in `publish`.
             let (endpoints, report) =
                 parse_health_report(&a.body, Some(&publisher.current()), config.address)?;
+            publisher.record_parsed();
             if a.filtered_by_acls {
                 if endpoints.is_empty() && report.unhealthy == 0 && report.skipped == 0 {
                     return Err(DiscoveryError::new(
@@ -295,6 +362,7 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
                     publisher.publish(endpoints);
                 }
                 publisher.record_success();
+                last_digest = digest;
             }
             Err(e) => {
                 index = 0;
@@ -309,6 +377,15 @@ async fn run(client: ConsulClient, config: WatchConfig, publisher: Publisher) {
         }
     }
     tracing::debug!(source = %publisher.name(), "consul watch stopped: nobody listens");
+}
+
+/// A digest of an answer's body, to tell an unchanged answer without
+/// parsing it.
+fn body_digest(body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
 }
 
 /// One query; a stale answer older than `max_staleness` (or from a server

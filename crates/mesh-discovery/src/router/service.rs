@@ -19,6 +19,7 @@ use mesh_core::target::{NewEndpoint, Target};
 use mesh_core::{Availability, BoxError, Endpoint, ReportEndpoint, TriedEndpoints};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_service::Service;
 
 use super::error::NoReadyEndpoint;
@@ -103,6 +104,14 @@ where
     applied: Mutex<Option<u64>>,
     pub(crate) ready_timeout: Duration,
     host: HostHeader,
+    /// Whether a background updater runs (see
+    /// [`DiscoveryService::apply_updates_in_background`]).
+    updater: AtomicBool,
+    /// Cancelled when the last clone goes: stops the background updater,
+    /// which would otherwise keep the source's receiver (and the source)
+    /// alive until its next update.
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
 }
 
 /// Every endpoint's stack, in the order of the balancer's set it was built
@@ -166,6 +175,7 @@ where
         host: HostHeader,
     ) -> Self {
         let initial = updates.borrow_and_update().clone();
+        let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             name,
             inner,
@@ -179,6 +189,9 @@ where
             applied: Mutex::new(None),
             ready_timeout,
             host,
+            updater: AtomicBool::new(false),
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
         });
         shared.apply(&initial);
         Self { shared, wait: None }
@@ -200,6 +213,18 @@ where
             .collect()
     }
 
+    /// Whether `self` and `other` are clones of one router (one balancer,
+    /// one set of endpoint stacks).
+    pub fn shares_state_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Whether a background task applies the source's updates (see
+    /// [`apply_updates_in_background`](Self::apply_updates_in_background)).
+    pub fn applies_updates_in_background(&self) -> bool {
+        self.shared.updater.load(Ordering::Relaxed)
+    }
+
     /// Whether every stack sits at its endpoint's slot in the balancer's set.
     #[cfg(test)]
     pub(crate) fn table_matches_slots(&self) -> bool {
@@ -210,6 +235,51 @@ where
                 .iter()
                 .zip(&table.stacks)
                 .all(|(ep, stack)| ep.key().id() == stack.id)
+    }
+}
+
+impl<S, N, C, M> DiscoveryService<S, N, C, M>
+where
+    N: NewEndpoint<Rewrite<S>> + Send + Sync + 'static,
+    N::Service: Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+    M: Send + Sync + 'static,
+{
+    /// Applies the source's updates as they are published, on a task of the
+    /// current tokio runtime, instead of on the next `poll_ready` only: an
+    /// idle client never holds a stale set, and the first request after a
+    /// change does not pay for building the new stacks. `poll_ready` still
+    /// looks (one `try_lock` and a version compare), so nothing changes for
+    /// a caller, and whoever looks first applies.
+    ///
+    /// One task per router (its clones share it), started once; it ends
+    /// when the last clone is dropped or the source is gone. Returns
+    /// `false` (and `poll_ready` alone applies updates) outside a tokio
+    /// runtime.
+    pub fn apply_updates_in_background(&self) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if self.shared.updater.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let stop = self.shared.stop.clone();
+        let mut updates = self.shared.receiver();
+        runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    changed = updates.changed() => if changed.is_err() { break },
+                }
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                shared.refresh_now();
+            }
+        });
+        true
     }
 }
 
@@ -244,6 +314,16 @@ where
             Err(TryLockError::WouldBlock) => return,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
         };
+        if updates.has_changed().unwrap_or(false) {
+            let set = updates.borrow_and_update().clone();
+            drop(updates);
+            self.apply(&set);
+        }
+    }
+
+    /// Applies the source's newest set, waiting for whoever is looking.
+    fn refresh_now(&self) {
+        let mut updates = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
         if updates.has_changed().unwrap_or(false) {
             let set = updates.borrow_and_update().clone();
             drop(updates);

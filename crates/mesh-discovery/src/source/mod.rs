@@ -234,6 +234,7 @@ pub struct SourceHealth {
     last_error_at: Option<Instant>,
     consecutive_failures: u32,
     empty_sets_ignored: u64,
+    answers_parsed: u64,
 }
 
 impl SourceHealth {
@@ -261,6 +262,12 @@ impl SourceHealth {
     /// of [`EmptyPolicy::KeepLast`](crate::EmptyPolicy::KeepLast).
     pub fn empty_sets_ignored(&self) -> u64 {
         self.empty_sets_ignored
+    }
+
+    /// How many answers the source parsed (a Consul watch parses only
+    /// answers whose index moved: an unchanged service costs no parse).
+    pub fn answers_parsed(&self) -> u64 {
+        self.answers_parsed
     }
 
     /// True when the source has succeeded and its last attempt did not fail.
@@ -441,6 +448,11 @@ impl Publisher {
             h.last_success = Some(now);
             h.consecutive_failures = 0;
         });
+    }
+
+    /// Records an answer parsed (see [`SourceHealth::answers_parsed`]).
+    pub fn record_parsed(&self) {
+        self.health.send_modify(|h| h.answers_parsed += 1);
     }
 
     /// Records an answer with no healthy endpoint that was not published.

@@ -88,7 +88,7 @@ mod json;
 mod server;
 mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -287,6 +287,9 @@ pub(crate) struct Shared {
     addr: SocketAddr,
     state: Mutex<State>,
     index_tx: watch::Sender<u64>,
+    /// One channel per service, woken by writes to that service only (as
+    /// Consul wakes the blocking queries of the service a write touched).
+    service_tx: Mutex<HashMap<String, watch::Sender<u64>>>,
     fault_tx: watch::Sender<Fault>,
     token: Mutex<Option<String>>,
     leader: Mutex<Leader>,
@@ -295,6 +298,11 @@ pub(crate) struct Shared {
     requests: AtomicU64,
     health_requests: AtomicU64,
     in_flight_health: AtomicU64,
+    /// Blocked health queries woken because their service's index moved.
+    health_wakeups: AtomicU64,
+    connections_opened: AtomicU64,
+    open_connections: AtomicU64,
+    max_open_connections: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -356,6 +364,7 @@ impl FakeConsul {
             addr,
             state: Mutex::new(state),
             index_tx: watch::channel(1).0,
+            service_tx: Mutex::new(HashMap::new()),
             fault_tx: watch::channel(Fault::None).0,
             token: Mutex::new(None),
             leader: Mutex::new(Leader {
@@ -366,6 +375,10 @@ impl FakeConsul {
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
             in_flight_health: AtomicU64::new(0),
+            health_wakeups: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            max_open_connections: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
         })
     }
@@ -565,6 +578,9 @@ impl FakeConsul {
             }
         }
         self.shared.index_tx.send_replace(index);
+        for tx in self.shared.services_tx().values() {
+            tx.send_replace(index);
+        }
     }
 
     /// Makes every following request misbehave; see [`Fault`].
@@ -618,10 +634,38 @@ impl FakeConsul {
         self.shared.in_flight_health.load(Ordering::SeqCst)
     }
 
-    /// Zeroes the request counters.
+    /// Blocked health queries woken because a write touched their service
+    /// (a write to one service wakes that service's watchers only).
+    pub fn health_wakeups(&self) -> u64 {
+        self.shared.health_wakeups.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.shared.connections_opened.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once (since the start or the
+    /// last [`reset_counts`](Self::reset_counts)).
+    pub fn max_open_connections(&self) -> u64 {
+        self.shared.max_open_connections.load(Ordering::SeqCst)
+    }
+
+    /// Zeroes the request counters (and the connection high-water mark, to
+    /// the connections open now).
     pub fn reset_counts(&self) {
         self.shared.requests.store(0, Ordering::SeqCst);
         self.shared.health_requests.store(0, Ordering::SeqCst);
+        self.shared.health_wakeups.store(0, Ordering::SeqCst);
+        self.shared.max_open_connections.store(
+            self.shared.open_connections.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
     }
 
     /// Stops accepting and closes every connection; the port then refuses
@@ -653,9 +697,50 @@ impl Shared {
             f(&mut s);
             s.commit()
         };
-        if let Some(new) = new {
+        if let Some((new, touched)) = new {
             self.index_tx.send_replace(new);
+            let services = self.services_tx();
+            for s in &touched {
+                if let Some(tx) = services.get(s) {
+                    tx.send_replace(new);
+                }
+            }
         }
+    }
+
+    fn services_tx(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.service_tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A receiver woken by writes to `service` only.
+    pub(crate) fn subscribe_service(&self, service: &str) -> watch::Receiver<u64> {
+        self.services_tx()
+            .entry(service.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Counts a connection while it is open.
+    pub(crate) fn connection(self: &Arc<Self>) -> ConnectionGauge {
+        self.connections_opened.fetch_add(1, Ordering::SeqCst);
+        let open = self.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_open_connections.fetch_max(open, Ordering::SeqCst);
+        ConnectionGauge(Arc::clone(self))
+    }
+
+    pub(crate) fn count_wakeup(&self) {
+        self.health_wakeups.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An open connection, counted until dropped.
+pub(crate) struct ConnectionGauge(Arc<Shared>);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -73,7 +73,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
+    let gauge = shared.connection();
     tokio::spawn(async move {
+        let _gauge = gauge;
         let svc_shared = shared.clone();
         let svc = service_fn(move |req| handle(svc_shared.clone(), req));
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -462,16 +464,21 @@ async fn health(
     if index > 0 && *shared.fault_tx.borrow() != Fault::SpuriousWakeups {
         let jitter = wait.mul_f64(fastrand::f64() / 16.0);
         let deadline = Instant::now() + wait + jitter;
-        let mut idx = shared.index_tx.subscribe();
+        // Woken by writes to this service only, as Consul does.
+        let mut idx = shared.subscribe_service(name);
         let mut fault = shared.fault_tx.subscribe();
+        let mut woken = false;
         loop {
             idx.borrow_and_update();
             // Held until this service's index passes the one asked about.
             if shared.lock().index_of(name) > index {
+                if woken {
+                    shared.count_wakeup();
+                }
                 break;
             }
             tokio::select! {
-                _ = idx.changed() => {}
+                _ = idx.changed() => woken = true,
                 () = tokio::time::sleep_until(deadline) => break,
                 _ = fault.changed() => {
                     if *fault.borrow_and_update() != Fault::None {

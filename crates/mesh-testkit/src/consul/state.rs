@@ -212,17 +212,19 @@ impl State {
     }
 
     /// Ends a write: raises the global index once and the index of every
-    /// touched service to it. Returns the new index, or `None` when nothing
+    /// touched service to it. Returns the new index and the touched services,
+    /// or `None` when nothing
     /// changed.
-    pub(crate) fn commit(&mut self) -> Option<u64> {
+    pub(crate) fn commit(&mut self) -> Option<(u64, Vec<String>)> {
         if self.touched.is_empty() {
             return None;
         }
         self.index += 1;
-        for s in std::mem::take(&mut self.touched) {
-            self.service_index.insert(s, self.index);
+        let touched = std::mem::take(&mut self.touched);
+        for s in &touched {
+            self.service_index.insert(s.clone(), self.index);
         }
-        Some(self.index)
+        Some((self.index, touched))
     }
 
     /// The `X-Consul-Index` of a health read of `service`: its own index, or

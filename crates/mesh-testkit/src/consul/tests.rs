@@ -478,3 +478,46 @@ async fn serves_on_a_unix_socket() {
     assert!(out.contains("\"u1\""), "{out}");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[tokio::test]
+async fn a_write_wakes_the_watchers_of_its_service_only_and_connections_are_counted() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instance(Instance::new("web", "web-1", "10.0.0.1", 80));
+    c.add_instance(Instance::new("db", "db-1", "10.0.0.2", 80));
+    let web = c.service_index("web");
+    let db = c.service_index("db");
+    let (c1, c2) = (c.clone(), c.clone());
+    let web_watch = tokio::spawn(async move {
+        call(
+            &c1,
+            "GET",
+            &format!("/v1/health/service/web?index={web}&wait=5s"),
+            "",
+        )
+        .await
+    });
+    let db_watch = tokio::spawn(async move {
+        call(
+            &c2,
+            "GET",
+            &format!("/v1/health/service/db?index={db}&wait=1s"),
+            "",
+        )
+        .await
+    });
+    while c.blocked_health_requests() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert!(c.set_health("web-1", Health::Critical));
+    let (_, idx, _) = web_watch.await.unwrap();
+    assert!(idx.unwrap().parse::<u64>().unwrap() > web);
+    let (_, idx, _) = db_watch.await.unwrap();
+    assert_eq!(
+        idx.unwrap().parse::<u64>().unwrap(),
+        db,
+        "db ran out its wait"
+    );
+    assert_eq!(c.health_wakeups(), 1, "only web's watcher was woken");
+    assert_eq!(c.connections_opened(), 2);
+    assert!(c.max_open_connections() >= 2);
+}
