@@ -86,6 +86,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod channel;
+#[cfg(feature = "connect")]
+pub mod connect;
 pub mod consul;
 pub mod discover;
 #[cfg(feature = "dns")]
