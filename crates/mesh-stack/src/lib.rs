@@ -107,7 +107,8 @@ pub use config::{ConfigError, ConsulSourceConfig, DiscoveryConfig, MeshConfig, S
 pub use endpoint::EndpointLayer;
 pub use mesh::{GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService};
 pub use security::{
-    CredentialsLayer, MeshTlsConfig, ServerSecurityConfig, ServerSecurityLayer, ServiceApiKeyConfig,
+    CredentialsLayer, MeshTlsConfig, ServerAuthorize, ServerSecurityConfig, ServerSecurityLayer,
+    ServiceApiKeyConfig,
 };
 pub use timeout::AttemptTimeout;
 
