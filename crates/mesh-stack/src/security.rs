@@ -402,7 +402,7 @@ where
 ///
 /// With `[connect]`, the authorization is Consul's intentions for this
 /// service instead of `[server.authorization]`
-/// ([`IntentionsLayer`](mesh_discovery::connect::IntentionsLayer)).
+/// ([`IntentionsLayer`]).
 #[derive(Debug, Clone)]
 pub struct ServerSecurityLayer {
     keys: ApiKeyAuthLayer,

@@ -255,7 +255,7 @@ impl IdentitySet {
 
     /// The identities now.
     pub fn to_vec(&self) -> Vec<String> {
-        self.ids.load().iter().map(|i| i.to_string()).collect()
+        self.ids.load().iter().map(ToString::to_string).collect()
     }
 }
 

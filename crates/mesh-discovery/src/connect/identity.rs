@@ -543,7 +543,7 @@ impl Shared {
                 let mut list = by_name.remove(&self.config.service).unwrap_or_default();
                 // Consul sorts them already; a stable sort keeps its order
                 // among equal precedences.
-                list.sort_by(|a, b| b.precedence.cmp(&a.precedence));
+                list.sort_by_key(|i| std::cmp::Reverse(i.precedence));
                 if **self.intentions.load() == list {
                     return Ok(());
                 }

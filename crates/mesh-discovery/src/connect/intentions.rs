@@ -342,13 +342,13 @@ mod tests {
         CallerIdentity::spiffe(format!("spiffe://td.consul/ns/default/dc/dc1/svc/{svc}"))
     }
 
-    fn check(list: &[Intention], who: &str, method: Method, path: &str) -> IntentionVerdict {
+    fn check(list: &[Intention], who: &str, method: &Method, path: &str) -> IntentionVerdict {
         decide(
             list,
             "td.consul",
             Decision::Deny,
             Some(&caller(who)),
-            &method,
+            method,
             path,
             &HeaderMap::new(),
         )
@@ -360,17 +360,17 @@ mod tests {
             r#"[{"ID":"1","SourceName":"web","Action":"deny","Precedence":9},
                 {"ID":"2","SourceName":"*","Action":"allow","Precedence":8}]"#,
         );
-        let v = check(&list, "web", Method::GET, "/");
+        let v = check(&list, "web", &Method::GET, "/");
         assert_eq!(
             (v.decision, v.intention.as_deref()),
             (Decision::Deny, Some("1"))
         );
-        let v = check(&list, "api", Method::GET, "/");
+        let v = check(&list, "api", &Method::GET, "/");
         assert_eq!(
             (v.decision, v.intention.as_deref()),
             (Decision::Allow, Some("2"))
         );
-        assert_eq!(check(&[], "api", Method::GET, "/").reason, "default");
+        assert_eq!(check(&[], "api", &Method::GET, "/").reason, "default");
     }
 
     #[test]

@@ -542,6 +542,7 @@ impl ConsulClient {
     }
 }
 
+#[cfg(feature = "connect")]
 impl ConsulClient {
     /// A GET of `segments` with `params`; with `index > 0` and a `wait`, a
     /// blocking query. Returns the `X-Consul-Index` and the body.
