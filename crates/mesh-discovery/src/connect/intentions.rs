@@ -397,19 +397,34 @@ mod tests {
         };
         let v = run(Method::GET, "/v1/users", &headers);
         assert_eq!((v.decision, v.permission), (Decision::Allow, Some(1)));
-        assert_eq!(run(Method::POST, "/v1/users", &headers).reason, "default");
-        assert_eq!(
-            run(Method::GET, "/admin/x", &headers).decision,
-            Decision::Deny
-        );
-        // A regex deny is never skipped.
-        assert_eq!(run(Method::GET, "/v2/x", &headers).decision, Decision::Deny);
+        // POST matches no plain permission; the regex `deny` is taken to
+        // match whatever reaches it (fail closed).
+        let v = run(Method::POST, "/v1/users", &headers);
+        assert_eq!((v.decision, v.permission), (Decision::Deny, Some(2)));
+        let v = run(Method::GET, "/admin/x", &headers);
+        assert_eq!((v.decision, v.permission), (Decision::Deny, Some(0)));
         headers.insert("x-debug", "1".parse().unwrap());
-        assert_eq!(run(Method::GET, "/v1/users", &headers).reason, "default");
+        let v = run(Method::GET, "/v1/users", &headers);
+        assert_eq!((v.decision, v.permission), (Decision::Deny, Some(2)));
         assert_eq!(
-            run(Method::GET, "/v1/%2e%2e/admin", &headers).decision,
-            Decision::Deny
+            run(Method::GET, "/v1/%2e%2e/admin", &headers).reason,
+            "non_canonical_path"
         );
+
+        // Without the regex: a request no permission matches gets the default.
+        let mut plain = list.clone();
+        plain[0].permissions.pop();
+        let v = decide(
+            &plain,
+            "td.consul",
+            Decision::Allow,
+            Some(&caller("web")),
+            &Method::POST,
+            "/v1/users",
+            &HeaderMap::new(),
+        );
+        assert_eq!((v.decision, v.reason), (Decision::Allow, "default"));
+        assert_eq!(v.intention.as_deref(), Some("1"));
     }
 
     #[test]
