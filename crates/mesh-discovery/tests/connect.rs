@@ -378,3 +378,93 @@ async fn real_agent_leaf_and_roots() {
         .expect("the agent's leaf and roots make a server config");
     id.client_tls(&service).expect("and a client config");
 }
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_audit_event_names_the_decision_and_the_intention_and_no_key_is_logged() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let consul = FakeConsul::start().await.unwrap();
+    consul.set_intention("web", "api", false);
+    let api_id = identity(&consul, "api").await;
+    let api = start_api(&api_id).await;
+    let web = identity(&consul, "web").await;
+    tracing::info!(?web, leaf = ?web.leaf_pem(), "careless code logs the identity");
+    let client = client(&web.client_tls("api").unwrap());
+    assert_eq!(
+        call(&client, api.addr, "GET", "/orders?secret=1")
+            .await
+            .unwrap()
+            .0,
+        403
+    );
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let denial = text
+        .lines()
+        .find(|l| l.contains("request denied by Consul intentions"))
+        .unwrap_or_else(|| panic!("no audit event in:\n{text}"));
+    for field in [
+        "decision=\"deny\"",
+        "reason=\"intention\"",
+        "intention_source=\"web\"",
+        "precedence=9",
+        "intention=\"",
+        "method=GET",
+        "path=\"/orders\"",
+        "cert_sha256=",
+    ] {
+        assert!(denial.contains(field), "{field} missing in {denial}");
+    }
+    assert!(
+        !text.contains("secret=1"),
+        "the query string reached the logs"
+    );
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "a private key reached the logs"
+    );
+}
+
+#[tokio::test]
+async fn leaves_the_agent_renews_replace_expiring_ones_in_place() {
+    let consul = FakeConsul::start().await.unwrap();
+    // Short-lived leaves: the agent renews them at 80 % of their life.
+    consul.set_connect_leaf_ttl(Duration::from_secs(2));
+    consul.set_intention("web", "api", true);
+    let api_id = identity(&consul, "api").await;
+    let api = start_api(&api_id).await;
+    let web = identity(&consul, "web").await;
+    let client = client(&web.client_tls("api").unwrap());
+    let first = call(&client, api.addr, "GET", "/").await.unwrap();
+    assert_eq!(first.0, 200);
+    // No manual rotation: the blocked leaf queries return renewed leaves.
+    for id in [&web, &api_id] {
+        wait(id, |s| s.leaf_updates >= 2).await;
+    }
+    // Past the first leaves' expiry, new connections still succeed.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = call(&client, api.addr, "GET", "/").await.unwrap();
+    assert_eq!(later.0, 200);
+    assert_ne!(later.1, first.1, "the caller's certificate was renewed");
+}
