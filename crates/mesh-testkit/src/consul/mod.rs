@@ -16,6 +16,11 @@
 //! | `PUT /v1/agent/check/update/:check_id` | `{"Status", "Output"}` |
 //! | `GET /v1/agent/health/service/id/:id` | 200 / 429 / 503 for passing / warning / critical, 404 unknown |
 //! | `GET /v1/health/service/:name` | `passing`, `tag` (repeatable, all must match), `filter` (the subset of Consul's filter language discovery uses: `==`, `!=`, `contains`, `in`, `is empty`, `and`, `or`, `not`), `stale`, `consistent`, `index` + `wait` blocking; `dc` other than `dc1` answers 500 "No path to datacenter" |
+//! | `GET /v1/health/connect/:name` | as above, for Connect-native instances of `name` (`Connect.Native`) and `connect-proxy` instances whose `Proxy.DestinationServiceName` is `name`; follows the global index |
+//! | `GET /v1/agent/connect/ca/roots` | `ActiveRootID`, `TrustDomain` (`<cluster-id>.consul`), `Roots[]` (`ID`, `Name`, `RootCert`, `IntermediateCerts`, `Active`, ...); blocking |
+//! | `GET /v1/agent/connect/ca/leaf/:service` | a leaf issued on first use (ECDSA P-256, URI SAN `spiffe://<trust-domain>/ns/default/dc/dc1/svc/<service>`, `CertPEM`, `PrivateKeyPEM`, `ValidAfter`, `ValidBefore`), renewed at 80 % of its TTL; blocking, a held query returns the renewed leaf |
+//! | `GET /v1/connect/intentions/match?by=destination\|source&name=` | `{name: [intentions]}`, highest `Precedence` first (9 exact, 8 `*` source, 6 `*` destination, 5 both); blocking |
+//! | `GET\|PUT\|DELETE /v1/connect/intentions/exact?source=&destination=` | one intention: `{"Action": "allow"\|"deny"}` or `{"Permissions": [...]}` (L7) |
 //!
 //! What it models:
 //!
@@ -52,6 +57,12 @@
 //! - **Leadership** ([`FakeConsul::set_leader`]): `X-Consul-KnownLeader` and
 //!   `X-Consul-LastContact` on stale reads; without a leader,
 //!   default-consistency reads get 500 "No cluster leader".
+//!
+//! - **Connect** ([`FakeConsul::rotate_connect_ca`] and friends): a CA made
+//!   with rcgen; a rotation adds a new active root cross-signed by the old
+//!   one (leaves it signs carry the cross-signed certificate as an
+//!   intermediate) and re-issues every leaf; the old root stays listed
+//!   until [`FakeConsul::prune_connect_roots`].
 //!
 //! Not modelled: `near`, namespaces and partitions (accepted and ignored),
 //! the catalog and KV APIs, other datacenters, HTTPS check targets.
