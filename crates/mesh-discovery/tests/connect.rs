@@ -354,8 +354,17 @@ async fn the_agent_going_away_keeps_the_last_identity() {
     let client = client(&web.client_tls("api").unwrap());
     consul.set_fault(mesh_testkit::consul::Fault::NoLeader);
     consul.rotate_connect_leaf("api");
-    wait(&api_id, |s| s.last_error.is_some()).await;
+    let failing = wait(&api_id, |s| s.last_error.is_some()).await;
     // Fail static: the certificates, roots and intentions in use stay.
+    assert_eq!(call(&client, api.addr, "GET", "/").await.unwrap().0, 200);
+    // The agent comes back: the watch starts again from index 0 and picks
+    // up the leaf it missed.
+    consul.clear_fault();
+    let back = wait(&api_id, |s| {
+        s.last_error.is_none() && s.leaf_updates > failing.leaf_updates
+    })
+    .await;
+    assert_ne!(back.leaf_serial, failing.leaf_serial);
     assert_eq!(call(&client, api.addr, "GET", "/").await.unwrap().0, 200);
 }
 

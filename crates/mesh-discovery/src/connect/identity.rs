@@ -1,6 +1,7 @@
 //! This service's Connect identity: its leaf certificate and the CA roots,
 //! kept current by blocking queries, and the mTLS configs built on them.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,9 +173,10 @@ pub(crate) struct Shared {
     /// The intentions with this service as destination, highest
     /// precedence first.
     pub(crate) intentions: ArcSwap<Vec<Intention>>,
-    /// Client identity sets to re-point when the trust domain changes:
-    /// (service, datacenter, set).
-    sets: Mutex<Vec<(String, Option<String>, IdentitySet)>>,
+    /// The identity set of each (service, datacenter) a client config was
+    /// built for, shared by those configs and re-pointed when the trust
+    /// domain changes. Bounded by the services called.
+    sets: Mutex<HashMap<(String, Option<String>), IdentitySet>>,
     status: watch::Sender<ConnectStatus>,
 }
 
@@ -251,7 +253,7 @@ impl ConnectIdentity {
             roots_seen: Mutex::new(None),
             local: ArcSwap::from_pointee(ServiceId::new("", "default", "", "")),
             intentions: ArcSwap::from_pointee(Vec::new()),
-            sets: Mutex::new(Vec::new()),
+            sets: Mutex::new(HashMap::new()),
             status: watch::channel(ConnectStatus::default()).0,
         });
         let mut indexes = [0; 3];
@@ -350,16 +352,14 @@ impl ConnectIdentity {
     /// [`client_config`](Self::client_config) for a service in another
     /// datacenter (`Some(dc)`), as `/v1/health/connect/:service?dc=` finds it.
     pub fn client_config_in(&self, service: &str, datacenter: Option<&str>) -> ClientTlsConfig {
-        let set = IdentitySet::new([self.expected(service, datacenter)]);
-        self.shared
+        let set = self
+            .shared
             .sets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((
-                service.to_owned(),
-                datacenter.map(str::to_owned),
-                set.clone(),
-            ));
+            .entry((service.to_owned(), datacenter.map(str::to_owned)))
+            .or_insert_with(|| IdentitySet::new([self.expected(service, datacenter)]))
+            .clone();
         ClientTlsConfig::new(self.roots_pem())
             .with_client_cert(self.leaf_pem(), self.leaf_pem())
             .with_server_identity_set(set)
@@ -510,7 +510,7 @@ impl Shared {
                     let mut local = (**self.local.load()).clone();
                     local.trust_domain.clone_from(&roots.trust_domain);
                     self.local.store(Arc::new(local));
-                    for (service, dc, set) in self
+                    for ((service, dc), set) in self
                         .sets
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -537,9 +537,8 @@ impl Shared {
                 *seen = Some(roots);
             }
             Watched::Intentions => {
-                let mut by_name: std::collections::HashMap<String, Vec<Intention>> =
-                    serde_json::from_slice(body)
-                        .map_err(|e| bad(format!("Connect intentions: {e}")))?;
+                let mut by_name: HashMap<String, Vec<Intention>> = serde_json::from_slice(body)
+                    .map_err(|e| bad(format!("Connect intentions: {e}")))?;
                 let mut list = by_name.remove(&self.config.service).unwrap_or_default();
                 // Consul sorts them already; a stable sort keeps its order
                 // among equal precedences.

@@ -285,6 +285,11 @@ where
             req.headers(),
         );
         audit(&verdict, identity, req.method(), path);
+        // The series mesh-auth's policy layer counts, so one dashboard
+        // shows both.
+        #[cfg(feature = "metrics")]
+        metrics::counter!("mesh_auth_authorization_total", "decision" => verdict.decision.as_str())
+            .increment(1);
         match verdict.decision {
             Decision::Allow => ResponseFuture::inner(self.inner.call(req)),
             Decision::Deny => {
