@@ -169,10 +169,10 @@ pub(crate) struct Shared {
     leaf_seen: Mutex<Option<LeafCert>>,
     roots_seen: Mutex<Option<CaRoots>>,
     /// The local service identity (trust domain and datacenter).
-    local: ArcSwap<ServiceId>,
+    pub(crate) local: ArcSwap<ServiceId>,
     /// The intentions with this service as destination, highest
     /// precedence first.
-    pub(crate) intentions: ArcSwap<Vec<Intention>>,
+    pub(crate) intentions: ArcSwap<Vec<Arc<Intention>>>,
     /// The identity set of each (service, datacenter) a client config was
     /// built for, shared by those configs and re-pointed when the trust
     /// domain changes. Bounded by the services called.
@@ -543,6 +543,7 @@ impl Shared {
                 // Consul sorts them already; a stable sort keeps its order
                 // among equal precedences.
                 list.sort_by_key(|i| std::cmp::Reverse(i.precedence));
+                let list: Vec<Arc<Intention>> = list.into_iter().map(Arc::new).collect();
                 if **self.intentions.load() == list {
                     return Ok(());
                 }

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::identity::{ConnectIdentity, Shared};
 use super::model::{Intention, IntentionHttp, IntentionPermission};
-use super::spiffe::ServiceId;
+use super::spiffe::ServiceIdRef;
 
 /// A decision on one request, and what made it: what
 /// [`IntentionsLayer`] enforces and its audit events report.
@@ -27,12 +27,9 @@ pub struct IntentionVerdict {
     /// matched), `unauthenticated`, `not_a_service`, `foreign_trust_domain`
     /// or `non_canonical_path`.
     pub reason: &'static str,
-    /// The ID of the intention that decided, if one did.
-    pub intention: Option<String>,
-    /// Its source (`web`, or `*`).
-    pub source: Option<String>,
-    /// Its precedence.
-    pub precedence: Option<u64>,
+    /// The intention that decided, if one did (its `id`, `source_name`
+    /// and `precedence` go into the audit event).
+    pub intention: Option<Arc<Intention>>,
     /// The index of the L7 permission that decided, if one did.
     pub permission: Option<usize>,
 }
@@ -43,8 +40,6 @@ impl IntentionVerdict {
             decision,
             reason,
             intention: None,
-            source: None,
-            precedence: None,
             permission: None,
         }
     }
@@ -65,7 +60,7 @@ impl IntentionVerdict {
 /// and not to match when it is `allow`, so an unknown condition never lets
 /// a request through. A warning says so.
 pub fn decide(
-    intentions: &[Intention],
+    intentions: &[Arc<Intention>],
     trust_domain: &str,
     default: Decision,
     caller: Option<&CallerIdentity>,
@@ -79,7 +74,7 @@ pub fn decide(
     let Some(caller) = caller else {
         return IntentionVerdict::plain(Decision::Deny, "unauthenticated");
     };
-    let Some(id) = ServiceId::parse(caller.as_str()) else {
+    let Some(id) = ServiceIdRef::parse(caller.as_str()) else {
         return IntentionVerdict::plain(Decision::Deny, "not_a_service");
     };
     if id.trust_domain != trust_domain {
@@ -95,9 +90,7 @@ pub fn decide(
         let found = |decision, reason, permission| IntentionVerdict {
             decision,
             reason,
-            intention: Some(intention.id.clone()),
-            source: Some(intention.source_name.clone()),
-            precedence: Some(intention.precedence),
+            intention: Some(intention.clone()),
             permission,
         };
         if intention.permissions.is_empty() {
@@ -179,21 +172,38 @@ fn http_matches(http: &IntentionHttp, method: &Method, path: &str, headers: &Hea
     })
 }
 
-/// No dot segments (also percent-encoded), no encoded slash or backslash,
-/// no backslash, no NUL: what an L7 rule may be matched against as it is.
+/// No dot segments (also percent-encoded, or followed by `;params`), no
+/// encoded slash or backslash, no backslash, no NUL: what an L7 rule may be
+/// matched against as it is. No allocation.
 fn canonical(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains('\\')
-        || lower.contains('\0')
-    {
+    let b = path.as_bytes();
+    if b.iter().any(|&c| c == b'\\' || c == 0) {
         return false;
     }
-    !lower.split('/').any(|seg| {
-        let seg = seg.split(';').next().unwrap_or(seg);
-        let seg = seg.replace("%2e", ".");
-        seg == "." || seg == ".."
+    let encoded = |i: usize, hi: u8, lo: u8| {
+        b.len() > i + 2 && b[i] == b'%' && b[i + 1] == hi && (b[i + 2] | 0x20) == lo
+    };
+    if (0..b.len()).any(|i| encoded(i, b'2', b'f') || encoded(i, b'5', b'c')) {
+        return false;
+    }
+    !path.split('/').any(|seg| {
+        let seg = seg.split(';').next().unwrap_or(seg).as_bytes();
+        let (mut i, mut dots) = (0, 0);
+        while i < seg.len() {
+            if seg[i] == b'.' {
+                i += 1;
+            } else if seg.len() > i + 2
+                && seg[i] == b'%'
+                && seg[i + 1] == b'2'
+                && (seg[i + 2] | 0x20) == b'e'
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     })
 }
 
@@ -275,9 +285,10 @@ where
         let identity = req.extensions().get::<CallerIdentity>();
         let path = req.uri().path();
         let intentions = self.shared.intentions.load();
+        let local = self.shared.local.load();
         let verdict = decide(
             &intentions,
-            &self.shared.trust_domain(),
+            &local.trust_domain,
             self.shared.config.default,
             identity,
             req.method(),
@@ -312,9 +323,9 @@ fn audit(
                 $level,
                 decision = verdict.decision.as_str(),
                 reason = verdict.reason,
-                intention = verdict.intention.as_deref(),
-                intention_source = verdict.source.as_deref(),
-                precedence = verdict.precedence,
+                intention = verdict.intention.as_ref().map(|i| i.id.as_str()),
+                intention_source = verdict.intention.as_ref().map(|i| i.source_name.as_str()),
+                precedence = verdict.intention.as_ref().map(|i| i.precedence),
                 permission = verdict.permission,
                 identity = identity.map_or("anonymous", CallerIdentity::as_str),
                 kind = identity.map(|i| i.kind().as_str()),
@@ -339,15 +350,19 @@ fn audit(
 mod tests {
     use super::*;
 
-    fn intentions(json: &str) -> Vec<Intention> {
-        serde_json::from_str(json).unwrap()
+    fn intentions(json: &str) -> Vec<Arc<Intention>> {
+        serde_json::from_str::<Vec<Intention>>(json)
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect()
     }
 
     fn caller(svc: &str) -> CallerIdentity {
         CallerIdentity::spiffe(format!("spiffe://td.consul/ns/default/dc/dc1/svc/{svc}"))
     }
 
-    fn check(list: &[Intention], who: &str, method: &Method, path: &str) -> IntentionVerdict {
+    fn check(list: &[Arc<Intention>], who: &str, method: &Method, path: &str) -> IntentionVerdict {
         decide(
             list,
             "td.consul",
@@ -367,12 +382,12 @@ mod tests {
         );
         let v = check(&list, "web", &Method::GET, "/");
         assert_eq!(
-            (v.decision, v.intention.as_deref()),
+            (v.decision, v.intention.as_ref().map(|i| i.id.as_str())),
             (Decision::Deny, Some("1"))
         );
         let v = check(&list, "api", &Method::GET, "/");
         assert_eq!(
-            (v.decision, v.intention.as_deref()),
+            (v.decision, v.intention.as_ref().map(|i| i.id.as_str())),
             (Decision::Allow, Some("2"))
         );
         assert_eq!(check(&[], "api", &Method::GET, "/").reason, "default");
@@ -417,8 +432,9 @@ mod tests {
         );
 
         // Without the regex: a request no permission matches gets the default.
-        let mut plain = list.clone();
-        plain[0].permissions.pop();
+        let mut plain = (*list[0]).clone();
+        plain.permissions.pop();
+        let plain = [Arc::new(plain)];
         let v = decide(
             &plain,
             "td.consul",
@@ -429,7 +445,27 @@ mod tests {
             &HeaderMap::new(),
         );
         assert_eq!((v.decision, v.reason), (Decision::Allow, "default"));
-        assert_eq!(v.intention.as_deref(), Some("1"));
+        assert_eq!(v.intention.map(|i| i.id.clone()).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn only_canonical_paths_reach_the_rules() {
+        for ok in ["/", "/v1/users", "/a/.hidden", "/a/...", "/a;b=1/c", "/%41"] {
+            assert!(canonical(ok), "{ok}");
+        }
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/..;x/b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/a\0b",
+        ] {
+            assert!(!canonical(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::fmt;
 /// assert_eq!((id.trust_domain.as_str(), id.service.as_str()), ("1111.consul", "web"));
 /// assert_eq!(id.to_string(), "spiffe://1111.consul/ns/default/dc/dc1/svc/web");
 /// assert!(ServiceId::parse("spiffe://1111.consul/agent/client/dc/dc1/id/x").is_none());
+/// let ap = ServiceId::parse("spiffe://1111.consul/ap/eu/ns/shop/dc/dc2/svc/db").unwrap();
+/// assert_eq!((ap.partition.as_deref(), ap.namespace.as_str()), (Some("eu"), "shop"));
+/// assert!(ServiceId::parse("spiffe://1111.consul/ns/default/dc/dc1/svc/web/extra").is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -48,25 +51,57 @@ impl ServiceId {
     /// Parses a service SPIFFE ID; `None` for anything else (agent or
     /// server identities, other shapes, a malformed SPIFFE ID).
     pub fn parse(uri: &str) -> Option<Self> {
+        let id = ServiceIdRef::parse(uri)?;
+        Some(Self {
+            trust_domain: id.trust_domain.to_owned(),
+            partition: id.partition.map(str::to_owned),
+            namespace: id.namespace.to_owned(),
+            datacenter: id.datacenter.to_owned(),
+            service: id.service.to_owned(),
+        })
+    }
+}
+
+/// [`ServiceId`], borrowed: what the authorization of each request parses,
+/// without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ServiceIdRef<'a> {
+    pub(crate) trust_domain: &'a str,
+    pub(crate) partition: Option<&'a str>,
+    pub(crate) namespace: &'a str,
+    pub(crate) datacenter: &'a str,
+    pub(crate) service: &'a str,
+}
+
+impl<'a> ServiceIdRef<'a> {
+    pub(crate) fn parse(uri: &'a str) -> Option<Self> {
         mesh_auth::parse_spiffe_id(uri).ok()?;
-        let rest = uri.strip_prefix("spiffe://")?;
-        let mut parts = rest.split('/');
-        let trust_domain = parts.next()?.to_owned();
-        let segs: Vec<&str> = parts.collect();
-        let (partition, segs) = match segs.as_slice() {
-            ["ap", p, rest @ ..] => (Some((*p).to_owned()), rest),
-            s => (None, s),
-        };
-        match segs {
-            ["ns", ns, "dc", dc, "svc", svc] => Some(Self {
-                trust_domain,
-                partition: partition.filter(|p| p != "default"),
-                namespace: (*ns).to_owned(),
-                datacenter: (*dc).to_owned(),
-                service: (*svc).to_owned(),
-            }),
-            _ => None,
+        let mut parts = uri.strip_prefix("spiffe://")?.split('/');
+        let trust_domain = parts.next()?;
+        let mut next = parts.next()?;
+        let mut partition = None;
+        if next == "ap" {
+            partition = Some(parts.next()?).filter(|p| *p != "default");
+            next = parts.next()?;
         }
+        let (ns, namespace, dc, datacenter, svc, service) = (
+            next,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        if (ns, dc, svc) != ("ns", "dc", "svc") || parts.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            trust_domain,
+            partition,
+            namespace,
+            datacenter,
+            service,
+        })
     }
 }
 
