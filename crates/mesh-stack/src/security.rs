@@ -42,6 +42,23 @@
 //!   axum or tonic that accepts mTLS callers or API keys and applies
 //!   `[server.authorization]`.
 //!
+//! # Consul Connect instead of files
+//!
+//! ```toml
+//! [connect]
+//! service = "orders"   # this program's Connect service name
+//! ```
+//!
+//! With `[connect]` (and no `[tls]`), the certificate, key and trust roots
+//! come from the Consul agent and rotate in place; [`Mesh::client_tls`]
+//! expects each called service's Connect identity
+//! (`spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<name>`), Consul
+//! services are found through `/v1/health/connect/`, and
+//! [`Mesh::server_layer`] authorizes callers by Consul intentions instead of
+//! `[server.authorization]`. Build the mesh with
+//! [`MeshBuilder::start`](crate::MeshBuilder::start), which fetches the
+//! first certificate. See `mesh_discovery::connect`.
+//!
 //! [`Mesh::client_tls`]: crate::Mesh::client_tls
 //! [`Mesh::credentials_layer`]: crate::Mesh::credentials_layer
 //! [`Mesh::secure_reqwest_client`]: crate::Mesh::secure_reqwest_client
