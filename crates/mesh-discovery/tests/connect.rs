@@ -477,3 +477,24 @@ async fn leaves_the_agent_renews_replace_expiring_ones_in_place() {
     assert_eq!(later.0, 200);
     assert_ne!(later.1, first.1, "the caller's certificate was renewed");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_leaf_close_to_expiry_that_the_agent_cannot_renew_is_warned_about() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let consul = FakeConsul::start().await.unwrap();
+    consul.set_connect_leaf_ttl(Duration::from_secs(600));
+    let api = identity(&consul, "api").await;
+    consul.set_fault(mesh_testkit::consul::Fault::NoLeader);
+    wait(&api, |s| s.last_error.is_some()).await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("the Connect leaf certificate expires soon"),
+        "{text}"
+    );
+}

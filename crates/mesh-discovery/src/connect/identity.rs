@@ -376,7 +376,34 @@ impl ConnectIdentity {
     }
 }
 
+/// How close to its expiry a leaf must be, while the agent cannot be
+/// reached, for the failing watch to say so loudly.
+const EXPIRY_WARNING: Duration = Duration::from_secs(15 * 60);
+
 impl Shared {
+    /// Fail static keeps the last leaf, which expires: say when it does, so
+    /// an operator sees it coming (an expired leaf fails every handshake).
+    fn warn_if_leaf_expires(&self) {
+        let valid_before = self.status.borrow().leaf_valid_before.clone();
+        let Ok(expiry) = humantime::parse_rfc3339_weak(&valid_before) else {
+            return;
+        };
+        match expiry.duration_since(std::time::SystemTime::now()) {
+            Err(_) => tracing::error!(
+                service = %self.config.service,
+                valid_before = %valid_before,
+                "the Connect leaf certificate has expired and the agent cannot renew it: \
+                 handshakes fail until it can"
+            ),
+            Ok(left) if left < EXPIRY_WARNING => tracing::warn!(
+                service = %self.config.service,
+                valid_before = %valid_before,
+                "the Connect leaf certificate expires soon and the agent cannot renew it"
+            ),
+            Ok(_) => {}
+        }
+    }
+
     fn expected(&self, service: &str, datacenter: Option<&str>) -> String {
         let local = self.local.load();
         let mut id = (**local).clone();
@@ -603,6 +630,7 @@ async fn watch_loop(shared: Arc<Shared>, what: Watched, mut index: u64, stop: Ca
                 shared
                     .status
                     .send_modify(|s| s.last_error = Some(format!("{}: {e}", what.as_str())));
+                shared.warn_if_leaf_expires();
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
