@@ -7,6 +7,9 @@
 //!   bare service; and the bare decision with 1 and 32 rules.
 //! - `identity`: extracting the SPIFFE identity from a DER certificate, once per
 //!   connection, against parsing the certificate alone.
+//! - `intentions`: the Consul Connect decision (`mesh_discovery::connect::decide`)
+//!   with 1 and 32 L4 intentions (the caller's last) and one L7 intention,
+//!   beside the policy decision with as many rules.
 //!
 //! Run with `cargo bench -p mesh-bench --bench auth`.
 
@@ -206,5 +209,58 @@ fn identity(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, api_key, authorize, identity);
+/// `n` L4 intentions for destination `users`, the one allowing `orders`
+/// last (the worst case), or one L7 intention allowing `GET /users/`.
+fn intentions(n: usize, l7: bool) -> Vec<std::sync::Arc<mesh_discovery::connect::Intention>> {
+    let mut list: Vec<serde_json::Value> = (1..n)
+        .map(|i| serde_json::json!({"ID": format!("i{i}"), "SourceName": format!("svc-{i}"), "Action": "deny", "Precedence": 9}))
+        .collect();
+    list.push(if l7 {
+        serde_json::json!({"ID": "orders", "SourceName": "orders", "Action": "", "Precedence": 9,
+            "Permissions": [
+                {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
+                {"Action": "allow", "HTTP": {"PathPrefix": "/users/", "Methods": ["GET"],
+                    "Header": [{"Name": "x-env", "Present": true, "Invert": true}]}}]})
+    } else {
+        serde_json::json!({"ID": "orders", "SourceName": "orders", "Action": "allow", "Precedence": 9})
+    });
+    serde_json::from_value::<Vec<mesh_discovery::connect::Intention>>(serde_json::Value::Array(
+        list,
+    ))
+    .unwrap()
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect()
+}
+
+fn connect_intentions(c: &mut Criterion) {
+    use mesh_auth::authz::Decision;
+    let mut g = c.benchmark_group("intentions");
+    let orders = CallerIdentity::spiffe("spiffe://td.consul/ns/default/dc/dc1/svc/orders");
+    let headers = http::HeaderMap::new();
+    for (name, list) in [
+        ("decide_1_l4", intentions(1, false)),
+        ("decide_32_l4", intentions(32, false)),
+        ("decide_1_l7", intentions(1, true)),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let v = mesh_discovery::connect::decide(
+                    black_box(&list),
+                    black_box("td.consul"),
+                    Decision::Deny,
+                    black_box(Some(&orders)),
+                    black_box(&Method::GET),
+                    black_box("/users/7"),
+                    black_box(&headers),
+                );
+                assert_eq!(v.decision, Decision::Allow);
+                black_box(v)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, api_key, authorize, identity, connect_intentions);
 criterion_main!(benches);

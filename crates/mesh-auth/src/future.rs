@@ -26,7 +26,8 @@ pin_project! {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn inner(future: F) -> Self {
+    /// The inner service's response, as it comes.
+    pub fn inner(future: F) -> Self {
         Self {
             kind: Kind::Inner { future },
         }
@@ -35,7 +36,9 @@ impl<F, B> ResponseFuture<F, B> {
     /// An immediate rejection. gRPC callers (`content-type: application/grpc*`)
     /// get what their client libraries understand: HTTP 200, trailers-only,
     /// with `grpc_status` (16 UNAUTHENTICATED or 7 PERMISSION_DENIED).
-    pub(crate) fn reject(
+    /// Other crates' authorization layers (Consul intentions) answer the
+    /// same way through it.
+    pub fn reject(
         request: &http::HeaderMap,
         status: http::StatusCode,
         grpc_status: &'static str,

@@ -14,6 +14,11 @@
 //!   re-resolved when their TTL runs out ([`DnsSource`]);
 //! - [`ChannelSource`]: endpoints the program learns its own way.
 //!
+//! With the `connect` feature, `connect` speaks Consul Connect natively:
+//! this service's certificate and trust roots from the agent (rotating
+//! mesh-auth's mTLS configs in place), intentions as authorization, and
+//! Connect-capable discovery (`/v1/health/connect/:name`).
+//!
 //! # Why blocking queries
 //!
 //! Polling trades freshness for load: poll every 10 s and a dead instance
@@ -86,6 +91,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod channel;
+#[cfg(feature = "connect")]
+pub mod connect;
 pub mod consul;
 pub mod discover;
 #[cfg(feature = "dns")]

@@ -47,6 +47,7 @@ use mesh_breaker::{BreakerConfig, OpenBehavior};
 use mesh_core::Endpoint;
 use mesh_core::config::InvalidConfig;
 use mesh_core::pushback::DEFAULT_MAX_PUSHBACK;
+use mesh_discovery::connect::ConnectConfig;
 use mesh_discovery::consul::{ConsulConfig, WatchConfig};
 use mesh_discovery::router::{DEFAULT_READY_TIMEOUT, RouterConfig};
 use mesh_retry::RetryConfig;
@@ -84,6 +85,15 @@ pub struct MeshConfig {
     /// `[server]`: who may call this program, and the API keys it accepts.
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub server: Option<ServerSecurityConfig>,
+    /// `[connect]`: this program is the Consul Connect service `service`:
+    /// its certificate and trust roots come from the agent (rotating in
+    /// place), every client checks the Connect identity of the service it
+    /// calls (Consul services are found through `/v1/health/connect/`), and
+    /// the server layer authorizes callers by intentions. Excludes `[tls]`
+    /// and `[server.authorization]` rules. Build with
+    /// [`MeshBuilder::start`](crate::MeshBuilder::start).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub connect: Option<ConnectConfig>,
 }
 
 /// One logical service: where its endpoints are and how calls to it behave.

@@ -125,7 +125,8 @@ pub use mesh::{
     GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService, is_unsent_error,
 };
 pub use security::{
-    CredentialsLayer, MeshTlsConfig, ServerSecurityConfig, ServerSecurityLayer, ServiceApiKeyConfig,
+    CredentialsLayer, MeshTlsConfig, ServerAuthorize, ServerSecurityConfig, ServerSecurityLayer,
+    ServiceApiKeyConfig,
 };
 pub use timeout::{AttemptTimedOut, AttemptTimeout, TimedBody};
 

@@ -9,6 +9,7 @@ use mesh_breaker::CircuitBreakerLayer;
 use mesh_core::classify::{DefaultHttpClassifier, GrpcClassifier};
 use mesh_core::config::InvalidConfig;
 use mesh_core::eos::AtEndOfStream;
+use mesh_discovery::connect::ConnectIdentity;
 use mesh_discovery::consul::{
     ConsulClient, ConsulConfig, ConsulDiscovery, HealthQuery, WatchConfig,
 };
@@ -50,6 +51,10 @@ pub enum MeshError {
     /// The config (or the Consul environment) has bad values.
     #[error(transparent)]
     Invalid(#[from] InvalidConfig),
+    /// `[connect]`: the agent did not give this service its certificate,
+    /// roots or intentions.
+    #[error("Consul Connect: {0}")]
+    Connect(#[source] mesh_discovery::DiscoveryError),
 }
 
 /// Builds a [`Mesh`]: the config plus what a file cannot hold (a Consul
@@ -59,6 +64,7 @@ pub struct MeshBuilder {
     config: MeshConfig,
     consul: Option<ConsulClient>,
     sources: HashMap<String, Discovery>,
+    connect: Option<ConnectIdentity>,
 }
 
 impl MeshBuilder {
@@ -68,7 +74,39 @@ impl MeshBuilder {
             config,
             consul: None,
             sources: HashMap::new(),
+            connect: None,
         }
+    }
+
+    /// Uses this (started) Connect identity for `[connect]`, instead of
+    /// starting one in [`start`](Self::start): to share one between meshes,
+    /// or to use one a test made.
+    #[must_use]
+    pub fn connect_identity(mut self, identity: ConnectIdentity) -> Self {
+        self.connect = Some(identity);
+        self
+    }
+
+    /// Validates the config and builds the mesh; with `[connect]`, first
+    /// gets this service's certificate, the roots and the intentions from
+    /// the Consul agent (`[consul]`, the builder's client, or the
+    /// environment), and keeps them current for as long as the mesh lives.
+    /// Call it within a tokio runtime.
+    pub async fn start(mut self) -> Result<Mesh, MeshError> {
+        if let (Some(connect), None) = (&self.config.connect, &self.connect) {
+            self.config.validate()?;
+            let client = match (&self.consul, &self.config.consul) {
+                (Some(c), _) => c.clone(),
+                (None, Some(cfg)) => ConsulClient::new(cfg).map_err(|e| e.nest("consul"))?,
+                (None, None) => ConsulClient::new(&ConsulConfig::from_env()?)?,
+            };
+            self.consul = Some(client.clone());
+            let identity = ConnectIdentity::start(client, connect.clone())
+                .await
+                .map_err(MeshError::Connect)?;
+            self.connect = Some(identity);
+        }
+        self.build()
     }
 
     /// The Consul client for services discovered through Consul (instead of
@@ -89,8 +127,19 @@ impl MeshBuilder {
 
     /// Validates the config and builds the mesh. Discovery sources start
     /// lazily, when a service's first stack is built.
+    ///
+    /// With `[connect]`, use [`start`](Self::start) (or hand a started
+    /// identity to [`connect_identity`](Self::connect_identity)): the
+    /// certificate must come from the agent first.
     pub fn build(self) -> Result<Mesh, MeshError> {
         self.config.validate()?;
+        if self.config.connect.is_some() && self.connect.is_none() {
+            return Err(MeshError::Invalid(InvalidConfig::field(
+                "connect",
+                "needs this service's certificate from the Consul agent first: build with \
+                 `MeshBuilder::start().await` (or `connect_identity`)",
+            )));
+        }
         crate::security::warn_insecure(&self.config);
         let consul = match (self.consul, &self.config.consul) {
             (Some(c), _) => Some(c),
@@ -104,6 +153,7 @@ impl MeshBuilder {
                 sources: Mutex::new(self.sources),
                 publishers: Mutex::new(Vec::new()),
                 stacks: Mutex::new(HashMap::new()),
+                connect: self.connect,
             }),
         })
     }
@@ -126,6 +176,7 @@ struct Shared {
     /// The stacks built so far, by service and stack type (the client kind):
     /// one balancer and one set of endpoint stacks per service and kind.
     stacks: Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
+    connect: Option<ConnectIdentity>,
 }
 
 impl fmt::Debug for Mesh {
@@ -207,6 +258,8 @@ impl Mesh {
                         tags: source.tags.clone(),
                         datacenter: source.datacenter.clone(),
                         passing_only: source.passing_only,
+                        // With `[connect]`: Connect-native instances and sidecars.
+                        connect: self.shared.connect.is_some(),
                         ..HealthQuery::new(source.service.as_deref().unwrap_or(name))
                     },
                     wait: source.wait,
@@ -380,7 +433,21 @@ impl Mesh {
         &self,
         name: &str,
     ) -> Result<Option<mesh_auth::tls::MtlsClientConfig>, MeshError> {
-        self.service_config(name)?;
+        let service = self.service_config(name)?;
+        if let Some(identity) = &self.shared.connect {
+            // The Consul service name and datacenter the endpoints come from.
+            let (consul_name, dc) = match &service.discovery {
+                DiscoveryConfig::Consul(source) => {
+                    (source.service.as_deref(), source.datacenter.as_deref())
+                }
+                DiscoveryConfig::Static { .. } => (None, None),
+            };
+            let config = identity
+                .client_config_in(consul_name.unwrap_or(name), dc)
+                .build()
+                .map_err(|e| MeshError::Invalid(InvalidConfig::field("connect", e.to_string())))?;
+            return Ok(Some(config));
+        }
         let Some(tls) = &self.shared.config.tls else {
             return Ok(None);
         };
@@ -432,7 +499,16 @@ impl Mesh {
     /// or to their trust domain's bundle); `None` without a `[tls]` section.
     /// Serve with `mesh_auth::tls::serve` (axum, hyper) or
     /// `MtlsAcceptor::incoming` (tonic).
+    ///
+    /// With `[connect]`: the agent's certificate, and the Connect roots of
+    /// this trust domain for clients, rotating in place.
     pub fn server_tls(&self) -> Result<Option<mesh_auth::tls::MtlsServerConfig>, MeshError> {
+        if let Some(identity) = &self.shared.connect {
+            let config = identity
+                .server_tls()
+                .map_err(|e| MeshError::Invalid(InvalidConfig::field("connect", e.to_string())))?;
+            return Ok(Some(config));
+        }
         let Some(tls) = &self.shared.config.tls else {
             return Ok(None);
         };
@@ -447,9 +523,22 @@ impl Mesh {
     /// accepts callers by mTLS identity or by an API key of
     /// `[server.api_keys]`, and applies `[server.authorization]` (deny by
     /// default; without a `[server]` section, every request is denied).
+    ///
+    /// With `[connect]`, Consul intentions for this service authorize
+    /// callers instead (their decision and the intention that made it in
+    /// each audit event).
     pub fn server_layer(&self) -> Result<crate::security::ServerSecurityLayer, MeshError> {
         let config = crate::security::server_config(&self.shared.config);
-        Ok(crate::security::ServerSecurityLayer::new(&config)?)
+        Ok(crate::security::ServerSecurityLayer::new(
+            &config,
+            self.shared.connect.as_ref(),
+        )?)
+    }
+
+    /// The Consul Connect identity of `[connect]` (its status, its TLS
+    /// configs, its intentions); `None` without `[connect]`.
+    pub fn connect_identity(&self) -> Option<&ConnectIdentity> {
+        self.shared.connect.as_ref()
     }
 
     // ===== ready-made inner clients and client integrations =====

@@ -42,6 +42,23 @@
 //!   axum or tonic that accepts mTLS callers or API keys and applies
 //!   `[server.authorization]`.
 //!
+//! # Consul Connect instead of files
+//!
+//! ```toml
+//! [connect]
+//! service = "orders"   # this program's Connect service name
+//! ```
+//!
+//! With `[connect]` (and no `[tls]`), the certificate, key and trust roots
+//! come from the Consul agent and rotate in place; [`Mesh::client_tls`]
+//! expects each called service's Connect identity
+//! (`spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<name>`), Consul
+//! services are found through `/v1/health/connect/`, and
+//! [`Mesh::server_layer`] authorizes callers by Consul intentions instead of
+//! `[server.authorization]`. Build the mesh with
+//! [`MeshBuilder::start`](crate::MeshBuilder::start), which fetches the
+//! first certificate. See `mesh_discovery::connect`.
+//!
 //! [`Mesh::client_tls`]: crate::Mesh::client_tls
 //! [`Mesh::credentials_layer`]: crate::Mesh::credentials_layer
 //! [`Mesh::secure_reqwest_client`]: crate::Mesh::secure_reqwest_client
@@ -60,6 +77,7 @@ use mesh_auth::authz::{AuthorizationPolicy, Authorize, AuthorizeLayer};
 use mesh_auth::tls::{ClientTlsConfig, PemSource, ServerTlsConfig};
 use mesh_auth::{SecretSource, parse_spiffe_id};
 use mesh_core::config::InvalidConfig;
+use mesh_discovery::connect::{AuthorizeIntentions, ConnectIdentity, IntentionsLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -252,6 +270,25 @@ pub(crate) fn validate(config: &MeshConfig, errors: &mut InvalidConfig) {
     if let Some(server) = &config.server {
         errors.merge_nested("server", server.validate());
     }
+    if let Some(connect) = &config.connect {
+        errors.merge_nested("connect", connect.validate());
+        if config.tls.is_some() {
+            errors.push(
+                "tls",
+                "cannot be set with `[connect]`: the Consul agent issues the certificate and the roots",
+            );
+        }
+        if config
+            .server
+            .as_ref()
+            .is_some_and(|s| !s.authorization.rules.is_empty())
+        {
+            errors.push(
+                "server.authorization.rules",
+                "must be empty with `[connect]`: Consul intentions authorize callers",
+            );
+        }
+    }
 }
 
 /// Logs a warning for each setting that weakens security (issue 19, row
@@ -379,14 +416,61 @@ where
 /// Unauthenticated requests get 401 (gRPC: `UNAUTHENTICATED`), forbidden
 /// ones 403 (`PERMISSION_DENIED`); each decision is an audit event on the
 /// `mesh_auth::audit` target.
+///
+/// With `[connect]`, the authorization is Consul's intentions for this
+/// service instead of `[server.authorization]`
+/// ([`IntentionsLayer`]).
 #[derive(Debug, Clone)]
 pub struct ServerSecurityLayer {
     keys: ApiKeyAuthLayer,
-    authorize: AuthorizeLayer,
+    authorize: ServerAuthorizeLayer,
+}
+
+#[derive(Debug, Clone)]
+enum ServerAuthorizeLayer {
+    Policy(AuthorizeLayer),
+    Intentions(IntentionsLayer),
+}
+
+/// The authorization inside [`ServerSecurityLayer`]: `[server.authorization]`,
+/// or Consul intentions with `[connect]`.
+#[derive(Debug, Clone)]
+pub enum ServerAuthorize<S> {
+    /// `[server.authorization]`.
+    Policy(Authorize<S>),
+    /// Consul intentions.
+    Intentions(AuthorizeIntentions<S>),
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ServerAuthorize<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = mesh_auth::future::ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            ServerAuthorize::Policy(s) => s.poll_ready(cx),
+            ServerAuthorize::Intentions(s) => s.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        match self {
+            ServerAuthorize::Policy(s) => s.call(req),
+            ServerAuthorize::Intentions(s) => s.call(req),
+        }
+    }
 }
 
 impl ServerSecurityLayer {
-    pub(crate) fn new(config: &ServerSecurityConfig) -> Result<Self, InvalidConfig> {
+    pub(crate) fn new(
+        config: &ServerSecurityConfig,
+        connect: Option<&ConnectIdentity>,
+    ) -> Result<Self, InvalidConfig> {
         let keys = match &config.api_keys {
             Some(c) => ApiKeyAuthLayer::new(
                 c.header.clone(),
@@ -399,10 +483,11 @@ impl ServerSecurityLayer {
             .authorization
             .compile()
             .map_err(|e| e.nest("server.authorization"))?;
-        Ok(Self {
-            keys,
-            authorize: AuthorizeLayer::new(policy),
-        })
+        let authorize = match connect {
+            Some(identity) => ServerAuthorizeLayer::Intentions(IntentionsLayer::new(identity)),
+            None => ServerAuthorizeLayer::Policy(AuthorizeLayer::new(policy)),
+        };
+        Ok(Self { keys, authorize })
     }
 
     /// The API-key layer inside, to rotate keys (`replace_keys`).
@@ -412,10 +497,14 @@ impl ServerSecurityLayer {
 }
 
 impl<S> Layer<S> for ServerSecurityLayer {
-    type Service = ApiKeyAuth<Authorize<S>>;
+    type Service = ApiKeyAuth<ServerAuthorize<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.keys.layer(self.authorize.layer(inner))
+        let authorize = match &self.authorize {
+            ServerAuthorizeLayer::Policy(l) => ServerAuthorize::Policy(l.layer(inner)),
+            ServerAuthorizeLayer::Intentions(l) => ServerAuthorize::Intentions(l.layer(inner)),
+        };
+        self.keys.layer(authorize)
     }
 }
 

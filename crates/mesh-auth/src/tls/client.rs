@@ -49,6 +49,12 @@ pub struct ClientTlsConfig {
     /// and the host name.
     #[cfg_attr(feature = "serde", serde(default))]
     pub server_identity: Option<String>,
+    /// Identities the server may carry, replaced at run time (by a
+    /// discovery source that knows which identity each service proves,
+    /// such as Consul Connect's). Checked like `server_identity`, and with
+    /// it when both are set. Not part of a config file.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub server_identity_set: Option<IdentitySet>,
     /// Whether the certificate must also match the host name dialled.
     /// Turning it off requires `server_identity`: endpoints found by discovery
     /// are often bare IPs that no certificate names. Default true.
@@ -76,6 +82,7 @@ impl ClientTlsConfig {
             cert: None,
             key: None,
             server_identity: None,
+            server_identity_set: None,
             verify_hostname: true,
             reload_interval: default_reload_interval(),
         }
@@ -93,6 +100,14 @@ impl ClientTlsConfig {
     #[must_use]
     pub fn with_server_identity(mut self, identity: impl Into<String>) -> Self {
         self.server_identity = Some(identity.into());
+        self
+    }
+
+    /// Requires the server to carry one of the identities in `set`, as the
+    /// set is when the handshake runs.
+    #[must_use]
+    pub fn with_server_identity_set(mut self, set: IdentitySet) -> Self {
+        self.server_identity_set = Some(set);
         self
     }
 
@@ -121,7 +136,10 @@ impl ClientTlsConfig {
         if matches!(&self.server_identity, Some(id) if id.trim().is_empty()) {
             errors.push("server_identity", "must not be empty when set");
         }
-        if !self.verify_hostname && self.server_identity.is_none() {
+        if !self.verify_hostname
+            && self.server_identity.is_none()
+            && self.server_identity_set.is_none()
+        {
             errors.push(
                 "verify_hostname",
                 "may only be false when `server_identity` is set",
@@ -146,6 +164,11 @@ impl ClientTlsConfig {
             .flatten()
             .filter_map(|s| s.path().map(ToOwned::to_owned))
             .collect();
+        let cells = [Some(&self.ca), self.cert.as_ref(), self.key.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.cell().cloned())
+            .collect();
         let (ca, pair, p) = (
             self.ca.clone(),
             self.cert.clone().zip(self.key.clone()),
@@ -156,6 +179,7 @@ impl ClientTlsConfig {
         let material = Arc::new(Reloading::new(
             "client",
             files,
+            cells,
             self.reload_interval,
             Box::new(move || ClientMaterial::load(&ca, pair.as_ref(), &p)),
             // Resumed sessions skip the certificates: forget them on rotation.
@@ -170,6 +194,7 @@ impl ClientTlsConfig {
         let verifier = Arc::new(IdentityVerifier {
             material: material.clone(),
             expected: self.server_identity.as_deref().map(Arc::from),
+            expected_set: self.server_identity_set.clone(),
             verify_hostname: self.verify_hostname,
             provider: provider.clone(),
         });
@@ -186,6 +211,65 @@ impl ClientTlsConfig {
             rustls: Arc::new(config),
             material,
         })
+    }
+}
+
+/// A set of server identities replaced at run time: the identities a
+/// client accepts for one service, kept by whoever knows them (Consul
+/// Connect's discovery, which learns the trust domain and datacenter).
+///
+/// Clones share the set; a handshake reads it as it is then (one `ArcSwap`
+/// load). An empty set accepts no server.
+///
+/// ```
+/// use mesh_auth::tls::IdentitySet;
+///
+/// let set = IdentitySet::new(["spiffe://td/ns/default/dc/dc1/svc/users"]);
+/// assert!(set.contains("spiffe://td/ns/default/dc/dc1/svc/users"));
+/// set.set(["spiffe://td2/ns/default/dc/dc1/svc/users"]);
+/// assert!(!set.contains("spiffe://td/ns/default/dc/dc1/svc/users"));
+/// ```
+#[derive(Clone, Default)]
+pub struct IdentitySet {
+    ids: Arc<arc_swap::ArcSwap<Vec<Arc<str>>>>,
+}
+
+impl IdentitySet {
+    /// A set holding `ids`.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<Arc<str>>>(ids: I) -> Self {
+        let set = Self::default();
+        set.set(ids);
+        set
+    }
+
+    /// Replaces the identities.
+    pub fn set<I: IntoIterator<Item = S>, S: Into<Arc<str>>>(&self, ids: I) {
+        self.ids
+            .store(Arc::new(ids.into_iter().map(Into::into).collect()));
+    }
+
+    /// Whether `id` is in the set now.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.load().iter().any(|i| &**i == id)
+    }
+
+    /// The identities now.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.ids.load().iter().map(ToString::to_string).collect()
+    }
+}
+
+impl PartialEq for IdentitySet {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ids, &other.ids)
+    }
+}
+
+impl Eq for IdentitySet {}
+
+impl std::fmt::Debug for IdentitySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.ids.load().iter()).finish()
     }
 }
 
@@ -278,6 +362,7 @@ impl ResolvesClientCert for ReloadingClientCert {
 struct IdentityVerifier {
     material: Arc<Reloading<ClientMaterial>>,
     expected: Option<Arc<str>>,
+    expected_set: Option<IdentitySet>,
     verify_hostname: bool,
     provider: Arc<CryptoProvider>,
 }
@@ -325,6 +410,17 @@ impl ServerCertVerifier for IdentityVerifier {
             if presented.as_ref().map(CallerIdentity::as_str) != Some(&**expected) {
                 let wrong =
                     WrongIdentity::new(expected.clone(), presented.map(|p| Arc::from(p.as_str())));
+                let err = rustls::Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(wrong)),
+                ));
+                return Err(self.reject(err, server_name));
+            }
+        }
+        if let Some(set) = &self.expected_set {
+            let presented = CallerIdentity::from_certificate(end_entity).ok();
+            if !presented.as_ref().is_some_and(|p| set.contains(p.as_str())) {
+                let expected: Arc<str> = set.to_vec().join(" | ").into();
+                let wrong = WrongIdentity::new(expected, presented.map(|p| Arc::from(p.as_str())));
                 let err = rustls::Error::InvalidCertificate(CertificateError::Other(
                     rustls::OtherError(Arc::new(wrong)),
                 ));

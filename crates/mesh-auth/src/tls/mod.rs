@@ -76,11 +76,11 @@ mod server;
 mod sessions;
 
 pub use acceptor::{DEFAULT_MAX_CONCURRENT_HANDSHAKES, MtlsAcceptor, MtlsStream};
-pub use client::{ClientTlsConfig, MtlsClientConfig};
+pub use client::{ClientTlsConfig, IdentitySet, MtlsClientConfig};
 pub use extension::{AddIdentity, AddIdentityLayer};
 #[cfg(feature = "tonic")]
 pub use incoming::MtlsIncoming;
-pub use pem::PemSource;
+pub use pem::{PemCell, PemSource};
 #[cfg(feature = "hyper")]
 pub use serve::serve;
 pub use server::{MtlsServerConfig, ServerTlsConfig};

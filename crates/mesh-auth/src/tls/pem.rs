@@ -2,6 +2,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -25,6 +29,76 @@ pub enum PemSource {
     /// PEM text held in memory.
     #[cfg_attr(feature = "serde", serde(with = "serde_pem"))]
     Pem(String),
+    /// PEM text a program replaces at run time (certificates from an agent
+    /// such as Consul's); configs built on it rotate at the next handshake
+    /// after [`PemCell::set`]. Not part of a config file.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    Cell(PemCell),
+}
+
+/// A PEM document held in memory and replaced at run time.
+///
+/// TLS configs built from a [`PemSource::Cell`] notice a
+/// [`set`](Self::set) at their next handshake (one atomic load per cell, no
+/// interval) and rebuild their material from the new text; a document that
+/// does not load keeps the previous material, as a bad file does. Put a
+/// certificate chain and its key in the *same* cell to swap them together.
+/// Clones share the document; `Debug` never prints it.
+#[derive(Clone)]
+pub struct PemCell {
+    inner: Arc<CellInner>,
+}
+
+struct CellInner {
+    text: ArcSwap<String>,
+    version: AtomicU64,
+}
+
+impl PemCell {
+    /// A cell holding `text`.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(CellInner {
+                text: ArcSwap::from_pointee(text.into()),
+                version: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Replaces the document; configs built on it rebuild at their next
+    /// handshake.
+    pub fn set(&self, text: impl Into<String>) {
+        self.inner.text.store(Arc::new(text.into()));
+        self.inner.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the document was set (1 for a new cell).
+    pub fn version(&self) -> u64 {
+        self.inner.version.load(Ordering::Acquire)
+    }
+
+    fn text(&self) -> Arc<String> {
+        self.inner.text.load_full()
+    }
+}
+
+impl PartialEq for PemCell {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for PemCell {}
+
+impl fmt::Debug for PemCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PemCell(version {}, {} bytes)",
+            self.version(),
+            self.text().len()
+        )
+    }
 }
 
 #[cfg(feature = "serde")]
@@ -64,7 +138,14 @@ impl PemSource {
     pub(crate) fn path(&self) -> Option<&Path> {
         match self {
             PemSource::File(p) => Some(p),
-            PemSource::Pem(_) => None,
+            PemSource::Pem(_) | PemSource::Cell(_) => None,
+        }
+    }
+
+    pub(crate) fn cell(&self) -> Option<&PemCell> {
+        match self {
+            PemSource::Cell(c) => Some(c),
+            PemSource::File(_) | PemSource::Pem(_) => None,
         }
     }
 
@@ -77,6 +158,7 @@ impl PemSource {
                 )
             }),
             PemSource::Pem(text) => Ok(text.as_bytes().to_vec()),
+            PemSource::Cell(cell) => Ok(cell.text().as_bytes().to_vec()),
         }
     }
 
@@ -118,6 +200,7 @@ impl fmt::Debug for PemSource {
         match self {
             PemSource::File(p) => write!(f, "File({p:?})"),
             PemSource::Pem(t) => write!(f, "Pem({} bytes)", t.len()),
+            PemSource::Cell(c) => write!(f, "{c:?}"),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use super::pem::PemCell;
 use crate::error::TlsError;
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -27,7 +28,12 @@ pub(crate) struct Reloading<T> {
     what: &'static str,
     current: ArcSwap<T>,
     files: Vec<PathBuf>,
-    stamps: Mutex<Vec<Stamp>>,
+    /// In-memory documents: a new version rebuilds at the next check,
+    /// without waiting for the interval.
+    cells: Vec<PemCell>,
+    /// The sum of the cells' versions the current material was built from.
+    cells_seen: AtomicU64,
+    stamps: Mutex<(Vec<Stamp>, u64)>,
     build: Build<T>,
     after_reload: AfterReload,
     interval_ms: u64,
@@ -39,19 +45,23 @@ impl<T> Reloading<T> {
     pub(crate) fn new(
         what: &'static str,
         files: Vec<PathBuf>,
+        cells: Vec<PemCell>,
         interval: Duration,
         build: Build<T>,
         after_reload: AfterReload,
     ) -> Result<Self, TlsError> {
         // Stamp before building, so a write racing the build is seen next time.
         let stamps = stamp_all(&files);
+        let versions = versions(&cells);
         let first = build()?;
         let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         Ok(Self {
             what,
             current: ArcSwap::from_pointee(first),
             files,
-            stamps: Mutex::new(stamps),
+            cells,
+            cells_seen: AtomicU64::new(versions),
+            stamps: Mutex::new((stamps, versions)),
             build,
             after_reload,
             interval_ms,
@@ -68,6 +78,12 @@ impl<T> Reloading<T> {
     /// Reloads if the interval has passed and a file changed. Cheap otherwise:
     /// one clock read and one atomic load.
     pub(crate) fn check(&self) {
+        if !self.cells.is_empty()
+            && versions(&self.cells) != self.cells_seen.load(Ordering::Acquire)
+        {
+            let _ = self.reload_if_changed();
+            return;
+        }
         if self.files.is_empty() {
             return;
         }
@@ -90,23 +106,26 @@ impl<T> Reloading<T> {
     /// Re-reads the files now if any changed. `Ok(true)` when new material is
     /// in use; on error the previous material stays.
     pub(crate) fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let fresh = stamp_all(&self.files);
         let mut stamps = self
             .stamps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = (stamp_all(&self.files), versions(&self.cells));
         if *stamps == fresh {
             return Ok(false);
         }
         match (self.build)() {
             Ok(material) => {
                 self.current.store(Arc::new(material));
+                self.cells_seen.store(fresh.1, Ordering::Release);
                 *stamps = fresh;
                 (self.after_reload)();
                 tracing::info!(material = self.what, "TLS material reloaded");
                 Ok(true)
             }
             Err(err) => {
+                // Not again at every handshake: the next `set` retries.
+                self.cells_seen.store(fresh.1, Ordering::Release);
                 tracing::warn!(
                     material = self.what,
                     kind = %err.kind(),
@@ -127,6 +146,10 @@ impl<T> fmt::Debug for Reloading<T> {
             .field("interval_ms", &self.interval_ms)
             .finish_non_exhaustive()
     }
+}
+
+fn versions(cells: &[PemCell]) -> u64 {
+    cells.iter().map(PemCell::version).sum()
 }
 
 fn stamp_all(files: &[PathBuf]) -> Vec<Stamp> {
@@ -155,6 +178,7 @@ mod tests {
         let r = Reloading::new(
             "test",
             vec![path.clone()],
+            Vec::new(),
             Duration::from_secs(10),
             Box::new(move || {
                 b.fetch_add(1, Ordering::SeqCst);

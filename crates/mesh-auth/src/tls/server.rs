@@ -138,6 +138,11 @@ impl ServerTlsConfig {
             .chain(self.trust_bundles.values())
             .filter_map(|s| s.path().map(ToOwned::to_owned))
             .collect();
+        let cells = [&self.client_ca, &self.cert, &self.key]
+            .into_iter()
+            .chain(self.trust_bundles.values())
+            .filter_map(|s| s.cell().cloned())
+            .collect();
         let (ca, cert, key, bundles, p) = (
             self.client_ca.clone(),
             self.cert.clone(),
@@ -150,6 +155,7 @@ impl ServerTlsConfig {
         let material = Arc::new(Reloading::new(
             "server",
             files,
+            cells,
             self.reload_interval,
             Box::new(move || ServerMaterial::load(&ca, &bundles, &cert, &key, &p)),
             // Resumed sessions skip the certificates: forget them on rotation.

@@ -53,6 +53,10 @@ pub struct HealthQuery {
     pub near: Option<String>,
     /// Consistency mode.
     pub consistency: Consistency,
+    /// Ask `/v1/health/connect/:service` instead of `/v1/health/service/`:
+    /// the service's Connect-capable endpoints, Connect-native instances
+    /// and the sidecar proxies in front of the others (default false).
+    pub connect: bool,
 }
 
 impl HealthQuery {
@@ -66,6 +70,17 @@ impl HealthQuery {
             filter: None,
             near: None,
             consistency: Consistency::Default,
+            connect: false,
+        }
+    }
+
+    /// Healthy Connect-capable endpoints of `service`
+    /// (`/v1/health/connect/:service`): Connect-native instances and the
+    /// sidecar proxies whose destination it is.
+    pub fn connect(service: impl Into<String>) -> Self {
+        Self {
+            connect: true,
+            ..Self::new(service)
         }
     }
 
@@ -605,7 +620,8 @@ impl ConsulClient {
         query
             .validate()
             .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid query").with_source(e))?;
-        let mut url = self.url(&["v1", "health", "service", &query.service]);
+        let endpoint = if query.connect { "connect" } else { "service" };
+        let mut url = self.url(&["v1", "health", endpoint, &query.service]);
         let timeout;
         // A blocking query takes a blocking turn first; its `wait` is
         // decided once the turn is ours (turns may have become shared).
@@ -668,6 +684,45 @@ impl ConsulClient {
             filtered_by_acls: header("x-consul-results-filtered-by-acls") == Some("true"),
             body,
         })
+    }
+}
+
+#[cfg(feature = "connect")]
+impl ConsulClient {
+    /// A GET of `segments` with `params`; with `index > 0` and a `wait`, a
+    /// blocking query. Returns the `X-Consul-Index` and the body.
+    pub(crate) async fn get_blocking(
+        &self,
+        segments: &[&str],
+        params: &[(&str, &str)],
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Result<(Option<u64>, Bytes), DiscoveryError> {
+        let mut url = self.url(segments);
+        let timeout;
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+            match wait {
+                Some(w) if index > 0 => {
+                    q.append_pair("index", &index.to_string());
+                    q.append_pair("wait", &go_duration(w));
+                    timeout = w + w / 16 + BLOCKING_MARGIN;
+                }
+                _ => timeout = self.inner.request_timeout,
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
+        let index = headers
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok((index, body))
     }
 }
 

@@ -66,7 +66,7 @@ mod config;
 mod health;
 mod model;
 mod registration;
-mod watch;
+pub(crate) mod watch;
 
 pub use client::{CheckStatus, Consistency, ConsulClient, HealthAnswer, HealthQuery};
 pub use config::{ConsulConfig, ConsulToken, DEFAULT_MAX_CONNECTIONS, HttpAuth};

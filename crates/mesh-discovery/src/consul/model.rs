@@ -369,9 +369,32 @@ pub struct ServiceRegistration {
     /// Health checks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckDefinition>,
+    /// `Connect.Native`: the instance speaks Connect's mTLS itself (with
+    /// the `connect` feature's identity), so `/v1/health/connect/:name`
+    /// lists it.
+    #[serde(
+        rename = "Connect",
+        skip_serializing_if = "std::ops::Not::not",
+        serialize_with = "connect_native"
+    )]
+    pub connect_native: bool,
+}
+
+fn connect_native<S: serde::Serializer>(native: &bool, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry("Native", native)?;
+    map.end()
 }
 
 impl ServiceRegistration {
+    /// Registers a Connect-native instance (`Connect.Native`).
+    #[must_use]
+    pub fn connect_native(mut self) -> Self {
+        self.connect_native = true;
+        self
+    }
+
     /// A registration of `name` at `port`; add the rest with the builder
     /// methods.
     pub fn new(name: impl Into<String>, port: u16) -> Self {

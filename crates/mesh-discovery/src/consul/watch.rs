@@ -237,7 +237,7 @@ impl ConsulDiscovery {
 
 /// A token bucket: `burst` tokens, one more every `period`.
 #[derive(Debug)]
-struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     burst: f64,
     period: Duration,
@@ -245,7 +245,7 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn new(burst: u32, period: Duration) -> Self {
+    pub(crate) fn new(burst: u32, period: Duration) -> Self {
         Self {
             tokens: f64::from(burst),
             burst: f64::from(burst),
@@ -254,7 +254,7 @@ impl TokenBucket {
         }
     }
 
-    async fn acquire(&mut self) {
+    pub(crate) async fn acquire(&mut self) {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() / self.period.as_secs_f64();
         self.tokens = (self.tokens + refill).min(self.burst);

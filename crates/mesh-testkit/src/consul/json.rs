@@ -44,7 +44,7 @@ pub(crate) fn entry(state: &State, inst: &InstanceState) -> Value {
         "Weights": { "Passing": s.weights.0, "Warning": s.weights.1 },
         "EnableTagOverride": s.enable_tag_override,
         "Proxy": s.proxy.clone().unwrap_or_else(|| json!({"Mode": "", "MeshGateway": {}, "Expose": {}})),
-        "Connect": {},
+        "Connect": if s.connect_native { json!({"Native": true}) } else { json!({}) },
         "PeerName": "",
         "CreateIndex": 10,
         "ModifyIndex": state.index_of(&s.service),
@@ -199,6 +199,11 @@ pub(crate) fn parse_registration(
         .unwrap_or("")
         .to_owned();
     spec.proxy = v.get("Proxy").filter(|p| p.is_object()).cloned();
+    spec.connect_native = v
+        .get("Connect")
+        .and_then(|c| c.get("Native"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     spec.enable_tag_override = v
         .get("EnableTagOverride")
         .and_then(Value::as_bool)

@@ -16,6 +16,11 @@
 //! | `PUT /v1/agent/check/update/:check_id` | `{"Status", "Output"}` |
 //! | `GET /v1/agent/health/service/id/:id` | 200 / 429 / 503 for passing / warning / critical, 404 unknown |
 //! | `GET /v1/health/service/:name` | `passing`, `tag` (repeatable, all must match), `filter` (the subset of Consul's filter language discovery uses: `==`, `!=`, `contains`, `in`, `is empty`, `and`, `or`, `not`), `stale`, `consistent`, `index` + `wait` blocking; `dc` other than `dc1` answers 500 "No path to datacenter" |
+//! | `GET /v1/health/connect/:name` | as above, for Connect-native instances of `name` (`Connect.Native`) and `connect-proxy` instances whose `Proxy.DestinationServiceName` is `name`; follows the global index |
+//! | `GET /v1/agent/connect/ca/roots` | `ActiveRootID`, `TrustDomain` (`<cluster-id>.consul`), `Roots[]` (`ID`, `Name`, `RootCert`, `IntermediateCerts`, `Active`, ...); blocking |
+//! | `GET /v1/agent/connect/ca/leaf/:service` | a leaf issued on first use (ECDSA P-256, URI SAN `spiffe://<trust-domain>/ns/default/dc/dc1/svc/<service>`, `CertPEM`, `PrivateKeyPEM`, `ValidAfter`, `ValidBefore`), renewed at 80 % of its TTL; blocking, a held query returns the renewed leaf |
+//! | `GET /v1/connect/intentions/match?by=destination\|source&name=` | `{name: [intentions]}`, highest `Precedence` first (9 exact, 8 `*` source, 6 `*` destination, 5 both); blocking |
+//! | `GET\|PUT\|DELETE /v1/connect/intentions/exact?source=&destination=` | one intention: `{"Action": "allow"\|"deny"}` or `{"Permissions": [...]}` (L7) |
 //!
 //! What it models:
 //!
@@ -53,6 +58,12 @@
 //!   `X-Consul-LastContact` on stale reads; without a leader,
 //!   default-consistency reads get 500 "No cluster leader".
 //!
+//! - **Connect** ([`FakeConsul::rotate_connect_ca`] and friends): a CA made
+//!   with rcgen; a rotation adds a new active root cross-signed by the old
+//!   one (leaves it signs carry the cross-signed certificate as an
+//!   intermediate) and re-issues every leaf; the old root stays listed
+//!   until [`FakeConsul::prune_connect_roots`].
+//!
 //! Not modelled: `near`, namespaces and partitions (accepted and ignored),
 //! the catalog and KV APIs, other datacenters, HTTPS check targets.
 //!
@@ -83,6 +94,8 @@
 //! ```
 
 mod checks;
+mod connect;
+mod connect_http;
 mod filter;
 mod json;
 mod server;
@@ -199,6 +212,9 @@ pub struct Instance {
     pub proxy: Option<serde_json::Value>,
     /// `EnableTagOverride`.
     pub enable_tag_override: bool,
+    /// `Connect.Native`: the instance speaks Connect's mTLS itself, and
+    /// `/v1/health/connect/:service` lists it.
+    pub connect_native: bool,
 }
 
 impl Instance {
@@ -221,7 +237,16 @@ impl Instance {
             kind: String::new(),
             proxy: None,
             enable_tag_override: false,
+            connect_native: false,
         }
+    }
+
+    /// A Connect-native instance (`Connect.Native`), listed by
+    /// `/v1/health/connect/:service`.
+    #[must_use]
+    pub fn connect_native(mut self) -> Self {
+        self.connect_native = true;
+        self
     }
 
     /// Reaped after its check stayed critical this long (at least one minute).
@@ -304,6 +329,10 @@ pub(crate) struct Shared {
     open_connections: AtomicU64,
     max_open_connections: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// The Connect CA, leaves and intentions.
+    connect: Mutex<connect::ConnectState>,
+    /// The Connect index, for blocking Connect reads.
+    connect_tx: watch::Sender<u64>,
 }
 
 /// What the servers know of their leader, for `X-Consul-KnownLeader` and
@@ -380,6 +409,8 @@ impl FakeConsul {
             open_connections: AtomicU64::new(0),
             max_open_connections: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
+            connect: Mutex::new(connect::ConnectState::new()),
+            connect_tx: watch::channel(1).0,
         })
     }
 
@@ -564,6 +595,99 @@ impl FakeConsul {
             .map(|i| i.spec.clone())
     }
 
+    // ===== Connect: CA, leaves, intentions =====
+
+    /// The Connect trust domain, `<cluster-id>.consul`.
+    pub fn connect_trust_domain(&self) -> String {
+        self.shared.connect_lock().trust_domain.clone()
+    }
+
+    /// The SPIFFE ID the fake's CA puts in `service`'s leaf:
+    /// `spiffe://<trust-domain>/ns/default/dc/dc1/svc/<service>`.
+    pub fn connect_service_uri(&self, service: &str) -> String {
+        self.shared.connect_lock().service_uri(service)
+    }
+
+    /// Every Connect root certificate (active and not yet pruned), PEM.
+    pub fn connect_roots_pem(&self) -> String {
+        self.shared.connect_lock().roots_pem()
+    }
+
+    /// The current leaf of `service` (issued now if it has none yet): the
+    /// certificate chain PEM (leaf first) and the private key PEM.
+    pub fn connect_leaf(&self, service: &str) -> (String, String) {
+        self.shared.connect_write(|c| {
+            let leaf = c.leaf(service);
+            let json = connect::ConnectState::leaf_json(leaf);
+            let field = |k: &str| json[k].as_str().unwrap_or_default().to_owned();
+            (field("CertPEM"), field("PrivateKeyPEM"))
+        })
+    }
+
+    /// The lifetime of leaves issued from now on (default 72 h, Consul's
+    /// `leaf_cert_ttl`). The agent renews a leaf after 80 % of it; a
+    /// blocking leaf query returns the new one.
+    pub fn set_connect_leaf_ttl(&self, ttl: Duration) {
+        self.shared.connect_lock().leaf_ttl = ttl;
+    }
+
+    /// Issues a new leaf for `service` now, as the agent does when one is
+    /// due for renewal; blocked leaf queries return it.
+    pub fn rotate_connect_leaf(&self, service: &str) {
+        self.shared.connect_write(|c| c.issue_leaf(service));
+    }
+
+    /// Rotates the Connect CA: a new active root, cross-signed by the old
+    /// one (leaves it signs carry the cross-signed certificate as an
+    /// intermediate), and new leaves for every service. The old root stays
+    /// in the roots list until [`prune_connect_roots`](Self::prune_connect_roots).
+    pub fn rotate_connect_ca(&self) {
+        self.shared
+            .connect_write(connect::ConnectState::rotate_roots);
+    }
+
+    /// Removes the inactive roots from the list, as Consul does once they
+    /// expire.
+    pub fn prune_connect_roots(&self) {
+        self.shared
+            .connect_write(connect::ConnectState::prune_roots);
+    }
+
+    /// Creates or replaces the L4 intention `source -> destination` with
+    /// `allow` (`true`) or `deny`. `*` is a wildcard on either side.
+    pub fn set_intention(&self, source: &str, destination: &str, allow: bool) {
+        let action = if allow { "allow" } else { "deny" };
+        self.shared.connect_write(|c| {
+            c.upsert_intention(
+                source,
+                destination,
+                Some(action.to_owned()),
+                None,
+                String::new(),
+            );
+        });
+    }
+
+    /// Creates or replaces the L7 intention `source -> destination` with
+    /// these `Permissions` (Consul's JSON: `[{"Action": "allow", "HTTP":
+    /// {"PathPrefix": "/v1", "Methods": ["GET"]}}]`).
+    pub fn set_l7_intention(
+        &self,
+        source: &str,
+        destination: &str,
+        permissions: serde_json::Value,
+    ) {
+        self.shared.connect_write(|c| {
+            c.upsert_intention(source, destination, None, Some(permissions), String::new());
+        });
+    }
+
+    /// Deletes the intention `source -> destination`; whether there was one.
+    pub fn delete_intention(&self, source: &str, destination: &str) -> bool {
+        self.shared
+            .connect_write(|c| c.delete_intention(source, destination))
+    }
+
     /// Moves the index back to `index` (at least 1), as a snapshot restore
     /// does, per-service indexes included. Blocked queries with a higher
     /// index keep waiting until their `wait` runs out and then see the lower
@@ -687,6 +811,23 @@ impl Shared {
             .leader
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn connect_lock(&self) -> MutexGuard<'_, connect::ConnectState> {
+        self.connect
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs a Connect write and wakes blocked Connect reads.
+    pub(crate) fn connect_write<T>(&self, f: impl FnOnce(&mut connect::ConnectState) -> T) -> T {
+        let (out, index) = {
+            let mut c = self.connect_lock();
+            let out = f(&mut c);
+            (out, c.index)
+        };
+        self.connect_tx.send_replace(index);
+        out
     }
 
     /// Runs a write; when it touched a service ([`State::touch`]), raises

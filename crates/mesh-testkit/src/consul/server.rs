@@ -19,7 +19,7 @@ use super::json::parse_registration;
 use super::state::{AGENT_NODE, CheckKind, DATACENTER, HealthRead, parse_go_duration};
 use super::{Fault, Health, Shared};
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// Closing the connection without an answer.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ where
     });
 }
 
-fn reply(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+pub(crate) fn reply(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r
@@ -102,7 +102,7 @@ impl Drop for Gauge<'_> {
 }
 
 /// Applies the faults that replace an answer. `Ok(None)`: answer normally.
-async fn connection_fault(shared: &Shared) -> Result<Option<Resp>, DropConnection> {
+pub(crate) async fn connection_fault(shared: &Shared) -> Result<Option<Resp>, DropConnection> {
     let fault = *shared.fault_tx.borrow();
     match fault {
         Fault::Hang => {
@@ -194,7 +194,16 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
 
     match (&method, &segs[..]) {
         (&Method::GET, ["v1", "health", "service", name]) => {
-            return health(&shared, name, &query, caller == Caller::Allowed).await;
+            return health(&shared, name, &query, caller == Caller::Allowed, false).await;
+        }
+        (&Method::GET, ["v1", "health", "connect", name]) => {
+            return health(&shared, name, &query, caller == Caller::Allowed, true).await;
+        }
+        (_, ["v1", "agent", "connect", ..] | ["v1", "connect", ..]) => {
+            if caller != Caller::Allowed {
+                return Ok(denied("service:write"));
+            }
+            return super::connect_http::handle(&shared, &method, &segs, &query, &body).await;
         }
         (&Method::GET, ["v1", "agent", "health", "service", "id", id]) => {
             return Ok(if caller == Caller::Allowed {
@@ -411,6 +420,7 @@ async fn health(
     name: &str,
     query: &[(String, String)],
     authorized: bool,
+    connect: bool,
 ) -> Result<Resp, DropConnection> {
     shared.in_flight_health.fetch_add(1, Ordering::SeqCst);
     let _gauge = Gauge(&shared.in_flight_health);
@@ -471,7 +481,11 @@ async fn health(
         loop {
             idx.borrow_and_update();
             // Held until this service's index passes the one asked about.
-            if shared.lock().index_of(name) > index {
+            let current = {
+                let s = shared.lock();
+                if connect { s.index } else { s.index_of(name) }
+            };
+            if current > index {
                 if woken {
                     shared.count_wakeup();
                 }
@@ -499,8 +513,11 @@ async fn health(
             passing,
             tags: &tags,
             filter: filter.as_ref(),
+            connect,
         });
-        (entries, s.index_of(name))
+        // A Connect read spans the service and its proxies: it follows the
+        // global index (a wake-up promises no change, as with Consul).
+        (entries, if connect { s.index } else { s.index_of(name) })
     };
     // Consul filters what a token may not read instead of refusing.
     let filtered = !authorized && !entries.is_empty();
@@ -547,7 +564,7 @@ async fn health(
     Ok(resp)
 }
 
-fn parse_query(q: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {

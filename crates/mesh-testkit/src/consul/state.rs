@@ -188,6 +188,9 @@ pub(crate) struct HealthRead<'a> {
     pub(crate) passing: bool,
     pub(crate) tags: &'a [String],
     pub(crate) filter: Option<&'a Filter>,
+    /// `/v1/health/connect/:service`: Connect-native instances of the
+    /// service and the proxies whose destination it is.
+    pub(crate) connect: bool,
 }
 
 impl State {
@@ -302,7 +305,18 @@ impl State {
         let mut out = Vec::new();
         for inst in self.instances.values() {
             let s = &inst.spec;
-            if s.service != read.service || !read.tags.iter().all(|t| s.tags.contains(t)) {
+            let wanted = if read.connect {
+                (s.service == read.service && s.connect_native)
+                    || (s.kind == "connect-proxy"
+                        && s.proxy
+                            .as_ref()
+                            .and_then(|p| p.get("DestinationServiceName"))
+                            .and_then(serde_json::Value::as_str)
+                            == Some(read.service))
+            } else {
+                s.service == read.service
+            };
+            if !wanted || !read.tags.iter().all(|t| s.tags.contains(t)) {
                 continue;
             }
             if read.passing && self.aggregate(inst) != Health::Passing {

@@ -521,3 +521,189 @@ async fn a_write_wakes_the_watchers_of_its_service_only_and_connections_are_coun
     assert_eq!(c.connections_opened(), 2);
     assert!(c.max_open_connections() >= 2);
 }
+
+// ===== Connect =====
+
+#[tokio::test]
+async fn connect_ca_leaves_and_roots_have_consuls_shapes_and_block() {
+    let c = FakeConsul::start().await.unwrap();
+    let (status, idx, body) = call(&c, "GET", "/v1/agent/connect/ca/roots", "").await;
+    assert_eq!(status, 200);
+    let roots: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let td = c.connect_trust_domain();
+    assert_eq!(roots["TrustDomain"], td.as_str());
+    assert!(td.ends_with(".consul"));
+    assert_eq!(roots["Roots"][0]["ID"], roots["ActiveRootID"]);
+    assert_eq!(roots["Roots"][0]["Active"], true);
+    assert!(
+        roots["Roots"][0]["RootCert"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    let (_, leaf_idx, body) = call(&c, "GET", "/v1/agent/connect/ca/leaf/web", "").await;
+    let leaf: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        leaf["ServiceURI"],
+        format!("spiffe://{td}/ns/default/dc/dc1/svc/web").as_str()
+    );
+    assert_eq!(leaf["Service"], "web");
+    assert!(
+        leaf["PrivateKeyPEM"]
+            .as_str()
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    assert!(leaf["ValidBefore"].as_str().unwrap().ends_with('Z'));
+
+    // A blocked leaf query returns when the leaf is rotated, with a new one.
+    let leaf_idx: u64 = leaf_idx.unwrap().parse().unwrap();
+    let c2 = c.clone();
+    let blocked = tokio::spawn(async move {
+        call(
+            &c2,
+            "GET",
+            &format!("/v1/agent/connect/ca/leaf/web?index={leaf_idx}&wait=30s"),
+            "",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!blocked.is_finished());
+    c.rotate_connect_leaf("web");
+    let (_, new_idx, new_body) = tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new_idx.unwrap().parse::<u64>().unwrap() > leaf_idx);
+    assert_ne!(new_body, body);
+
+    // A CA rotation: two roots, the new one active and cross-signed.
+    let idx: u64 = idx.unwrap().parse().unwrap();
+    c.rotate_connect_ca();
+    let (_, new_idx, body) = call(
+        &c,
+        "GET",
+        &format!("/v1/agent/connect/ca/roots?index={idx}&wait=5s"),
+        "",
+    )
+    .await;
+    assert!(new_idx.unwrap().parse::<u64>().unwrap() > idx);
+    let roots: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(roots["Roots"].as_array().unwrap().len(), 2);
+    assert_eq!(roots["Roots"][1]["Active"], true);
+    assert_eq!(
+        roots["Roots"][1]["IntermediateCerts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (cert, _) = c.connect_leaf("web");
+    assert_eq!(
+        cert.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + cross-signed root"
+    );
+    c.prune_connect_roots();
+    assert_eq!(
+        c.connect_roots_pem().matches("BEGIN CERTIFICATE").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn intentions_are_stored_matched_by_precedence_and_validated() {
+    let c = FakeConsul::start().await.unwrap();
+    let put = |src: &str, dst: &str| {
+        format!("/v1/connect/intentions/exact?source={src}&destination={dst}")
+    };
+    assert_eq!(
+        call(&c, "PUT", &put("*", "db"), r#"{"Action":"deny"}"#)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&c, "PUT", &put("web", "db"), r#"{"Action":"allow"}"#)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&c, "PUT", &put("web", "db"), r#"{"Action":"maybe"}"#)
+            .await
+            .0,
+        400
+    );
+    let l7 = r#"{"Permissions":[{"Action":"allow","HTTP":{"PathPrefix":"/v1"}}]}"#;
+    assert_eq!(call(&c, "PUT", &put("api", "db"), l7).await.0, 200);
+    let (status, idx, body) = call(
+        &c,
+        "GET",
+        "/v1/connect/intentions/match?by=destination&name=db",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = m["db"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["Precedence"], 9);
+    assert_eq!(list[2]["SourceName"], "*");
+    assert_eq!(list[2]["Precedence"], 8);
+    assert!(
+        list.iter()
+            .any(|i| i["Permissions"][0]["HTTP"]["PathPrefix"] == "/v1")
+    );
+    assert_eq!(
+        call(&c, "GET", "/v1/connect/intentions/match?name=db", "")
+            .await
+            .0,
+        400
+    );
+
+    // Deleting wakes a blocked match query.
+    let idx: u64 = idx.unwrap().parse().unwrap();
+    let c2 = c.clone();
+    let blocked = tokio::spawn(async move {
+        call(
+            &c2,
+            "GET",
+            &format!("/v1/connect/intentions/match?by=destination&name=db&index={idx}&wait=30s"),
+            "",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(call(&c, "DELETE", &put("web", "db"), "").await.0, 200);
+    let (_, _, body) = tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!body.contains("\"SourceName\":\"web\""), "{body}");
+}
+
+#[tokio::test]
+async fn health_connect_lists_native_instances_and_proxies() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instance(Instance::new("db", "db-1", "10.0.0.1", 5432).connect_native());
+    c.add_instance(Instance::new("db", "db-plain", "10.0.0.2", 5432));
+    let reg = r#"{"ID":"db-sidecar","Name":"db-sidecar-proxy","Kind":"connect-proxy","Port":21000,
+                 "Proxy":{"DestinationServiceName":"db","DestinationServiceID":"db-plain"}}"#;
+    assert_eq!(
+        call(&c, "PUT", "/v1/agent/service/register", reg).await.0,
+        200
+    );
+    let (_, _, body) = call(&c, "GET", "/v1/health/connect/db?passing", "").await;
+    let entries: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut ids: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Service"]["ID"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["db-1", "db-sidecar"]);
+}
