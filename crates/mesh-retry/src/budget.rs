@@ -606,10 +606,13 @@ mod tests {
         });
         let allowed = 10 + deposits / 4;
         assert!(withdrawals <= allowed, "{withdrawals} > {allowed}");
-        // And it did not starve either: everything deposited was spent but
-        // less than one retry per thread (a thread's last deposits can come
-        // after the other threads stopped withdrawing).
-        assert!(withdrawals + 4 >= allowed, "{withdrawals} vs {allowed}");
+        // And it did not starve either. Not every deposit is spent: a
+        // thread's last deposits can come after the others stopped
+        // withdrawing, and two threads that share a stripe (stripes are
+        // picked by a hash of the thread id) can lose a deposit to a racing
+        // store, which the design accepts (it only lowers the budget). So:
+        // within 10 % of everything deposited.
+        assert!(withdrawals * 10 >= allowed * 9, "{withdrawals} vs {allowed}");
         assert_eq!(b.balance_units(), b.slot_sum_units(e));
     }
 
