@@ -612,7 +612,10 @@ mod tests {
         // picked by a hash of the thread id) can lose a deposit to a racing
         // store, which the design accepts (it only lowers the budget). So:
         // within 10 % of everything deposited.
-        assert!(withdrawals * 10 >= allowed * 9, "{withdrawals} vs {allowed}");
+        assert!(
+            withdrawals * 10 >= allowed * 9,
+            "{withdrawals} vs {allowed}"
+        );
         assert_eq!(b.balance_units(), b.slot_sum_units(e));
     }
 
