@@ -397,6 +397,16 @@ impl Mesh {
     ///
     /// One stack per service and client type, shared by every call, as
     /// for [`http_client`](Self::http_client).
+    ///
+    /// Time limits cover the whole response: a server stream still running
+    /// when `attempt_timeout` or `retry.deadline` fires ends with an error
+    /// whose source is [`AttemptTimedOut`](crate::AttemptTimedOut) or
+    /// [`DeadlineExceeded`](mesh_retry::DeadlineExceeded) (tonic turns a
+    /// body error into a `Status` that keeps it as its source). Set
+    /// `streaming = true` on a service whose calls stream for long (watches,
+    /// subscriptions): its limits then end at the response headers. Either
+    /// way, a `grpc-status` in the trailers is what the breaker and the
+    /// balancer record.
     pub fn grpc_client<S>(&self, name: &str, inner: S) -> Result<GrpcMeshService<S>, MeshError>
     where
         S: Clone + Send + Sync + 'static,
