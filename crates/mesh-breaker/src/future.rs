@@ -81,12 +81,12 @@ impl Record for BreakerRecorder {
                 admission,
                 start,
             } => record_full(&shared, admission, start, outcome),
-            // (`record_full` stays out of line: the steady state is `Lite`.)
         }
     }
 }
 
-/// Counts the outcome of a call that holds its breaker.
+/// Counts the outcome of a call that holds its breaker. Out of line: the
+/// steady state is `Lite`, and `record` stays small enough to inline.
 #[inline(never)]
 fn record_full(shared: &Shared, admission: Admission, start: Option<Instant>, outcome: Outcome) {
     match admission {

@@ -68,7 +68,7 @@ use pin_project_lite::pin_project;
 use crate::classify::{
     DefaultHttpClassifier, GrpcClassifier, GrpcCode, HttpClassifier, as_dyn_error,
 };
-use crate::outcome::{Failure, Outcome};
+use crate::outcome::Outcome;
 
 /// Classifies how a response body ended, for a response whose headers
 /// said "success so far".
@@ -307,10 +307,7 @@ where
             Some(Err(e)) => {
                 let outcome = match as_dyn_error(e) {
                     Some(e) => pending.classifier.classify_body_error(e),
-                    None => Outcome::Failure(Failure {
-                        retryable: false,
-                        pushback: None,
-                    }),
+                    None => Outcome::fatal(),
                 };
                 pending.record(outcome);
             }

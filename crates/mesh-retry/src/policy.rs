@@ -491,9 +491,7 @@ impl<C> RetryPolicy<C> {
                 error = %Reason { outcome: &outcome, result },
                 "not requeueing a request that never reached a server"
             );
-            metrics::give_up(why);
-            this.give_up = Some(why);
-            Decision::Stop(Some(why))
+            this.stop(why)
         };
         if self.requeues >= self.shared.config.max_requeues {
             return give_up(self, GiveUp::MaxRequeues);
@@ -521,6 +519,19 @@ impl<C> RetryPolicy<C> {
             "requeueing request: it never reached a server"
         );
         Decision::Retry(Duration::ZERO)
+    }
+
+    /// Ends the request's attempts for `why`: counted, and kept for the
+    /// caller's give-up event.
+    fn stop(&mut self, why: GiveUp) -> Decision {
+        self.note_give_up(why);
+        Decision::Stop(Some(why))
+    }
+
+    /// Counts a give-up for `why` and keeps it for the caller's event.
+    fn note_give_up(&mut self, why: GiveUp) {
+        metrics::give_up(why);
+        self.give_up = Some(why);
     }
 
     /// Stamps attempt number `next` on the copy and, at the first repeat,
@@ -556,9 +567,7 @@ impl<C> RetryPolicy<C> {
         let attempt = self.retries + self.requeues + 1;
         let give_up = |this: &mut Self, why: GiveUp| {
             tracing::debug!(attempt, reason = why.as_str(), "not retrying");
-            metrics::give_up(why);
-            this.give_up = Some(why);
-            Decision::Stop(Some(why))
+            this.stop(why)
         };
         if self.retries >= self.shared.config.max_retries {
             return give_up(self, GiveUp::MaxRetries);
@@ -581,9 +590,7 @@ impl<C> RetryPolicy<C> {
                 max_pushback_ms = saturating_millis(max_pushback),
                 "not retrying"
             );
-            metrics::give_up(GiveUp::Pushback);
-            self.give_up = Some(GiveUp::Pushback);
-            return Decision::Stop(Some(GiveUp::Pushback));
+            return self.stop(GiveUp::Pushback);
         }
         let backoff = &self.shared.config.backoff;
         let delay = self
@@ -652,8 +659,7 @@ impl<C> RetryPolicy<C> {
                 reason = GiveUp::MaxRequeues.as_str(),
                 "not requeueing a request that never reached a server"
             );
-            metrics::give_up(GiveUp::MaxRequeues);
-            self.give_up = Some(GiveUp::MaxRequeues);
+            self.note_give_up(GiveUp::MaxRequeues);
             return;
         }
         if self.retries > 0 && self.shared.classifier.classify(result).is_retryable() {
@@ -662,8 +668,7 @@ impl<C> RetryPolicy<C> {
                 reason = GiveUp::MaxRetries.as_str(),
                 "not retrying"
             );
-            metrics::give_up(GiveUp::MaxRetries);
-            self.give_up = Some(GiveUp::MaxRetries);
+            self.note_give_up(GiveUp::MaxRetries);
         }
     }
 }

@@ -238,7 +238,8 @@ impl Limits {
 #[derive(Clone)]
 pub struct AttemptTimeout<S> {
     inner: S,
-    timeout: Duration,
+    /// The time limit in ns (saturated: 584 years), as every attempt's
+    /// future and body carry it.
     timeout_ns: u64,
     streaming: bool,
 }
@@ -249,7 +250,6 @@ impl<S> AttemptTimeout<S> {
         let ns = timeout.as_nanos();
         Self {
             inner,
-            timeout,
             timeout_ns: if ns > u64::MAX as u128 {
                 u64::MAX
             } else {
@@ -268,7 +268,7 @@ impl<S> AttemptTimeout<S> {
 
     /// The time limit of one call.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        Duration::from_nanos(self.timeout_ns)
     }
 
     /// The wrapped service.
@@ -291,7 +291,7 @@ impl<S: fmt::Debug> fmt::Debug for AttemptTimeout<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AttemptTimeout")
             .field("inner", &self.inner)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.timeout())
             .field("streaming", &self.streaming)
             .finish()
     }
