@@ -237,12 +237,15 @@ async fn total_outage_retries_stay_in_budget_and_calls_still_reach_the_servers()
     assert!(at_servers >= ORIGINAL, "every call reached a server");
 
     // Every breaker is open now; the balancer keeps two endpoints in play.
-    // Calls still go out (the budget spent, without retries) and end with
-    // the servers' 503, quickly.
+    // Calls still go out and end with the servers' 503, quickly. They are
+    // POSTs, which are never retried: the budget's floor refills once the
+    // first phase's retries are `ttl` old, and on a slow machine that is
+    // before this phase starts, so GETs here could legitimately spend
+    // seconds in backoff. What is measured is that no call waits locally.
     let before = hits(&bs);
     let more = run_load(
         &users,
-        &http::Method::GET,
+        &http::Method::POST,
         1000,
         32,
         8,
@@ -260,7 +263,7 @@ async fn total_outage_retries_stay_in_budget_and_calls_still_reach_the_servers()
     let after = hits(&bs);
     let reached: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     eprintln!("total outage, breakers open: servers saw {reached:?}");
-    assert!(reached.iter().sum::<u64>() >= 32, "{reached:?}");
+    assert_eq!(reached.iter().sum::<u64>(), 32, "one attempt per call: {reached:?}");
     assert_eq!(
         reached.iter().filter(|&&n| n > 0).count(),
         2,
