@@ -105,6 +105,8 @@
 
 pub mod builder;
 pub mod config;
+#[cfg(feature = "hyper")]
+pub mod connector;
 pub mod endpoint;
 #[cfg(feature = "tonic")]
 pub mod grpc;

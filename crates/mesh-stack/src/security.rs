@@ -115,6 +115,21 @@ pub struct MeshTlsConfig {
         serde(default, skip_serializing_if = "BTreeMap::is_empty")
     )]
     pub server_identities: BTreeMap<String, String>,
+    /// The discovery metadata key that carries each endpoint's identity
+    /// (for example `"spiffe_id"`: Consul's `ServiceMeta`, or a static
+    /// endpoint's `metadata`). When set, the ready-made clients
+    /// ([`Mesh::hyper_client`](crate::Mesh::hyper_client),
+    /// [`Mesh::grpc_channel`](crate::Mesh::grpc_channel)) check each
+    /// endpoint of a service that has no `server_identities` entry against
+    /// the identity in its own metadata, at connect; an endpoint without
+    /// the key is not connected to. A `server_identities` entry wins over
+    /// metadata. `None` (default): identities come from
+    /// `server_identities` only.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub identity_metadata: Option<String>,
     /// How often handshakes may check the files for changes. Default 10s.
     #[cfg_attr(
         feature = "serde",
@@ -136,8 +151,17 @@ impl MeshTlsConfig {
             key,
             trust_bundles: BTreeMap::new(),
             server_identities: BTreeMap::new(),
+            identity_metadata: None,
             reload_interval: default_reload_interval(),
         }
+    }
+
+    /// Reads each endpoint's expected identity from its discovery metadata
+    /// under `key` (see [`identity_metadata`](Self::identity_metadata)).
+    #[must_use]
+    pub fn with_identity_metadata(mut self, key: impl Into<String>) -> Self {
+        self.identity_metadata = Some(key.into());
+        self
     }
 
     /// Requires the service `service` to prove `identity`.
@@ -172,7 +196,13 @@ impl MeshTlsConfig {
 
     /// The mTLS client config for calls to `service`.
     pub fn client_config(&self, service: &str) -> ClientTlsConfig {
-        let expected = self.server_identities.get(service);
+        self.client_config_expecting(self.server_identities.get(service).map(String::as_str))
+    }
+
+    /// The mTLS client config for a server that must prove `expected`
+    /// (checked instead of the host name, against its trust domain's bundle
+    /// when there is one); `None` checks the host name dialled.
+    pub fn client_config_expecting(&self, expected: Option<&str>) -> ClientTlsConfig {
         // The expected identity's own trust domain bundle, when there is one.
         let ca = expected
             .and_then(|id| parse_spiffe_id(id).ok())
@@ -183,7 +213,7 @@ impl MeshTlsConfig {
             .with_reload_interval(self.reload_interval);
         if let Some(id) = expected {
             config = config
-                .with_server_identity(id.clone())
+                .with_server_identity(id)
                 .without_hostname_verification();
         }
         config
@@ -202,6 +232,11 @@ impl MeshTlsConfig {
             } else if id.contains("://") && parse_spiffe_id(id).is_err() {
                 errors.push(&path, "is not a valid SPIFFE ID");
             }
+        }
+        if let Some(key) = &self.identity_metadata
+            && key.trim().is_empty()
+        {
+            errors.push("identity_metadata", "must not be empty when set");
         }
         errors.into_result()
     }
@@ -351,15 +386,22 @@ pub struct CredentialsLayer {
 
 impl CredentialsLayer {
     pub(crate) fn new(config: Option<&ServiceApiKeyConfig>) -> Result<Self, InvalidConfig> {
-        let key = match config {
-            None => None,
-            Some(c) => Some(
-                ApiKeyLayer::from_source(c.header.clone(), &c.key)
-                    .map_err(|e| InvalidConfig::field("api_key.key", e.to_string()))?,
-            ),
-        };
-        Ok(Self { key })
+        Ok(Self {
+            key: api_key_layer(config)?,
+        })
     }
+}
+
+/// The key of `[services.x.api_key]`, loaded; `None` without one.
+pub(crate) fn api_key_layer(
+    config: Option<&ServiceApiKeyConfig>,
+) -> Result<Option<ApiKeyLayer>, InvalidConfig> {
+    config
+        .map(|c| {
+            ApiKeyLayer::from_source(c.header.clone(), &c.key)
+                .map_err(|e| InvalidConfig::field("api_key.key", e.to_string()))
+        })
+        .transpose()
 }
 
 impl<S> Layer<S> for CredentialsLayer {
