@@ -154,6 +154,32 @@ async fn hyper_client_presents_the_certificate_of_tls_and_checks_the_server() {
 }
 
 #[tokio::test]
+async fn a_plain_client_of_the_same_type_is_never_what_hyper_client_returns() {
+    let pki = Pki::new("cache");
+    let addr = mtls_users(&pki).await;
+    let file = orders_file(
+        &pki,
+        addr,
+        &format!("[tls.server_identities]\nusers = {USERS:?}\n"),
+        "",
+    );
+    let orders = Mesh::new(MeshConfig::from_toml_str(&file).unwrap()).unwrap();
+    // A stack over the caller's own plain client, built first: the same type
+    // as hyper_client's, but it must not be reused for it.
+    let plain = orders
+        .http_client("users", mesh_stack::inner::http_client::<Empty<Bytes>>())
+        .unwrap();
+    let req = http::Request::get("http://users/users/7")
+        .body(Empty::new())
+        .unwrap();
+    assert!(plain.oneshot(req).await.is_err(), "an mTLS server");
+    assert_eq!(
+        get_users(&orders, "http://users/users/7").await.unwrap(),
+        (200, ORDERS.to_owned())
+    );
+}
+
+#[tokio::test]
 async fn hyper_client_refuses_a_server_proving_another_identity() {
     let pki = Pki::new("wrong");
     let addr = mtls_users(&pki).await;
@@ -222,6 +248,39 @@ async fn each_endpoint_proves_the_identity_in_its_metadata() {
         get_users(&orders, "http://users/users/7").await.unwrap().0,
         200
     );
+}
+
+#[tokio::test]
+async fn the_identity_comes_from_consul_service_meta() {
+    use mesh_testkit::consul::{FakeConsul, Instance};
+
+    let pki = Pki::new("consul");
+    let addr = mtls_users(&pki).await;
+    let fake = FakeConsul::start().await.unwrap();
+    fake.add_instance(
+        Instance::new("users", "u1", "127.0.0.1", addr.port()).meta("spiffe_id", USERS),
+    );
+    fake.add_instance(
+        Instance::new("users-claims-billing", "u2", "127.0.0.1", addr.port())
+            .meta("spiffe_id", "spiffe://test.mesh/billing"),
+    );
+    let file = |consul_service: &str| {
+        format!(
+            "{}identity_metadata = \"spiffe_id\"\n\n[consul]\naddress = {:?}\n\n\
+             [services.users]\ndiscovery = {{ kind = \"consul\", service = {consul_service:?}, wait = \"1s\" }}\n",
+            pki.tls_section("orders"),
+            fake.url()
+        )
+    };
+    let orders = Mesh::new(MeshConfig::from_toml_str(&file("users")).unwrap()).unwrap();
+    assert_eq!(
+        get_users(&orders, "http://users/users/7").await.unwrap(),
+        (200, ORDERS.to_owned())
+    );
+    let orders =
+        Mesh::new(MeshConfig::from_toml_str(&file("users-claims-billing")).unwrap()).unwrap();
+    let err = get_users(&orders, "http://users/users/7").await.unwrap_err();
+    assert_eq!(tls_kind(&err), Some(TlsErrorKind::WrongIdentity), "{err:?}");
 }
 
 #[tokio::test]
