@@ -60,9 +60,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
-use mesh_auth::apikey::ApiKeyLayer;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_auth::apikey::ApiKeyLayer;
 
 /// hyper-util's legacy client over [`MeshConnector`] (plain TCP, or mTLS
 /// when the mesh has `[tls]`), shared through one `Arc`, as the ready-made

@@ -335,6 +335,13 @@ impl Mesh {
     /// [`layer`](Self::layer) for a stack of its own. The stack applies
     /// discovery updates as they come, even while idle
     /// ([`DiscoveryService::apply_updates_in_background`]).
+    ///
+    /// `inner` is yours, and presents what you built it to: **not** the
+    /// `[tls]` certificate nor the `[services.x.api_key]` of the config.
+    /// Build it over [`client_tls`](Self::client_tls)'s connector and wrap
+    /// it in [`credentials_layer`](Self::credentials_layer), or use
+    /// [`hyper_client`](Self::hyper_client), which does both. Stacks over
+    /// your clients are kept apart from the ready-made clients' stacks.
     pub fn http_client<S>(&self, name: &str, inner: S) -> Result<MeshService<S>, MeshError>
     where
         S: Clone + Send + Sync + 'static,
@@ -461,7 +468,9 @@ impl Mesh {
     /// `https_connector()` (mesh-auth feature `hyper`) to hyper-util's client
     /// under [`http_client`](Self::http_client) or
     /// [`grpc_client`](Self::grpc_client), and send requests to
-    /// `https://name/...`.
+    /// `https://name/...`. ([`hyper_client`](Self::hyper_client) and
+    /// [`grpc_channel`](Self::grpc_channel) do this for you, and also take
+    /// identities from endpoint metadata.)
     pub fn client_tls(
         &self,
         name: &str,
@@ -582,6 +591,19 @@ impl Mesh {
     /// name: `http://users/profile/7`; bodies must be cloneable for retries
     /// (`Full`, `Empty`, `String`, ...).
     ///
+    /// With `[tls]` (or `[connect]`), every connection to the service is
+    /// mTLS whatever the request's scheme (`http://` and `https://` alike):
+    /// it presents the certificate and checks the endpoint's identity
+    /// (`[tls.server_identities]`, else the endpoint's discovery metadata
+    /// under `[tls] identity_metadata`); a failure is a
+    /// [`TlsError`](mesh_auth::TlsError) in the error chain
+    /// ([`TlsError::find`](mesh_auth::TlsError::find)), or a
+    /// [`MissingServerIdentity`](crate::connector::MissingServerIdentity).
+    /// With `[services.name.api_key]`, the key goes with every request.
+    /// Redirects are not followed (a 3xx comes back to you), so neither
+    /// credential travels to another host. Without those sections, a plain
+    /// HTTP client as before.
+    ///
     /// ```
     /// # use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
     /// # use mesh_stack::core::Endpoint;
@@ -683,6 +705,11 @@ impl Mesh {
     /// itself would use ([`GrpcStatusLayer`](crate::GrpcStatusLayer):
     /// `Unavailable` when no endpoint can be reached, `DeadlineExceeded` past
     /// the deadline).
+    ///
+    /// With `[tls]`, `[connect]` or `[services.name.api_key]`, it connects
+    /// with mTLS (offering ALPN `h2`) and sends the key, as
+    /// [`hyper_client`](Self::hyper_client) does; the origin stays
+    /// `http://name`.
     ///
     /// ```
     /// # use mesh_stack::{Mesh, MeshConfig, ServiceConfig};

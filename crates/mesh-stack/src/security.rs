@@ -20,6 +20,9 @@
 //!
 //! [tls.server_identities]   # what each service called must prove
 //! users = "spiffe://example.org/users"
+//! # Or, for services not listed: each endpoint's own, from its discovery
+//! # metadata (Consul `ServiceMeta`, a static endpoint's `metadata`):
+//! # identity_metadata = "spiffe_id"   (under [tls])
 //!
 //! [services.billing.api_key]   # a peer that wants an API key
 //! header = "x-api-key"
@@ -33,10 +36,22 @@
 //! keys = [ { identity = "reports", sha256 = "…64 hex digits…" } ]
 //! ```
 //!
-//! - Clients: [`Mesh::client_tls`] (the mTLS config for one service, with
-//!   its expected identity; `https_connector()` / `reqwest_builder()` on
-//!   it), [`Mesh::credentials_layer`] (adds the service's API key), and
-//!   [`Mesh::secure_reqwest_client`] (both, over reqwest, redirects off).
+//! - Clients the mesh builds present everything themselves:
+//!   [`Mesh::hyper_client`] and [`Mesh::grpc_channel`] connect with mTLS
+//!   to every endpoint of a service when `[tls]` (or `[connect]`) is set,
+//!   whatever the request's scheme (`http://users/..` keeps working: the
+//!   service decides, not the URL), check the endpoint's identity
+//!   (`[tls.server_identities]`, else its metadata under
+//!   `identity_metadata`), and send `[services.x.api_key]`; hyper follows
+//!   no redirects. See [`connector`](crate::connector).
+//!   [`Mesh::secure_reqwest_client`] does the same over reqwest (HTTPS,
+//!   redirects off). Without these sections they are plain, as before.
+//! - Clients you bring ([`Mesh::http_client`], `grpc_client`,
+//!   `reqwest_client`, `reqwest_middleware`) present nothing by themselves:
+//!   build them from [`Mesh::client_tls`] (the mTLS config for one service,
+//!   with its expected identity; `https_connector()` / `reqwest_builder()`
+//!   on it), wrap them in [`Mesh::credentials_layer`] (adds the service's
+//!   API key), and do not let them follow redirects.
 //! - Servers: [`Mesh::server_tls`] for `mesh_auth::tls::serve` or tonic's
 //!   `MtlsAcceptor::incoming`, and [`Mesh::server_layer`], one layer for
 //!   axum or tonic that accepts mTLS callers or API keys and applies
@@ -60,6 +75,9 @@
 //! first certificate. See `mesh_discovery::connect`.
 //!
 //! [`Mesh::client_tls`]: crate::Mesh::client_tls
+//! [`Mesh::hyper_client`]: crate::Mesh::hyper_client
+//! [`Mesh::grpc_channel`]: crate::Mesh::grpc_channel
+//! [`Mesh::http_client`]: crate::Mesh::http_client
 //! [`Mesh::credentials_layer`]: crate::Mesh::credentials_layer
 //! [`Mesh::secure_reqwest_client`]: crate::Mesh::secure_reqwest_client
 //! [`Mesh::server_tls`]: crate::Mesh::server_tls

@@ -190,7 +190,9 @@ async fn hyper_client_refuses_a_server_proving_another_identity() {
         "",
     );
     let orders = Mesh::new(MeshConfig::from_toml_str(&file).unwrap()).unwrap();
-    let err = get_users(&orders, "http://users/users/7").await.unwrap_err();
+    let err = get_users(&orders, "http://users/users/7")
+        .await
+        .unwrap_err();
     assert_eq!(tls_kind(&err), Some(TlsErrorKind::WrongIdentity), "{err:?}");
 }
 
@@ -221,13 +223,17 @@ async fn each_endpoint_proves_the_identity_in_its_metadata() {
         ", metadata = { spiffe_id = \"spiffe://test.mesh/billing\" }",
     );
     let orders = Mesh::new(MeshConfig::from_toml_str(&file).unwrap()).unwrap();
-    let err = get_users(&orders, "http://users/users/7").await.unwrap_err();
+    let err = get_users(&orders, "http://users/users/7")
+        .await
+        .unwrap_err();
     assert_eq!(tls_kind(&err), Some(TlsErrorKind::WrongIdentity), "{err:?}");
 
     // No identity in the metadata: not connected to at all.
     let file = orders_file(&pki, addr, meta, ", metadata = { zone = \"a\" }");
     let orders = Mesh::new(MeshConfig::from_toml_str(&file).unwrap()).unwrap();
-    let err = get_users(&orders, "http://users/users/7").await.unwrap_err();
+    let err = get_users(&orders, "http://users/users/7")
+        .await
+        .unwrap_err();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
     let mut found = false;
     while let Some(e) = source {
@@ -279,7 +285,9 @@ async fn the_identity_comes_from_consul_service_meta() {
     );
     let orders =
         Mesh::new(MeshConfig::from_toml_str(&file("users-claims-billing")).unwrap()).unwrap();
-    let err = get_users(&orders, "http://users/users/7").await.unwrap_err();
+    let err = get_users(&orders, "http://users/users/7")
+        .await
+        .unwrap_err();
     assert_eq!(tls_kind(&err), Some(TlsErrorKind::WrongIdentity), "{err:?}");
 }
 
@@ -345,7 +353,9 @@ async fn recording_server(seen: Seen, app: Router) -> SocketAddr {
                     .headers()
                     .get("x-api-key")
                     .map(|v| v.to_str().unwrap().to_owned());
-                seen.lock().unwrap().push((req.uri().path().to_owned(), key));
+                seen.lock()
+                    .unwrap()
+                    .push((req.uri().path().to_owned(), key));
                 next.run(req).await
             }
         },
@@ -388,7 +398,12 @@ async fn the_api_key_arrives_and_a_redirect_does_not_carry_it_away() {
             "/users/moved",
             get(move || {
                 let location = location.clone();
-                async move { (http::StatusCode::FOUND, [(http::header::LOCATION, location)]) }
+                async move {
+                    (
+                        http::StatusCode::FOUND,
+                        [(http::header::LOCATION, location)],
+                    )
+                }
             }),
         )
         .layer(server.server_layer().unwrap());
