@@ -341,6 +341,58 @@ async fn grpc_channel_reaches_an_mtls_tonic_server() {
     assert_eq!(kind, Some(TlsErrorKind::WrongIdentity), "{status:?}");
 }
 
+#[tokio::test]
+async fn grpc_channel_sends_the_api_key_of_its_file() {
+    // A tonic server accepting the key through the server layer.
+    let hash = mesh_stack::auth::apikey::ApiKeySet::hash_hex(&KEY.into());
+    let server_file = format!(
+        "[server.authorization]\nrules = [ {{ identity = \"apikey:reports\", paths = [\"/grpc.health.v1.Health\"] }} ]\n\n\
+         [server.api_keys]\nkeys = [ {{ identity = \"reports\", sha256 = \"{hash}\" }} ]\n"
+    );
+    let server = Mesh::new(MeshConfig::from_toml_str(&server_file).unwrap()).unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("users", ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(server.server_layer().unwrap())
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let key = key_file("secure-clients-grpc-key");
+    let service = format!(
+        "[services.health]\ndiscovery = {{ kind = \"static\", endpoints = [{{ address = \"{addr}\" }}] }}\n"
+    );
+    let with_key = format!(
+        "{service}api_key = {{ key = {{ file = {:?} }} }}\n",
+        key.display().to_string()
+    );
+    let check = || HealthCheckRequest {
+        service: "users".into(),
+    };
+    let channel = |file: &str| {
+        let mesh = Mesh::new(MeshConfig::from_toml_str(file).unwrap()).unwrap();
+        HealthClient::with_origin(
+            mesh.grpc_channel("health").unwrap(),
+            "http://health".parse().unwrap(),
+        )
+    };
+    let status = channel(&with_key)
+        .check(check())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving.into());
+    let denied = channel(&service).check(check()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated, "{denied:?}");
+    let _ = std::fs::remove_file(&key);
+}
+
 /// Requests an axum server saw: path and `x-api-key` header.
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
