@@ -78,7 +78,8 @@ impl MeshConnector {
 
     /// mTLS to every endpoint with `config` (its expected server identity,
     /// or its host-name check), whatever the request's scheme. `alpn`: the
-    /// protocols to offer (`[b"h2"]` for gRPC, none for HTTP/1.1).
+    /// protocols to offer (`[b"h2"]` for gRPC, `[b"http/1.1"]` for HTTP/1.1;
+    /// when the server picks `h2`, hyper-util's client speaks HTTP/2).
     pub fn tls(service: &str, config: &MtlsClientConfig, alpn: &[&[u8]]) -> Self {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
         let connector = with_alpn(config, &alpn);
@@ -282,5 +283,35 @@ impl MissingServerIdentity {
     /// The endpoint's address.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_addresses_and_server_names_come_from_the_rewritten_uri() {
+        let uri: Uri = "http://10.0.0.1:8080/x".parse().unwrap();
+        assert_eq!(
+            endpoint_address(&uri),
+            Some("10.0.0.1:8080".parse().unwrap())
+        );
+        assert!(server_name(&uri).is_ok());
+        let v6: Uri = "https://[::1]:9443/x".parse().unwrap();
+        assert_eq!(endpoint_address(&v6), Some("[::1]:9443".parse().unwrap()));
+        assert!(matches!(
+            server_name(&v6).unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        let host: Uri = "http://users.internal/x".parse().unwrap();
+        assert_eq!(
+            endpoint_address(&host),
+            Some(Address::host("users.internal", 80).unwrap())
+        );
+        // No host: an error, never a panic.
+        let relative: Uri = "/x".parse().unwrap();
+        assert_eq!(endpoint_address(&relative), None);
+        assert!(server_name(&relative).is_err());
     }
 }

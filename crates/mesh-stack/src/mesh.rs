@@ -654,7 +654,8 @@ impl Mesh {
         let service = self.service_config(name)?;
         let api_key = crate::security::api_key_layer(service.api_key.as_ref())
             .map_err(|e| MeshError::Invalid(e.nest(&format!("services.{name}"))))?;
-        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[] };
+        // HTTP/1.1 stays HTTP/1.1 over TLS, as over TCP; gRPC asks for h2.
+        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
         let connector = self.connector(name, alpn)?;
         Ok(if http2 {
             crate::inner::http2_client_with(connector, api_key)
