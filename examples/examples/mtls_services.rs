@@ -7,7 +7,12 @@
 //! TOML file: `[tls]` (its certificate, the CA, the identity each service it
 //! calls must prove), `[services.*]` (where they are, and an API key for
 //! those that want one) and `[server]` (who may call it). `Mesh::server_tls`
-//! and `Mesh::server_layer` serve; `Mesh::secure_reqwest_client` calls.
+//! and `Mesh::server_layer` serve; `Mesh::hyper_client` calls, presenting
+//! the certificate and the API key itself (requests still say
+//! `http://users/...`: a service with `[tls]` is always reached over mTLS).
+//! The gateway takes each endpoint's identity from its discovery metadata
+//! (`[tls] identity_metadata = "spiffe_id"`), as it would from Consul's
+//! `ServiceMeta`.
 //!
 //! 1. the gateway calls `orders`, which calls `users` for the customer;
 //! 2. the gateway calls `users`, which calls `orders` for the history;
@@ -29,8 +34,7 @@ use mesh_auth::apikey::ApiKeySet;
 use mesh_auth::tls::{ClientTlsConfig, MtlsAcceptor, PemSource, serve};
 use mesh_auth::{CallerIdentity, Secret, TlsError};
 use mesh_core::BoxError;
-use mesh_stack::reqwest::ReqwestService;
-use mesh_stack::security::Credentials;
+use mesh_stack::inner::HyperClient;
 use mesh_stack::{Mesh, MeshConfig, MeshService};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tower::ServiceExt;
@@ -42,17 +46,18 @@ const GATEWAY: &str = "spiffe://example.org/gateway";
 const REPORTS_KEY: &str = "sk-reports-2f1c9a7e5b3d4c6a";
 
 /// A client of one service through the mesh: mTLS with the service's
-/// identity checked, its API key if it has one, retries, no redirects.
+/// identity checked, its API key if it has one, retries; hyper follows no
+/// redirects, so neither credential leaves for another host.
 #[derive(Clone)]
 struct Peer {
-    client: MeshService<Credentials<ReqwestService>>,
+    client: MeshService<HyperClient<String>>,
     base: &'static str,
 }
 
 impl Peer {
     fn new(mesh: &Mesh, service: &'static str, base: &'static str) -> Result<Self, BoxError> {
         Ok(Self {
-            client: mesh.secure_reqwest_client(service)?,
+            client: mesh.hyper_client(service)?,
             base,
         })
     }
@@ -123,27 +128,46 @@ fn users_app(orders: Peer) -> Router {
         .with_state(orders)
 }
 
+/// Where a program learns the identity each service it calls must prove.
+#[derive(Clone, Copy, PartialEq)]
+enum Identities {
+    /// `[tls.server_identities]`, one per service.
+    InConfig,
+    /// Each endpoint's `spiffe_id` metadata (Consul `ServiceMeta` in
+    /// production; the static endpoints carry it here).
+    FromMetadata,
+}
+
 /// One program's mesh config file: its certificate, the services it calls
 /// (address and identity), and its own `[server]` policy.
 fn mesh_file(
     pki: &Pki,
     (cert, key): &(PathBuf, PathBuf),
     calls: &[(&str, &str, SocketAddr)],
+    identities: Identities,
     server: &str,
 ) -> String {
     let mut file = format!(
-        "[tls]\nca = {{ file = {:?} }}\ncert = {{ file = {:?} }}\nkey = {{ file = {:?} }}\n\n",
+        "[tls]\nca = {{ file = {:?} }}\ncert = {{ file = {:?} }}\nkey = {{ file = {:?} }}\n",
         pki.ca_path.display().to_string(),
         cert.display().to_string(),
         key.display().to_string(),
     );
-    file.push_str("[tls.server_identities]\n");
-    for (name, identity, _) in calls {
-        file.push_str(&format!("{name} = {identity:?}\n"));
+    if identities == Identities::FromMetadata {
+        file.push_str("identity_metadata = \"spiffe_id\"\n");
+    } else {
+        file.push_str("\n[tls.server_identities]\n");
+        for (name, identity, _) in calls {
+            file.push_str(&format!("{name} = {identity:?}\n"));
+        }
     }
-    for (name, _, addr) in calls {
+    for (name, identity, addr) in calls {
+        let metadata = match identities {
+            Identities::FromMetadata => format!(", metadata = {{ spiffe_id = {identity:?} }}"),
+            Identities::InConfig => String::new(),
+        };
         file.push_str(&format!(
-            "\n[services.{name}]\ndiscovery = {{ kind = \"static\", endpoints = [{{ address = \"{addr}\" }}] }}\n"
+            "\n[services.{name}]\ndiscovery = {{ kind = \"static\", endpoints = [{{ address = \"{addr}\"{metadata} }}] }}\n"
         ));
     }
     file.push_str(server);
@@ -181,12 +205,14 @@ async fn main() -> Result<(), BoxError> {
         &pki,
         &pki.issue("orders", ORDERS)?,
         &[("users", USERS, users_addr)],
+        Identities::InConfig,
         &orders_policy,
     ))?)?;
     let users_mesh = Mesh::new(MeshConfig::from_toml_str(&mesh_file(
         &pki,
         &pki.issue("users", USERS)?,
         &[("orders", ORDERS, orders_addr)],
+        Identities::InConfig,
         &users_policy,
     ))?)?;
 
@@ -196,14 +222,14 @@ async fn main() -> Result<(), BoxError> {
     tokio::spawn(serve(
         orders_listener,
         MtlsAcceptor::new(&orders_tls),
-        orders_app(Peer::new(&orders_mesh, "users", "https://users")?)
+        orders_app(Peer::new(&orders_mesh, "users", "http://users")?)
             .layer(orders_mesh.server_layer()?),
     ));
     // users also accepts API keys: a second, plain-HTTP listener for callers
     // without a certificate, behind the same layer.
     let keys_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let keys_addr = keys_listener.local_addr()?;
-    let users_app = users_app(Peer::new(&users_mesh, "orders", "https://orders")?)
+    let users_app = users_app(Peer::new(&users_mesh, "orders", "http://orders")?)
         .layer(users_mesh.server_layer()?);
     tokio::spawn(serve(
         users_listener,
@@ -219,10 +245,11 @@ async fn main() -> Result<(), BoxError> {
             ("orders", ORDERS, orders_addr),
             ("users", USERS, users_addr),
         ],
+        Identities::FromMetadata,
         "",
     ))?)?;
-    let to_orders = Peer::new(&gateway_mesh, "orders", "https://orders")?;
-    let to_users = Peer::new(&gateway_mesh, "users", "https://users")?;
+    let to_orders = Peer::new(&gateway_mesh, "orders", "http://orders")?;
+    let to_users = Peer::new(&gateway_mesh, "users", "http://users")?;
 
     println!("== gateway -> orders -> users");
     println!("  {:?}", to_orders.get("/orders/42").await?);

@@ -45,6 +45,39 @@ max_open_time = "4s"
 half_open_max_calls = 1
 "#;
 
+/// The demo's security sections, appended to [`DEMO_CONFIG`] (`{dir}` is
+/// where the demo writes the certificates it makes at start): the demo
+/// calls `accounts` over mTLS, proving `spiffe://demo.mesh/demo`, expecting
+/// `spiffe://demo.mesh/accounts`, and sending an API key.
+pub const DEMO_SECURITY_CONFIG: &str = r#"
+[tls]
+ca = { file = "{dir}/ca.pem" }
+cert = { file = "{dir}/demo.crt" }
+key = { file = "{dir}/demo.key" }
+
+[tls.server_identities]
+accounts = "spiffe://demo.mesh/accounts"
+
+[services.accounts]
+discovery = { kind = "static", endpoints = [{ address = "{accounts}" }] }
+api_key = { key = { file = "{dir}/accounts.apikey" } }
+"#;
+
+/// The `accounts` service's own file: its certificate, and who may call it.
+const ACCOUNTS_CONFIG: &str = r#"
+[tls]
+ca = { file = "{dir}/ca.pem" }
+cert = { file = "{dir}/accounts.crt" }
+key = { file = "{dir}/accounts.key" }
+
+[server.authorization]
+rules = [ { identity = "spiffe://demo.mesh/demo", methods = ["GET"], paths = ["/balance"] },
+          { identity = "apikey:demo", methods = ["GET"], paths = ["/balance"] } ]
+
+[server.api_keys]
+keys = [ { identity = "demo", sha256 = "{key_sha256}" } ]
+"#;
+
 /// The time limit the caller puts on each call, with and without the mesh.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -176,6 +209,8 @@ pub struct DemoReport {
     pub mesh_attempts: BTreeMap<String, u64>,
     /// Retries the mesh sent (attempts after the first).
     pub mesh_retries: u64,
+    /// What `accounts` answered the mesh's mTLS call (the identity it saw).
+    pub secure_call: String,
 }
 
 impl DemoReport {
@@ -208,6 +243,7 @@ impl DemoReport {
             self.mesh_retries,
             100.0 * self.mesh_retries as f64 / self.mesh.sent.max(1) as f64
         );
+        let _ = writeln!(s, "  accounts over mTLS: {}", self.secure_call);
         s
     }
 }
@@ -384,8 +420,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, BoxError> {
         );
     }
 
-    let config = MeshConfig::from_toml_str(DEMO_CONFIG)?;
+    // The security sections: certificates made now, `accounts` served over
+    // mTLS behind its server layer.
+    let pki = DemoPki::new()?;
+    let accounts = start_accounts(&pki).await?;
+    let security = DEMO_SECURITY_CONFIG
+        .replace("{dir}", &pki.dir_str())
+        .replace("{accounts}", &accounts.to_string());
+    let config = MeshConfig::from_toml_str(&format!("{DEMO_CONFIG}{security}"))?;
     let mesh = Mesh::builder(config).consul_client(consul).build()?;
+    let secure_call = call_accounts(&mesh).await?;
     let discovery = mesh.discovery("users")?;
     let wait_start = Instant::now();
     while discovery.current().len() < ports.len() {
@@ -468,7 +512,98 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, BoxError> {
         no_mesh: no_mesh_summary,
         mesh_attempts,
         mesh_retries,
+        secure_call,
     })
+}
+
+// ===== security: mTLS, an API key and the server layer =====
+
+/// The demo's API key for `accounts` (written to a file, as in production).
+const ACCOUNTS_KEY: &str = "sk-demo-accounts-7c1e93b2d4a5";
+
+/// A throwaway CA and the certificates of `demo` and `accounts`, in a
+/// temporary directory removed on drop.
+struct DemoPki {
+    dir: std::path::PathBuf,
+}
+
+impl DemoPki {
+    fn new() -> Result<Self, BoxError> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mesh-demo-pki-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let pki = Self { dir };
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        std::fs::write(pki.dir.join("ca.pem"), ca.pem())?;
+        for name in ["demo", "accounts"] {
+            let mut params = CertificateParams::default();
+            let id = format!("spiffe://demo.mesh/{name}");
+            params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca)?;
+            std::fs::write(pki.dir.join(format!("{name}.crt")), cert.pem())?;
+            std::fs::write(pki.dir.join(format!("{name}.key")), key.serialize_pem())?;
+        }
+        std::fs::write(pki.dir.join("accounts.apikey"), ACCOUNTS_KEY)?;
+        Ok(pki)
+    }
+
+    fn dir_str(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+impl Drop for DemoPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Serves `accounts` on 127.0.0.1 over mTLS, behind the server layer of its
+/// own config file; answers `/balance` with the caller's identity.
+async fn start_accounts(pki: &DemoPki) -> Result<std::net::SocketAddr, BoxError> {
+    use axum::Extension;
+    use mesh_stack::auth::CallerIdentity;
+
+    let hash = mesh_stack::auth::apikey::ApiKeySet::hash_hex(&ACCOUNTS_KEY.into());
+    let file = ACCOUNTS_CONFIG
+        .replace("{dir}", &pki.dir_str())
+        .replace("{key_sha256}", &hash);
+    let accounts = Mesh::new(MeshConfig::from_toml_str(&file)?)?;
+    let tls = accounts.server_tls()?.ok_or("accounts has no [tls]")?;
+    let app = axum::Router::new()
+        .route(
+            "/balance",
+            axum::routing::get(|Extension(who): Extension<CallerIdentity>| async move {
+                format!("balance 42 for {who}")
+            }),
+        )
+        .layer(accounts.server_layer()?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = mesh_stack::auth::tls::MtlsAcceptor::new(&tls);
+    tokio::spawn(mesh_stack::auth::tls::serve(listener, acceptor, app));
+    Ok(addr)
+}
+
+/// One call to `accounts` through the ready-made client: mTLS and the API
+/// key come from the config, nothing else is asked of the caller.
+async fn call_accounts(mesh: &Mesh) -> Result<String, BoxError> {
+    use http_body_util::BodyExt;
+
+    let accounts = mesh.hyper_client::<Empty<Bytes>>("accounts")?;
+    let req = http::Request::get("http://accounts/balance").body(Empty::new())?;
+    let res = accounts.oneshot(req).await?;
+    let status = res.status();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(format!("{status} {}", String::from_utf8_lossy(&body)))
 }
 
 fn new_recorder(backends: &Backends) -> Recorder {

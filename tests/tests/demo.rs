@@ -39,6 +39,12 @@ async fn the_mesh_succeeds_far_more_often_than_no_mesh() {
     let healthy = report.mesh_attempts["healthy-1"];
     assert!(failing * 4 < healthy, "{:?}", report.mesh_attempts);
     assert!(report.mesh_retries > 0, "{report:?}");
+    // The security sections of the same file: accounts served over mTLS
+    // saw the demo's certificate.
+    assert!(
+        report.secure_call == "200 OK balance 42 for spiffe://demo.mesh/demo",
+        "{report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,10 +26,18 @@
 //! reference counts) would cost that much per endpoint and per call; shared,
 //! it is one pointer and one atomic increment.
 //!
+//! With `[tls]` (or `[connect]`) in the config, the clients
+//! [`Mesh::hyper_client`](crate::Mesh::hyper_client) and
+//! [`Mesh::grpc_channel`](crate::Mesh::grpc_channel) build connect with mTLS
+//! ([`MeshConnector`](crate::connector::MeshConnector)) and send the
+//! service's `[services.x.api_key]` ([`SharedClient::with_api_key`]).
+//!
 //! Bring your own client to [`Mesh::http_client`](crate::Mesh::http_client)
 //! or [`Mesh::grpc_client`](crate::Mesh::grpc_client) for anything else
-//! (TLS, proxies, other timeouts); start from [`connector`] to keep
-//! `TCP_NODELAY`.
+//! (proxies, other timeouts); start from [`connector`] to keep
+//! `TCP_NODELAY`. Such a client presents no credentials of the mesh's: give
+//! it the TLS config of [`Mesh::client_tls`](crate::Mesh::client_tls) and
+//! wrap it in [`Mesh::credentials_layer`](crate::Mesh::credentials_layer).
 //!
 //! # Example
 //!
@@ -54,10 +62,14 @@ use std::time::Duration;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_auth::apikey::ApiKeyLayer;
 
-/// hyper-util's legacy client over plain TCP, shared through one `Arc`, as
-/// the ready-made stacks use it.
-pub type HyperClient<B> = SharedClient<HttpConnector, B>;
+/// hyper-util's legacy client over [`MeshConnector`] (plain TCP, or mTLS
+/// when the mesh has `[tls]`), shared through one `Arc`, as the ready-made
+/// stacks use it.
+///
+/// [`MeshConnector`]: crate::connector::MeshConnector
+pub type HyperClient<B> = SharedClient<crate::connector::MeshConnector, B>;
 
 /// hyper-util's legacy client behind one `Arc`: cloning it (what a router
 /// does for every endpoint's stack, and for each call) is one atomic
@@ -77,20 +89,40 @@ pub type HyperClient<B> = SharedClient<HttpConnector, B>;
 /// # }
 /// ```
 pub struct SharedClient<C, B> {
-    client: Arc<Client<C, B>>,
+    shared: Arc<Shared<C, B>>,
+}
+
+struct Shared<C, B> {
+    client: Client<C, B>,
+    api_key: Option<ApiKeyLayer>,
 }
 
 impl<C, B> SharedClient<C, B> {
     /// Shares `client`.
     pub fn new(client: Client<C, B>) -> Self {
         Self {
-            client: Arc::new(client),
+            shared: Arc::new(Shared {
+                client,
+                api_key: None,
+            }),
+        }
+    }
+
+    /// Shares `client`, which sends `key` with every request made through
+    /// the `Service` impl (what the mesh's stacks call; the client's own
+    /// methods reached through `Deref` send no key).
+    pub fn with_api_key(client: Client<C, B>, key: Option<ApiKeyLayer>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                api_key: key,
+            }),
         }
     }
 
     /// The client.
     pub fn get_ref(&self) -> &Client<C, B> {
-        &self.client
+        &self.shared.client
     }
 }
 
@@ -99,7 +131,7 @@ impl<C, B> std::ops::Deref for SharedClient<C, B> {
     type Target = Client<C, B>;
 
     fn deref(&self) -> &Client<C, B> {
-        &self.client
+        &self.shared.client
     }
 }
 
@@ -112,14 +144,16 @@ impl<C, B> From<Client<C, B>> for SharedClient<C, B> {
 impl<C, B> Clone for SharedClient<C, B> {
     fn clone(&self) -> Self {
         Self {
-            client: Arc::clone(&self.client),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
 
 impl<C, B> fmt::Debug for SharedClient<C, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedClient").finish_non_exhaustive()
+        f.debug_struct("SharedClient")
+            .field("api_key", &self.shared.api_key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,8 +174,11 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        self.client.request(req)
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(key) = &self.shared.api_key {
+            key.insert_into(req.headers_mut());
+        }
+        self.shared.client.request(req)
     }
 }
 
@@ -174,12 +211,25 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
-    SharedClient::new(
+    http_client_with(crate::connector::MeshConnector::plain(), None)
+}
+
+/// [`http_client`] over `connector`, sending `api_key` with every request.
+pub fn http_client_with<B>(
+    connector: crate::connector::MeshConnector,
+    api_key: Option<ApiKeyLayer>,
+) -> HyperClient<B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    SharedClient::with_api_key(
         Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector()),
+            .build(connector),
+        api_key,
     )
 }
 
@@ -191,13 +241,26 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
-    SharedClient::new(
+    http2_client_with(crate::connector::MeshConnector::plain(), None)
+}
+
+/// [`http2_client`] over `connector`, sending `api_key` with every request.
+pub fn http2_client_with<B>(
+    connector: crate::connector::MeshConnector,
+    api_key: Option<ApiKeyLayer>,
+) -> HyperClient<B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    SharedClient::with_api_key(
         Client::builder(TokioExecutor::new())
             .http2_only(true)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector()),
+            .build(connector),
+        api_key,
     )
 }

@@ -91,7 +91,8 @@
 //! - `serde` (default): `MeshConfig` Serialize/Deserialize.
 //! - `toml`, `yaml`, `json`: parsers for the config formats.
 //! - `hyper`: [`Mesh::hyper_client`] and [`inner`]: hyper-util's client built
-//!   with `TCP_NODELAY` and a bounded idle pool.
+//!   with `TCP_NODELAY` and a bounded idle pool, over [`connector`]'s
+//!   `MeshConnector` (mTLS with `[tls]`, each endpoint's identity checked).
 //! - `tonic` (implies `hyper`): [`Mesh::grpc_channel`] for generated tonic
 //!   clients, and [`GrpcStatusLayer`]: mesh errors become the `tonic::Status`
 //!   tonic would use (`Unavailable`, `DeadlineExceeded`).
@@ -105,6 +106,8 @@
 
 pub mod builder;
 pub mod config;
+#[cfg(feature = "hyper")]
+pub mod connector;
 pub mod endpoint;
 #[cfg(feature = "tonic")]
 pub mod grpc;

@@ -335,6 +335,13 @@ impl Mesh {
     /// [`layer`](Self::layer) for a stack of its own. The stack applies
     /// discovery updates as they come, even while idle
     /// ([`DiscoveryService::apply_updates_in_background`]).
+    ///
+    /// `inner` is yours, and presents what you built it to: **not** the
+    /// `[tls]` certificate nor the `[services.x.api_key]` of the config.
+    /// Build it over [`client_tls`](Self::client_tls)'s connector and wrap
+    /// it in [`credentials_layer`](Self::credentials_layer), or use
+    /// [`hyper_client`](Self::hyper_client), which does both. Stacks over
+    /// your clients are kept apart from the ready-made clients' stacks.
     pub fn http_client<S>(&self, name: &str, inner: S) -> Result<MeshService<S>, MeshError>
     where
         S: Clone + Send + Sync + 'static,
@@ -371,7 +378,19 @@ impl Mesh {
     where
         T: Clone + Send + Sync + 'static,
     {
-        let key = (name.to_owned(), TypeId::of::<T>());
+        self.cached_as::<T, T>(name, build)
+    }
+
+    /// The stack of type `T` for `name`, kept under the kind `K`.
+    fn cached_as<K: 'static, T>(
+        &self,
+        name: &str,
+        build: impl FnOnce() -> Result<T, MeshError>,
+    ) -> Result<T, MeshError>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let key = (name.to_owned(), TypeId::of::<K>());
         let mut stacks = self
             .shared
             .stacks
@@ -411,16 +430,27 @@ impl Mesh {
     where
         S: Clone + Send + Sync + 'static,
     {
-        self.cached(name, || {
-            let max = self.service_config(name)?.retry.max_replay_body;
-            let stack = self.build_stack(name, GrpcClassifier::default(), inner)?;
-            Ok(ReplayBodyLayer::new(max).layer(stack))
-        })
+        self.cached(name, || self.build_grpc_stack(name, inner))
+    }
+
+    fn build_grpc_stack<S>(&self, name: &str, inner: S) -> Result<GrpcMeshService<S>, MeshError>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let max = self.service_config(name)?.retry.max_replay_body;
+        let stack = self.build_stack(name, GrpcClassifier::default(), inner)?;
+        Ok(ReplayBodyLayer::new(max).layer(stack))
     }
 
     /// The stack of the service `name` over a `reqwest::Client`: send
     /// `http::Request`s (bodies convertible into `reqwest::Body`), get
     /// `http::Response<reqwest::Body>`s.
+    ///
+    /// `client` is yours: it presents no credentials of the mesh's (no
+    /// `[tls]` certificate, no `[services.x.api_key]`), and follows
+    /// redirects as you built it to. For a client that presents them and
+    /// follows no redirects, use
+    /// [`secure_reqwest_client`](Self::secure_reqwest_client).
     #[cfg(feature = "reqwest")]
     pub fn reqwest_client(
         &self,
@@ -438,7 +468,9 @@ impl Mesh {
     /// `https_connector()` (mesh-auth feature `hyper`) to hyper-util's client
     /// under [`http_client`](Self::http_client) or
     /// [`grpc_client`](Self::grpc_client), and send requests to
-    /// `https://name/...`.
+    /// `https://name/...`. ([`hyper_client`](Self::hyper_client) and
+    /// [`grpc_channel`](Self::grpc_channel) do this for you, and also take
+    /// identities from endpoint metadata.)
     pub fn client_tls(
         &self,
         name: &str,
@@ -559,6 +591,19 @@ impl Mesh {
     /// name: `http://users/profile/7`; bodies must be cloneable for retries
     /// (`Full`, `Empty`, `String`, ...).
     ///
+    /// With `[tls]` (or `[connect]`), every connection to the service is
+    /// mTLS whatever the request's scheme (`http://` and `https://` alike):
+    /// it presents the certificate and checks the endpoint's identity
+    /// (`[tls.server_identities]`, else the endpoint's discovery metadata
+    /// under `[tls] identity_metadata`); a failure is a
+    /// [`TlsError`](mesh_auth::TlsError) in the error chain
+    /// ([`TlsError::find`](mesh_auth::TlsError::find)), or a
+    /// [`MissingServerIdentity`](crate::connector::MissingServerIdentity).
+    /// With `[services.name.api_key]`, the key goes with every request.
+    /// Redirects are not followed (a 3xx comes back to you), so neither
+    /// credential travels to another host. Without those sections, a plain
+    /// HTTP client as before.
+    ///
     /// ```
     /// # use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
     /// # use mesh_stack::core::Endpoint;
@@ -586,7 +631,72 @@ impl Mesh {
         B: http_body::Body + Send + 'static,
         B::Data: Send,
     {
-        self.http_client(name, crate::inner::http_client())
+        type Kind<B> = ReadyMade<MeshService<crate::inner::HyperClient<B>>>;
+        self.cached_as::<Kind<B>, _>(name, || {
+            let inner = self.ready_made_client(name, false)?;
+            self.build_stack(name, DefaultHttpClassifier, inner)
+        })
+    }
+
+    /// The inner client of [`hyper_client`](Self::hyper_client) (HTTP/1.1)
+    /// or [`grpc_channel`](Self::grpc_channel) (`http2`) for `name`: mTLS
+    /// with `[tls]` or `[connect]`, the service's API key when it has one.
+    #[cfg(feature = "hyper")]
+    fn ready_made_client<B>(
+        &self,
+        name: &str,
+        http2: bool,
+    ) -> Result<crate::inner::HyperClient<B>, MeshError>
+    where
+        B: http_body::Body + Send,
+        B::Data: Send,
+    {
+        let service = self.service_config(name)?;
+        let api_key = crate::security::api_key_layer(service.api_key.as_ref())
+            .map_err(|e| MeshError::Invalid(e.nest(&format!("services.{name}"))))?;
+        // HTTP/1.1 stays HTTP/1.1 over TLS, as over TCP; gRPC asks for h2.
+        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let connector = self.connector(name, alpn)?;
+        Ok(if http2 {
+            crate::inner::http2_client_with(connector, api_key)
+        } else {
+            crate::inner::http_client_with(connector, api_key)
+        })
+    }
+
+    /// The connector of the ready-made clients for `name`: see
+    /// [`connector`](crate::connector).
+    #[cfg(feature = "hyper")]
+    fn connector(
+        &self,
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> Result<crate::connector::MeshConnector, MeshError> {
+        use crate::connector::MeshConnector;
+
+        if self.shared.connect.is_none()
+            && let Some(tls) = &self.shared.config.tls
+            && let Some(key) = &tls.identity_metadata
+            && !tls.server_identities.contains_key(name)
+        {
+            // Bad files fail now, not at the first connection.
+            tls.client_config_expecting(None)
+                .build()
+                .map_err(|e| crate::security::tls_error(&e))?;
+            let discovery = self.discovery(name)?;
+            let tls = tls.clone();
+            return Ok(MeshConnector::tls_from_metadata(
+                name,
+                discovery,
+                key.clone(),
+                move |id| tls.client_config_expecting(Some(id)).build(),
+                alpn,
+            ));
+        }
+        Ok(match self.client_tls(name)? {
+            Some(config) => MeshConnector::tls(name, &config, alpn),
+            None => MeshConnector::plain(),
+        })
     }
 
     /// The gRPC stack of the service `name` for a generated tonic client,
@@ -596,6 +706,11 @@ impl Mesh {
     /// itself would use ([`GrpcStatusLayer`](crate::GrpcStatusLayer):
     /// `Unavailable` when no endpoint can be reached, `DeadlineExceeded` past
     /// the deadline).
+    ///
+    /// With `[tls]`, `[connect]` or `[services.name.api_key]`, it connects
+    /// with mTLS (offering ALPN `h2`) and sends the key, as
+    /// [`hyper_client`](Self::hyper_client) does; the origin stays
+    /// `http://name`.
     ///
     /// ```
     /// # use mesh_stack::{Mesh, MeshConfig, ServiceConfig};
@@ -616,7 +731,9 @@ impl Mesh {
     /// ```
     #[cfg(feature = "tonic")]
     pub fn grpc_channel(&self, name: &str) -> Result<crate::grpc::GrpcChannel, MeshError> {
-        let stack = self.grpc_client(name, crate::inner::http2_client())?;
+        let stack = self.cached_as::<ReadyMade<crate::grpc::GrpcChannel>, _>(name, || {
+            self.build_grpc_stack(name, self.ready_made_client(name, true)?)
+        })?;
         Ok(crate::grpc::GrpcStatusLayer::new().layer(stack))
     }
 
@@ -645,6 +762,12 @@ impl Mesh {
         crate::middleware::MeshMiddleware::new(self, client)
     }
 }
+
+/// The cache kind of the ready-made clients' stacks: kept apart from
+/// stacks over a caller's own client of the same type, so a plain client
+/// handed to [`Mesh::http_client`] is never what
+/// [`Mesh::hyper_client`] returns, nor the other way round.
+struct ReadyMade<T>(std::marker::PhantomData<T>);
 
 /// Whether `error` proves the request never reached a server: what the
 /// ready-made stacks requeue (send again at once, to another endpoint,

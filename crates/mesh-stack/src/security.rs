@@ -20,6 +20,9 @@
 //!
 //! [tls.server_identities]   # what each service called must prove
 //! users = "spiffe://example.org/users"
+//! # Or, for services not listed: each endpoint's own, from its discovery
+//! # metadata (Consul `ServiceMeta`, a static endpoint's `metadata`):
+//! # identity_metadata = "spiffe_id"   (under [tls])
 //!
 //! [services.billing.api_key]   # a peer that wants an API key
 //! header = "x-api-key"
@@ -33,10 +36,22 @@
 //! keys = [ { identity = "reports", sha256 = "…64 hex digits…" } ]
 //! ```
 //!
-//! - Clients: [`Mesh::client_tls`] (the mTLS config for one service, with
-//!   its expected identity; `https_connector()` / `reqwest_builder()` on
-//!   it), [`Mesh::credentials_layer`] (adds the service's API key), and
-//!   [`Mesh::secure_reqwest_client`] (both, over reqwest, redirects off).
+//! - Clients the mesh builds present everything themselves:
+//!   [`Mesh::hyper_client`] and [`Mesh::grpc_channel`] connect with mTLS
+//!   to every endpoint of a service when `[tls]` (or `[connect]`) is set,
+//!   whatever the request's scheme (`http://users/..` keeps working: the
+//!   service decides, not the URL), check the endpoint's identity
+//!   (`[tls.server_identities]`, else its metadata under
+//!   `identity_metadata`), and send `[services.x.api_key]`; hyper follows
+//!   no redirects. See [`connector`](crate::connector).
+//!   [`Mesh::secure_reqwest_client`] does the same over reqwest (HTTPS,
+//!   redirects off). Without these sections they are plain, as before.
+//! - Clients you bring ([`Mesh::http_client`], `grpc_client`,
+//!   `reqwest_client`, `reqwest_middleware`) present nothing by themselves:
+//!   build them from [`Mesh::client_tls`] (the mTLS config for one service,
+//!   with its expected identity; `https_connector()` / `reqwest_builder()`
+//!   on it), wrap them in [`Mesh::credentials_layer`] (adds the service's
+//!   API key), and do not let them follow redirects.
 //! - Servers: [`Mesh::server_tls`] for `mesh_auth::tls::serve` or tonic's
 //!   `MtlsAcceptor::incoming`, and [`Mesh::server_layer`], one layer for
 //!   axum or tonic that accepts mTLS callers or API keys and applies
@@ -60,6 +75,9 @@
 //! first certificate. See `mesh_discovery::connect`.
 //!
 //! [`Mesh::client_tls`]: crate::Mesh::client_tls
+//! [`Mesh::hyper_client`]: crate::Mesh::hyper_client
+//! [`Mesh::grpc_channel`]: crate::Mesh::grpc_channel
+//! [`Mesh::http_client`]: crate::Mesh::http_client
 //! [`Mesh::credentials_layer`]: crate::Mesh::credentials_layer
 //! [`Mesh::secure_reqwest_client`]: crate::Mesh::secure_reqwest_client
 //! [`Mesh::server_tls`]: crate::Mesh::server_tls
@@ -115,6 +133,21 @@ pub struct MeshTlsConfig {
         serde(default, skip_serializing_if = "BTreeMap::is_empty")
     )]
     pub server_identities: BTreeMap<String, String>,
+    /// The discovery metadata key that carries each endpoint's identity
+    /// (for example `"spiffe_id"`: Consul's `ServiceMeta`, or a static
+    /// endpoint's `metadata`). When set, the ready-made clients
+    /// ([`Mesh::hyper_client`](crate::Mesh::hyper_client),
+    /// [`Mesh::grpc_channel`](crate::Mesh::grpc_channel)) check each
+    /// endpoint of a service that has no `server_identities` entry against
+    /// the identity in its own metadata, at connect; an endpoint without
+    /// the key is not connected to. A `server_identities` entry wins over
+    /// metadata. `None` (default): identities come from
+    /// `server_identities` only.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub identity_metadata: Option<String>,
     /// How often handshakes may check the files for changes. Default 10s.
     #[cfg_attr(
         feature = "serde",
@@ -136,8 +169,17 @@ impl MeshTlsConfig {
             key,
             trust_bundles: BTreeMap::new(),
             server_identities: BTreeMap::new(),
+            identity_metadata: None,
             reload_interval: default_reload_interval(),
         }
+    }
+
+    /// Reads each endpoint's expected identity from its discovery metadata
+    /// under `key` (see [`identity_metadata`](Self::identity_metadata)).
+    #[must_use]
+    pub fn with_identity_metadata(mut self, key: impl Into<String>) -> Self {
+        self.identity_metadata = Some(key.into());
+        self
     }
 
     /// Requires the service `service` to prove `identity`.
@@ -172,7 +214,13 @@ impl MeshTlsConfig {
 
     /// The mTLS client config for calls to `service`.
     pub fn client_config(&self, service: &str) -> ClientTlsConfig {
-        let expected = self.server_identities.get(service);
+        self.client_config_expecting(self.server_identities.get(service).map(String::as_str))
+    }
+
+    /// The mTLS client config for a server that must prove `expected`
+    /// (checked instead of the host name, against its trust domain's bundle
+    /// when there is one); `None` checks the host name dialled.
+    pub fn client_config_expecting(&self, expected: Option<&str>) -> ClientTlsConfig {
         // The expected identity's own trust domain bundle, when there is one.
         let ca = expected
             .and_then(|id| parse_spiffe_id(id).ok())
@@ -183,7 +231,7 @@ impl MeshTlsConfig {
             .with_reload_interval(self.reload_interval);
         if let Some(id) = expected {
             config = config
-                .with_server_identity(id.clone())
+                .with_server_identity(id)
                 .without_hostname_verification();
         }
         config
@@ -202,6 +250,11 @@ impl MeshTlsConfig {
             } else if id.contains("://") && parse_spiffe_id(id).is_err() {
                 errors.push(&path, "is not a valid SPIFFE ID");
             }
+        }
+        if let Some(key) = &self.identity_metadata
+            && key.trim().is_empty()
+        {
+            errors.push("identity_metadata", "must not be empty when set");
         }
         errors.into_result()
     }
@@ -351,15 +404,22 @@ pub struct CredentialsLayer {
 
 impl CredentialsLayer {
     pub(crate) fn new(config: Option<&ServiceApiKeyConfig>) -> Result<Self, InvalidConfig> {
-        let key = match config {
-            None => None,
-            Some(c) => Some(
-                ApiKeyLayer::from_source(c.header.clone(), &c.key)
-                    .map_err(|e| InvalidConfig::field("api_key.key", e.to_string()))?,
-            ),
-        };
-        Ok(Self { key })
+        Ok(Self {
+            key: api_key_layer(config)?,
+        })
     }
+}
+
+/// The key of `[services.x.api_key]`, loaded; `None` without one.
+pub(crate) fn api_key_layer(
+    config: Option<&ServiceApiKeyConfig>,
+) -> Result<Option<ApiKeyLayer>, InvalidConfig> {
+    config
+        .map(|c| {
+            ApiKeyLayer::from_source(c.header.clone(), &c.key)
+                .map_err(|e| InvalidConfig::field("api_key.key", e.to_string()))
+        })
+        .transpose()
 }
 
 impl<S> Layer<S> for CredentialsLayer {

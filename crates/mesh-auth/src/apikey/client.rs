@@ -79,6 +79,14 @@ impl ApiKeyLayer {
     pub fn from_source(header: ApiKeyHeader, source: &SecretSource) -> Result<Self, SecretError> {
         Self::new(header, &source.load()?)
     }
+
+    /// Sets the key's header on `headers` (replacing any value there), as
+    /// the layer's service does for each request: for clients that add the
+    /// key themselves rather than through a layer. The value is marked
+    /// sensitive.
+    pub fn insert_into(&self, headers: &mut http::HeaderMap) {
+        headers.insert(self.header.name().clone(), self.value.clone());
+    }
 }
 
 /// A `reqwest::ClientBuilder` for clients that carry an API key: redirects
@@ -155,8 +163,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        req.headers_mut()
-            .insert(self.layer.header.name().clone(), self.layer.value.clone());
+        self.layer.insert_into(req.headers_mut());
         self.inner.call(req)
     }
 }
