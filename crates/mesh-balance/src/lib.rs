@@ -154,3 +154,7 @@ pub use balancer::{Balancer, BalancerStats, EndpointStats, Picker, SetChanges};
 pub use config::{BalanceConfig, Strategy};
 pub use guard::LoadGuard;
 pub use outlier::OutlierConfig;
+
+// The mesh-core vocabulary this crate's API speaks.
+pub use mesh_core::config::InvalidConfig;
+pub use mesh_core::{Address, Availability, Endpoint, EndpointKey, Outcome, TriedEndpoints};

@@ -158,3 +158,12 @@ pub use handle::CircuitBreakerHandle;
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::CircuitState;
+
+// The mesh-core vocabulary this crate's API speaks, so a breaker alone needs
+// no direct mesh-core dependency (for a non-HTTP service: `classify_fn`).
+pub use mesh_core::classify::{
+    Classify, ClassifyFn, DefaultHttpClassifier, GrpcClassifier, HttpClassifier, classify_fn,
+};
+pub use mesh_core::config::InvalidConfig;
+pub use mesh_core::eos::{AtEndOfStream, AtResponse};
+pub use mesh_core::{Availability, AvailabilityState, BoxError, Outcome, Target};
