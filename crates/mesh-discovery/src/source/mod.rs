@@ -259,7 +259,7 @@ impl SourceHealth {
     }
 
     /// How many answers with no healthy endpoint were not published because
-    /// of [`EmptyPolicy::KeepLast`](crate::EmptyPolicy::KeepLast).
+    /// of [`EmptyPolicy::KeepLast`].
     pub fn empty_sets_ignored(&self) -> u64 {
         self.empty_sets_ignored
     }
