@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What a secret serializes as, and what reads back as an error.
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
 pub(crate) const REDACTED: &str = "[redacted]";
 
 #[cfg(feature = "serde")]

@@ -48,7 +48,7 @@
 //! Around the strategies sit the protections Envoy taught the industry:
 //!
 //! - **One owner of ejection**: an endpoint whose health signal (the
-//!   [`Availability`](mesh_core::Availability) its breaker publishes into)
+//!   [`Availability`] its breaker publishes into)
 //!   says unavailable is skipped, but never more than `max_ejection_percent`
 //!   of the set at once and never the last endpoint; past the cap the
 //!   balancer is in *panic mode* and the rest keep taking traffic instead of
@@ -61,7 +61,7 @@
 //! - **Slow start**: a new or re-admitted endpoint ramps its effective weight
 //!   up over `slow_start_window` instead of taking a full share cold.
 //! - **Retry elsewhere**: a pick avoids the endpoints the request already
-//!   tried ([`TriedEndpoints`](mesh_core::TriedEndpoints)) while any other
+//!   tried ([`TriedEndpoints`]) while any other
 //!   can be chosen.
 //!
 //! # How
@@ -154,3 +154,7 @@ pub use balancer::{Balancer, BalancerStats, EndpointStats, Picker, SetChanges};
 pub use config::{BalanceConfig, Strategy};
 pub use guard::LoadGuard;
 pub use outlier::OutlierConfig;
+
+// The mesh-core vocabulary this crate's API speaks.
+pub use mesh_core::config::InvalidConfig;
+pub use mesh_core::{Address, Availability, Endpoint, EndpointKey, Outcome, TriedEndpoints};

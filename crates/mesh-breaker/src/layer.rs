@@ -41,8 +41,9 @@ use crate::state::Shared;
 /// [`HttpClassifier`](mesh_core::classify::HttpClassifier) (as the
 /// zero-sized [`DefaultHttpClassifier`]) unless you choose another: 5xx and
 /// transport errors are failures, other 4xx are ignored. Any
-/// [`Classify`](mesh_core::classify::Classify), a closure included, can be used
-/// with [`with_classifier`](Self::with_classifier). The classifier is cloned
+/// [`Classify`](mesh_core::classify::Classify) can be used with
+/// [`with_classifier`](Self::with_classifier), a closure
+/// `Fn(&Result<Res, Err>) -> Outcome` through [`classify_fn`](crate::classify_fn). The classifier is cloned
 /// into each call's future: keep it small (a closure, a `&'static`, an `Arc`).
 ///
 /// # When a call's outcome is counted

@@ -47,14 +47,14 @@
 //!   and publishes. What a breaker built for a router's endpoint does.
 //!
 //! Either way the breaker publishes its state through mesh-core's
-//! [`Availability`](mesh_core::Availability), one atomic word.
+//! [`Availability`], one atomic word.
 //!
 //! # Who decides what
 //!
 //! A standalone breaker (built with [`Layer::layer`](tower_layer::Layer::layer))
 //! decides alone: it refuses calls while open. Inside the discovery router
 //! the breaker is built per endpoint from the endpoint's
-//! [`Target`](mesh_core::Target) (through the layer's
+//! [`Target`] (through the layer's
 //! [`NewEndpoint`](mesh_core::NewEndpoint) implementation): it **counts and
 //! trips**, publishing into the target's health signal, and the **balancer
 //! decides who gets traffic**: it skips tripped endpoints within its
@@ -158,3 +158,12 @@ pub use handle::CircuitBreakerHandle;
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::CircuitState;
+
+// The mesh-core vocabulary this crate's API speaks, so a breaker alone needs
+// no direct mesh-core dependency (for a non-HTTP service: `classify_fn`).
+pub use mesh_core::classify::{
+    Classify, ClassifyFn, DefaultHttpClassifier, GrpcClassifier, HttpClassifier, classify_fn,
+};
+pub use mesh_core::config::InvalidConfig;
+pub use mesh_core::eos::{AtEndOfStream, AtResponse};
+pub use mesh_core::{Availability, AvailabilityState, BoxError, Outcome, Target};

@@ -68,6 +68,17 @@
 //!   humantime form (`"250ms"`, `"30s"`).
 //! - `reqwest`: [`HttpClassifier`](classify::HttpClassifier) classifies
 //!   `reqwest::Response` and looks inside `reqwest::Error`.
+//! - `hyper`: [`is_transient_error`](classify::is_transient_error) and
+//!   [`is_unsent_error`](classify::is_unsent_error) recognise `hyper::Error`
+//!   and hyper-util's client errors (connect failures, requests handed back
+//!   unsent, connections closed early).
+//! - `h2`: [`is_unsent_error`](classify::is_unsent_error) recognises HTTP/2
+//!   streams the server refused unprocessed (`GOAWAY`, `REFUSED_STREAM`).
+//!
+//! No feature is on by default: with none, this crate compiles no HTTP client
+//! or server (its dependencies are `http`, `http-body`, `tower`'s timeout,
+//! `tokio`'s timers, `tracing` and a few small crates). mesh-stack turns on
+//! `hyper`, `h2` and, with its own `reqwest` feature, `reqwest`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -195,6 +195,7 @@ impl<B> ReportEndpoint for http::Response<B> {
 }
 
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 impl ReportEndpoint for reqwest::Response {
     fn report_endpoint(&mut self, id: u64) {
         self.extensions_mut().insert(TriedEndpoint(id));

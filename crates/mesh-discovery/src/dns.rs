@@ -71,8 +71,8 @@ use mesh_core::backoff::Backoff;
 use mesh_core::config::InvalidConfig;
 use mesh_core::{Address, Endpoint};
 
-use crate::consul::EmptyPolicy;
 use crate::error::{DiscoveryError, ErrorKind, InvalidName};
+use crate::source::EmptyPolicy;
 use crate::source::{Discovery, EndpointSet, Publisher};
 
 // ===== config =====

@@ -80,11 +80,13 @@ impl DiscoveryError {
         }
     }
 
+    #[cfg_attr(not(any(feature = "consul", feature = "dns")), allow(dead_code))]
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
     }
 
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
     pub(crate) fn status(status: u16, body: &[u8]) -> Self {
         // Consul's error bodies are one short line ("No cluster leader"); keep
         // at most 200 bytes of it, never more.
@@ -99,10 +101,12 @@ impl DiscoveryError {
         e
     }
 
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
     pub(crate) fn invalid_response(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidResponse, message)
     }
 
+    #[cfg(feature = "reqwest")]
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
@@ -183,6 +187,7 @@ impl InvalidName {
 /// Checks a Consul service name, service ID or check ID: 1 to 256 bytes of
 /// letters, digits, `-`, `_`, `.` and `:` (IDs such as `service:web-1`), so it
 /// is safe in a URL path and a DNS label.
+#[cfg_attr(not(feature = "consul"), allow(dead_code))]
 pub(crate) fn check_name(what: &'static str, value: &str) -> Result<(), InvalidName> {
     let bad = |reason| {
         Err(InvalidName {
@@ -211,6 +216,7 @@ pub(crate) fn check_name(what: &'static str, value: &str) -> Result<(), InvalidN
 
 /// Checks a tag or other free text sent as a query value: not empty, no
 /// control characters.
+#[cfg_attr(not(feature = "consul"), allow(dead_code))]
 pub(crate) fn check_text(what: &'static str, value: &str) -> Result<(), InvalidName> {
     if value.is_empty() || value.len() > 1024 || value.chars().any(char::is_control) {
         return Err(InvalidName {

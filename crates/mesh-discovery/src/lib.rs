@@ -83,7 +83,18 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for the config types, durations in
 //!   humantime form (`"250ms"`, `"5m"`).
+//! - `consul` (default, through `consul-tls`): the [`consul`] module, a
+//!   Consul client on reqwest (plain HTTP to the agent).
+//! - `consul-tls` (default): HTTPS to the Consul agent (`CONSUL_HTTP_SSL`,
+//!   CA and client certificates) with rustls and ring.
+//! - `connect` (implies `consul`): Consul Connect, with mesh-auth.
 //! - `dns` (default): the DNS source, on hickory-resolver.
+//! - `reqwest` (implied by `consul`): the router rewrites `reqwest::Request`s
+//!   too, so it can route a `reqwest::Client`.
+//!
+//! With `default-features = false` this crate compiles no HTTP client, TLS
+//! or DNS resolver: the static and channel sources, the `tower::discover`
+//! adapters and the router over any client remain.
 //! - `metrics`: counters and gauges through the `metrics` facade:
 //!   `mesh_discovery_endpoints{source}`, `mesh_discovery_updates_total{source}`,
 //!   `mesh_discovery_errors_total{source}`.
@@ -92,7 +103,10 @@
 
 pub mod channel;
 #[cfg(feature = "connect")]
+#[cfg_attr(docsrs, doc(cfg(feature = "connect")))]
 pub mod connect;
+#[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub mod consul;
 pub mod discover;
 #[cfg(feature = "dns")]
@@ -104,10 +118,11 @@ pub mod source;
 pub mod static_source;
 
 pub use channel::ChannelSource;
-pub use consul::{ConsulDiscovery, EmptyPolicy};
+#[cfg(feature = "consul")]
+pub use consul::ConsulDiscovery;
 pub use discover::Changes;
 #[cfg(feature = "dns")]
 pub use dns::{DnsConfig, DnsKind, DnsSource};
 pub use error::{DiscoveryError, ErrorKind, InvalidName};
-pub use source::{Discovery, EndpointSet, Publisher, SetChange, SourceHealth};
+pub use source::{Discovery, EmptyPolicy, EndpointSet, Publisher, SetChange, SourceHealth};
 pub use static_source::{StaticConfig, StaticSource};

@@ -1,6 +1,6 @@
 //! [`RetryLayer`].
 
-use mesh_core::classify::HttpClassifier;
+use mesh_core::classify::DefaultHttpClassifier;
 use mesh_core::config::InvalidConfig;
 use tower_layer::Layer;
 
@@ -15,12 +15,14 @@ use crate::service::RetryService;
 ///
 /// Every service the layer builds shares one budget (and so do their clones).
 #[derive(Debug, Clone)]
-pub struct RetryLayer<C = HttpClassifier> {
+pub struct RetryLayer<C = DefaultHttpClassifier> {
     policy: RetryPolicy<C>,
 }
 
-impl RetryLayer<HttpClassifier> {
-    /// A layer for `config`, classifying with the default `HttpClassifier`.
+impl RetryLayer<DefaultHttpClassifier> {
+    /// A layer for `config`, classifying with the default `HttpClassifier`
+    /// (as the zero-sized [`DefaultHttpClassifier`], the breaker's and the
+    /// router's default too).
     /// Fails if the config is invalid.
     pub fn new(config: RetryConfig) -> Result<Self, InvalidConfig> {
         Ok(Self::from_policy(RetryPolicy::new(config)?))

@@ -174,3 +174,12 @@ pub use layer::RetryLayer;
 pub use policy::{GiveUp, RetryPolicy, RetryStats, UnsentErrors};
 pub use replay::{ReplayBodyLayer, WithReplayBody};
 pub use service::RetryService;
+
+// The mesh-core vocabulary this crate's API speaks, so a retry layer alone
+// needs no direct mesh-core dependency.
+pub use mesh_core::backoff::{Backoff, Jitter};
+pub use mesh_core::classify::{
+    Classify, ClassifyFn, DefaultHttpClassifier, GrpcClassifier, HttpClassifier, classify_fn,
+};
+pub use mesh_core::config::InvalidConfig;
+pub use mesh_core::{BoxError, CallDeadline, Outcome};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use mesh_core::backoff::BackoffSession;
-use mesh_core::classify::{Classify, HttpClassifier, as_dyn_error, is_unsent_error};
+use mesh_core::classify::{Classify, DefaultHttpClassifier, as_dyn_error, is_unsent_error};
 use mesh_core::config::InvalidConfig;
 use mesh_core::pushback::Pushback;
 use mesh_core::{AttemptError, BoxError, Outcome, ReportEndpoint, TriedEndpoints};
@@ -147,7 +147,7 @@ pub struct RetryStats {
 /// Clones share the configuration, the classifier and the budget; each clone
 /// tower makes for a request carries that request's attempt count, start time
 /// and backoff session (created, with fresh randomness, at its first retry).
-pub struct RetryPolicy<C = HttpClassifier> {
+pub struct RetryPolicy<C = DefaultHttpClassifier> {
     shared: Arc<Shared<C>>,
     /// Retries decided so far for this request.
     retries: u32,
@@ -196,11 +196,14 @@ impl<C> fmt::Debug for RetryPolicy<C> {
     }
 }
 
-impl RetryPolicy<HttpClassifier> {
-    /// A policy for `config`, classifying with the default [`HttpClassifier`]
-    /// and with a budget of its own. Fails if the config is invalid.
+impl RetryPolicy<DefaultHttpClassifier> {
+    /// A policy for `config`, classifying with the default
+    /// [`HttpClassifier`](mesh_core::classify::HttpClassifier)
+    /// (as the zero-sized [`DefaultHttpClassifier`], which the breaker and
+    /// the router default to as well) and with a budget of its own. Fails if
+    /// the config is invalid.
     pub fn new(config: RetryConfig) -> Result<Self, InvalidConfig> {
-        Self::with_classifier(config, HttpClassifier::default())
+        Self::with_classifier(config, DefaultHttpClassifier)
     }
 }
 
@@ -765,7 +768,7 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::Full;
     use mesh_core::backoff::{Backoff, Jitter};
-    use mesh_core::classify::GrpcClassifier;
+    use mesh_core::classify::{GrpcClassifier, HttpClassifier};
 
     fn config() -> RetryConfig {
         RetryConfig {

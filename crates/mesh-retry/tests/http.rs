@@ -290,14 +290,14 @@ trait LayerExt<S> {
     fn layer_service(
         &self,
         s: S,
-    ) -> mesh_retry::RetryService<S, mesh_core::classify::HttpClassifier>;
+    ) -> mesh_retry::RetryService<S, mesh_core::classify::DefaultHttpClassifier>;
 }
 
 impl<S> LayerExt<S> for RetryLayer {
     fn layer_service(
         &self,
         s: S,
-    ) -> mesh_retry::RetryService<S, mesh_core::classify::HttpClassifier> {
+    ) -> mesh_retry::RetryService<S, mesh_core::classify::DefaultHttpClassifier> {
         tower::Layer::layer(self, s)
     }
 }

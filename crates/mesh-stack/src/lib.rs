@@ -161,3 +161,16 @@ pub use mesh_core as core;
 pub use mesh_discovery as discovery;
 /// `mesh-retry`: retries, budgets, hedging.
 pub use mesh_retry as retry;
+
+// The workspace README's Rust examples, compiled as doctests (`cargo test -p
+// mesh-stack --all-features --doc`): this crate's dependencies cover them.
+// Only under `doctest`, so the packaged crate never reads the file.
+#[cfg(all(
+    doctest,
+    feature = "toml",
+    feature = "tonic",
+    feature = "reqwest-middleware",
+    feature = "dns"
+))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

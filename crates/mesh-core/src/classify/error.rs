@@ -8,8 +8,8 @@ use crate::BoxError;
 
 /// Views a classifier's error type as a `dyn Error`, when it is one of the
 /// error types a tower client stack produces: [`BoxError`] (and the other boxed
-/// `dyn Error`s), `hyper::Error`, `std::io::Error`, and `reqwest::Error` with
-/// the `reqwest` feature.
+/// `dyn Error`s), `std::io::Error`, `hyper::Error` with the `hyper` feature,
+/// and `reqwest::Error` with the `reqwest` feature.
 ///
 /// Classifiers are generic over the error type; this is how they look inside
 /// one without requiring a bound that `BoxError` cannot meet (`Box<dyn Error>`
@@ -26,6 +26,7 @@ pub fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     if let Some(b) = any.downcast_ref::<Box<dyn Error + 'static>>() {
         return Some(&**b);
     }
+    #[cfg(feature = "hyper")]
     if let Some(e) = any.downcast_ref::<hyper::Error>() {
         return Some(e);
     }
@@ -44,8 +45,8 @@ pub fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// True when anything in the error's source chain is a connection that could
 /// not be made or broke (`io::Error` of kind refused, reset, aborted, not
 /// connected, broken pipe, timed out, unexpected EOF), a hyper connection that
-/// closed before the response (`is_incomplete_message`, `is_canceled`), or a
-/// timeout (tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed`).
+/// closed before the response (`is_incomplete_message`, `is_canceled`; feature
+/// `hyper`), or a timeout (tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed`).
 /// Anything else, including mesh's own "breaker open" and "no endpoint" errors,
 /// is not retryable: another attempt would meet the same condition.
 pub fn is_transient_error(error: &(dyn Error + 'static)) -> bool {
@@ -65,6 +66,7 @@ pub fn is_transient_error(error: &(dyn Error + 'static)) -> bool {
         {
             return true;
         }
+        #[cfg(feature = "hyper")]
         if let Some(h) = e.downcast_ref::<hyper::Error>()
             && (h.is_incomplete_message() || h.is_canceled() || h.is_timeout())
         {
@@ -85,13 +87,13 @@ pub fn is_transient_error(error: &(dyn Error + 'static)) -> bool {
 /// True when anything in the error's source chain is:
 ///
 /// - a connection that could not be made: hyper-util's client error of kind
-///   `Connect` ([`is_connect`](hyper_util::client::legacy::Error::is_connect):
-///   refused, timed out, TLS handshake failed, whatever the connector),
+///   `Connect` (`hyper_util::client::legacy::Error::is_connect`, feature
+///   `hyper`: refused, timed out, TLS handshake failed, whatever the connector),
 ///   `reqwest::Error::is_connect` (feature `reqwest`), or an `io::Error` of
 ///   kind `ConnectionRefused` (which only a connect can return);
-/// - a request hyper handed back unsent ([`hyper::Error::is_canceled`]: the
-///   connection closed before the request was written to it);
-/// - an HTTP/2 stream the server refused unprocessed: a `GOAWAY` from the
+/// - a request hyper handed back unsent (`hyper::Error::is_canceled`, feature
+///   `hyper`: the connection closed before the request was written to it);
+/// - an HTTP/2 stream the server refused unprocessed (feature `h2`): a `GOAWAY` from the
 ///   server whose last stream id is below the stream's (or that came before
 ///   the stream was opened), or a `RST_STREAM` with `REFUSED_STREAM` from the
 ///   server (RFC 9113 §8.7: neither was processed).
@@ -102,9 +104,13 @@ pub fn is_transient_error(error: &(dyn Error + 'static)) -> bool {
 /// of an attempt that was sent, any response. Mesh's own refusals (no ready
 /// endpoint, an open breaker) live in crates this one does not know:
 /// mesh-stack's predicate adds them.
+///
+/// Without the `hyper` and `h2` features only the `io::Error` (and, with
+/// `reqwest`, the reqwest) cases are recognised; mesh-stack turns both on.
 pub fn is_unsent_error(error: &(dyn Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
+        #[cfg(feature = "hyper")]
         if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>()
             && client.is_connect()
         {
@@ -115,11 +121,13 @@ pub fn is_unsent_error(error: &(dyn Error + 'static)) -> bool {
         {
             return true;
         }
+        #[cfg(feature = "hyper")]
         if let Some(h) = e.downcast_ref::<hyper::Error>()
             && h.is_canceled()
         {
             return true;
         }
+        #[cfg(feature = "h2")]
         if let Some(h2) = e.downcast_ref::<h2::Error>()
             && h2.is_remote()
             && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
@@ -194,6 +202,11 @@ mod tests {
         }
         let e: BoxError = Box::new(tower::timeout::error::Elapsed::new());
         assert!(!is_unsent_error(&*e));
+    }
+
+    #[cfg(feature = "h2")]
+    #[test]
+    fn only_refusals_from_the_server_are_unsent() {
         // A GOAWAY or REFUSED_STREAM from the server means "not processed"
         // (the end-to-end tests meet real ones); the same reason raised on
         // our side proves nothing.

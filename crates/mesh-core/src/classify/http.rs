@@ -184,6 +184,7 @@ impl<B, E: 'static> Classify<Response<B>, E> for DefaultHttpClassifier {
 }
 
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 impl<E: 'static> Classify<reqwest::Response, E> for DefaultHttpClassifier {
     #[inline]
     fn classify(&self, result: &Result<reqwest::Response, E>) -> Outcome {
@@ -293,6 +294,7 @@ impl<B, E: 'static> Classify<Response<B>, E> for HttpClassifier {
 /// `reqwest`'s own response type, classified like an `http::Response`
 /// (feature `reqwest`).
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 impl<E: 'static> Classify<reqwest::Response, E> for HttpClassifier {
     #[inline]
     fn classify(&self, result: &Result<reqwest::Response, E>) -> Outcome {

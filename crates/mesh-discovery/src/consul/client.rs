@@ -349,6 +349,7 @@ impl ConsulClient {
         };
         let base = Url::parse(&format!("{scheme}://{authority}{}/", parsed.prefix))
             .map_err(|e| InvalidConfig::field("address", format!("is not a valid URL: {e}")))?;
+        #[cfg(feature = "consul-tls")]
         install_crypto_provider();
         let http = builder
             .build()
@@ -749,6 +750,18 @@ impl CheckStatus {
     }
 }
 
+#[cfg(not(feature = "consul-tls"))]
+fn tls(
+    _: reqwest::ClientBuilder,
+    _: &ConsulConfig,
+) -> Result<reqwest::ClientBuilder, InvalidConfig> {
+    Err(InvalidConfig::field(
+        "address",
+        "https to the agent needs mesh-discovery's `consul-tls` feature",
+    ))
+}
+
+#[cfg(feature = "consul-tls")]
 fn tls(
     mut builder: reqwest::ClientBuilder,
     config: &ConsulConfig,
@@ -861,6 +874,7 @@ fn url_host(host: &str) -> String {
 
 /// reqwest is built without a bundled crypto provider (no aws-lc); use ring
 /// unless the program installed one already.
+#[cfg(feature = "consul-tls")]
 fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race to another installer is fine: one is installed.

@@ -74,25 +74,8 @@ use super::client::{Consistency, ConsulClient, HealthAnswer, HealthQuery};
 use super::health::parse_health_report;
 use super::model::AddressChoice;
 use crate::error::{DiscoveryError, ErrorKind};
+pub use crate::source::EmptyPolicy;
 use crate::source::{Discovery, EndpointSet, Publisher};
-
-/// What a source does when its answer has no healthy endpoint while it still
-/// knows some.
-///
-/// An empty healthy set is more often a failure of health checking (a check
-/// endpoint that broke in a deploy, a Consul agent that lost its node) than a
-/// real scale-to-zero; sending no traffic at all turns it into a full outage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-pub enum EmptyPolicy {
-    /// Keep the last non-empty set (the default), and count it in
-    /// [`SourceHealth::empty_sets_ignored`](crate::SourceHealth::empty_sets_ignored).
-    #[default]
-    KeepLast,
-    /// Publish the empty set: callers fail fast with "no endpoint".
-    Publish,
-}
 
 /// How a [`ConsulDiscovery`] watch behaves.
 #[derive(Debug, Clone, PartialEq)]

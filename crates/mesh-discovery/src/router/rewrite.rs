@@ -116,6 +116,8 @@ impl<B> RewriteTarget for http::Request<B> {
     }
 }
 
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 impl RewriteTarget for reqwest::Request {
     fn rewrite(&mut self, target: &EndpointTarget, host: HostHeader) -> Result<(), BoxError> {
         let address = target.endpoint.address();
