@@ -130,11 +130,12 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for [`BalanceConfig`], durations in
 //!   humantime form (`"10s"`).
-//! - `metrics`: `mesh_balance_picks_total{service, endpoint}` (counter),
+//! - `metrics`: `mesh_balance_picks_total{service, endpoint}` (counter;
+//!   `endpoint` is the endpoint's address, never its discovery id),
 //!   `mesh_balance_endpoints{service}`,
 //!   `mesh_balance_ejected_endpoints{service}` and
 //!   `mesh_balance_panic_mode{service}` (gauges). Labels are bounded by the
-//!   endpoint set; no request data.
+//!   endpoint set (services × endpoint addresses); no request data.
 //!
 //! Tracing events: endpoint set updated (info), endpoint added/removed
 //! (debug), ejected and panic mode (warn), re-admitted and panic mode over

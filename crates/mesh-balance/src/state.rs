@@ -117,7 +117,9 @@ impl EndpointState {
             picks: metrics::counter!(
                 "mesh_balance_picks_total",
                 "service" => service.to_owned(),
-                "endpoint" => endpoint.key().as_str().to_owned()
+                // The address, never the discovery id: a redeploy that keeps
+                // addresses adds no series.
+                "endpoint" => endpoint.address().to_string()
             ),
             endpoint,
             availability: Availability::new(),

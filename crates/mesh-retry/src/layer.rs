@@ -60,6 +60,16 @@ impl<C> RetryLayer<C> {
         Self::from_policy(self.policy.unsent_errors(unsent))
     }
 
+    /// The same layer retrying for the service `service`: its give-up logs
+    /// and its metrics' `service` label (see [`RetryPolicy::named`]).
+    #[must_use]
+    pub fn named(self, service: impl Into<std::sync::Arc<str>>) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_policy(self.policy.named(service))
+    }
+
     /// The policy the layer's services decide with.
     pub fn policy(&self) -> &RetryPolicy<C> {
         &self.policy
