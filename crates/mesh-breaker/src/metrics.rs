@@ -16,10 +16,12 @@
 //! - `mesh_breaker_transitions_total{service, endpoint, to}`: state changes.
 //! - `mesh_breaker_state{service, endpoint, state}`: one series per state
 //!   (resilience4j style), `1` for the current state and `0` for the others.
-//!   When the breaker is dropped (its endpoint left the set) every one of
-//!   its state series is set to `0`, so a removed endpoint never looks open
-//!   or closed; an exporter with an idle timeout (Prometheus:
-//!   `PrometheusBuilder::idle_timeout`) then drops them.
+//!   Each breaker counts itself in (the series add up, so breakers sharing
+//!   labels, such as an endpoint's old breaker still finishing calls and its
+//!   replacement, never overwrite each other) and counts itself out when
+//!   dropped: a removed endpoint's series all read `0`, and an exporter with
+//!   an idle timeout (Prometheus: `PrometheusBuilder::idle_timeout`) then
+//!   drops them.
 //! - `mesh_breaker_ejections_total{service, endpoint}`: trips to open (the
 //!   endpoint was ejected); `mesh_breaker_readmissions_total{service,
 //!   endpoint}`: returns to closed after an open period.
@@ -70,7 +72,10 @@ impl Metrics {
         };
         let state =
             STATES.map(|s| metrics::gauge!("mesh_breaker_state", with("state", s.as_str())));
-        state[CircuitState::Closed as usize].set(1.0);
+        // Counted in, not set: breakers that share labels (an endpoint's
+        // old breaker, still finishing calls, and its replacement; or
+        // standalone breakers given one name) add up.
+        state[CircuitState::Closed as usize].increment(1.0);
         Self {
             admitted: calls("admitted"),
             failure: calls("failure"),
@@ -96,8 +101,8 @@ impl Metrics {
 
     pub(crate) fn transition(&self, from: CircuitState, to: CircuitState) {
         self.transitions[to as usize].increment(1);
-        self.state[from as usize].set(0.0);
-        self.state[to as usize].set(1.0);
+        self.state[from as usize].decrement(1.0);
+        self.state[to as usize].increment(1.0);
         match (from, to) {
             (CircuitState::Closed | CircuitState::HalfOpen, CircuitState::Open) => {
                 self.ejections.increment(1);
@@ -110,12 +115,11 @@ impl Metrics {
     }
 }
 
-impl Drop for Metrics {
-    /// A dropped breaker's endpoint left the set: its state series go to 0.
-    fn drop(&mut self) {
-        for g in &self.state {
-            g.set(0.0);
-        }
+impl Metrics {
+    /// The breaker, last in `state`, is dropped (its endpoint left the
+    /// set): it counts out of the state series.
+    pub(crate) fn dropped(&self, state: CircuitState) {
+        self.state[state as usize].decrement(1.0);
     }
 }
 

@@ -200,6 +200,7 @@ pub(crate) struct Labels {
     /// The breaker's name (`service`, or `service/endpoint-key` in a router).
     pub(crate) name: Option<Arc<str>>,
     /// The service it belongs to (the `service` metrics label).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) service: Option<Arc<str>>,
     /// The endpoint's address, inside a router (the `endpoint` label).
     pub(crate) endpoint: Option<Arc<str>>,
@@ -859,6 +860,13 @@ impl ProbePermit {
         self.shared.probes[self.slot]
             .compare_exchange(self.stamp, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.metrics.dropped(self.state());
     }
 }
 

@@ -149,6 +149,7 @@ where
                             Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError)
                         }
                     };
+                    this.policy.report_attempt(&result);
                     let Some(req) = this.request.as_mut() else {
                         // No copy: not retryable, or the last allowed attempt.
                         this.policy.note_last_attempt(&result);

@@ -70,6 +70,16 @@ impl<C> RetryLayer<C> {
         Self::from_policy(self.policy.named(service))
     }
 
+    /// The same layer calling `hook` with every attempt's status or error:
+    /// see [`RetryPolicy::on_attempt`].
+    #[must_use]
+    pub fn on_attempt(self, hook: crate::AttemptHook) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_policy(self.policy.on_attempt(hook))
+    }
+
     /// The policy the layer's services decide with.
     pub fn policy(&self) -> &RetryPolicy<C> {
         &self.policy

@@ -174,6 +174,6 @@ pub use error::{BudgetExhausted, DeadlineExceeded};
 pub use future::ResponseFuture;
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer};
 pub use layer::RetryLayer;
-pub use policy::{GiveUp, RetryPolicy, RetryStats, UnsentErrors};
+pub use policy::{AttemptHook, GiveUp, RetryPolicy, RetryStats, UnsentErrors};
 pub use replay::{ReplayBodyLayer, WithReplayBody};
 pub use service::RetryService;

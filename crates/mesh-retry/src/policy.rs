@@ -106,6 +106,7 @@ struct Shared<C> {
     /// makes on the way (`with_classifier`, then `named`, ...) register no
     /// series of their own.
     metrics: std::sync::OnceLock<Metrics>,
+    on_attempt: Option<AttemptHook>,
     /// Give-ups and retries logged at INFO: a few a second at most.
     give_up_log: LogLimit,
     retry_log: LogLimit,
@@ -147,6 +148,12 @@ impl<C> Shared<C> {
         }
     }
 }
+
+/// Called with the result of every attempt a retry layer makes (its status,
+/// or its error): for per-attempt metrics without a layer of their own. Set
+/// with [`RetryPolicy::on_attempt`]; it runs inline, keep it short.
+pub type AttemptHook =
+    Arc<dyn Fn(Result<http::StatusCode, &(dyn std::error::Error + 'static)>) + Send + Sync>;
 
 /// Safe, budgeted retries for HTTP and gRPC requests, as a
 /// `tower::retry::Policy`.
@@ -261,6 +268,7 @@ impl<C> RetryPolicy<C> {
             budget,
             is_unsent_error,
             None,
+            None,
         ))
     }
 
@@ -276,6 +284,7 @@ impl<C> RetryPolicy<C> {
             budget,
             self.shared.unsent,
             self.shared.service.clone(),
+            self.shared.on_attempt.clone(),
         )
     }
 
@@ -297,6 +306,7 @@ impl<C> RetryPolicy<C> {
             self.shared.budget.clone(),
             unsent,
             self.shared.service.clone(),
+            self.shared.on_attempt.clone(),
         )
     }
 
@@ -314,7 +324,37 @@ impl<C> RetryPolicy<C> {
             self.shared.budget.clone(),
             self.shared.unsent,
             Some(service.into()),
+            self.shared.on_attempt.clone(),
         )
+    }
+
+    /// The same policy calling `hook` with every attempt's status or error
+    /// (mesh-stack counts its attempts this way).
+    #[must_use]
+    pub fn on_attempt(self, hook: AttemptHook) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_parts(
+            self.shared.config.clone(),
+            self.shared.classifier.clone(),
+            self.shared.budget.clone(),
+            self.shared.unsent,
+            self.shared.service.clone(),
+            Some(hook),
+        )
+    }
+
+    /// Reports an attempt's result to the [`on_attempt`](Self::on_attempt)
+    /// hook, if any.
+    #[inline]
+    pub(crate) fn report_attempt<Res>(&self, result: &Result<Response<Res>, BoxError>) {
+        if let Some(hook) = &self.shared.on_attempt {
+            hook(match result {
+                Ok(r) => Ok(r.status()),
+                Err(e) => Err(&**e),
+            });
+        }
     }
 
     /// The service name given with [`named`](Self::named).
@@ -328,6 +368,7 @@ impl<C> RetryPolicy<C> {
         budget: RetryBudget,
         unsent: UnsentErrors,
         service: Option<Arc<str>>,
+        on_attempt: Option<AttemptHook>,
     ) -> Self {
         let attempt_header = if config.attempt_header.is_empty() {
             None
@@ -354,6 +395,7 @@ impl<C> RetryPolicy<C> {
                 requeues: AtomicU64::new(0),
                 metrics: std::sync::OnceLock::new(),
                 service,
+                on_attempt,
                 give_up_log: LogLimit::default(),
                 retry_log: LogLimit::default(),
             }),

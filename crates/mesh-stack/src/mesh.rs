@@ -31,12 +31,12 @@ use crate::observe::{Level, Observe};
 /// [`DefaultHttpClassifier`], is zero-sized (a configured `HttpClassifier`
 /// is 280 bytes: share one through an `Arc`, see [`Mesh::layer`]).
 ///
-/// Each logical call and each attempt goes through an [`Observe`], which
-/// records the service's golden metrics (feature `metrics`; see
-/// [`crate::observe`]). [`Observe::get_ref`] reaches the router,
-/// [`Observe::policy`] the retry policy.
+/// Each logical call goes through an [`Observe`], which records the
+/// service's golden metrics (feature `metrics`; see [`crate::observe`]).
+/// [`Observe::get_ref`] reaches the router, [`Observe::policy`] the retry
+/// policy.
 pub type MeshService<S, C = DefaultHttpClassifier> =
-    Observe<RetryService<Observe<DiscoveryService<S, EndpointLayer<C>, C, AtEndOfStream>>, C>>;
+    Observe<RetryService<DiscoveryService<S, EndpointLayer<C>, C, AtEndOfStream>, C>>;
 
 /// The gRPC stack: [`MeshService`] with gRPC classification, behind a
 /// [`ReplayBodyLayer`] so streaming tonic bodies can be retried.
@@ -372,6 +372,10 @@ impl Mesh {
             .map_err(|e| e.nest(&format!("services.{name}.retry")))?
             .unsent_errors(is_unsent_error)
             .named(name.to_owned());
+        let retry = match crate::observe::attempt_hook(name) {
+            Some(hook) => retry.on_attempt(hook),
+            None => retry,
+        };
         self.shared
             .views
             .lock()
@@ -758,8 +762,7 @@ impl<C> MeshLayer<C> {
     where
         C: Clone,
     {
-        let attempts = Observe::new(router, &self.service, Level::Attempt);
-        Observe::new(self.retry.layer(attempts), &self.service, Level::Call)
+        Observe::new(self.retry.layer(router), &self.service, Level::Call)
     }
 
     /// The router layer (its balancer and discovery handle).

@@ -3,11 +3,13 @@
 //! calls in flight.
 //!
 //! The ready-made stack wraps its retry layer in an [`Observe`] (one per
-//! logical call) and the router below it in another (one per attempt), so
-//! a call retried twice counts one request and three attempts:
+//! logical call) and counts each attempt with the retry layer's
+//! [`on_attempt`](mesh_retry::RetryLayer::on_attempt) hook (no layer, no
+//! clock read of its own), so a call retried twice counts one request and
+//! three attempts:
 //!
 //! ```text
-//! Observe(call) -> retry -> Observe(attempt) -> router -> endpoint stacks
+//! Observe(call) -> retry (counts attempts) -> router -> endpoint stacks
 //! ```
 //!
 //! | name | kind | labels |
@@ -16,7 +18,7 @@
 //! | `mesh_request_duration_seconds` | histogram | `service` |
 //! | `mesh_requests_in_flight` | gauge | `service` |
 //! | `mesh_attempts_total` | counter | `service`, `outcome`, `status_class` |
-//! | `mesh_attempt_duration_seconds` | histogram | `service` |
+//! | `mesh_attempt_duration_seconds` | histogram | `service` (recorded by the balancer) |
 //!
 //! `outcome` is one of `success` (a response below 500), `failure` (a 5xx
 //! response or an error), `timeout` (the attempt timeout or the deadline),
@@ -24,8 +26,12 @@
 //! could take it) and `budget_exhausted` (a retry was needed and the budget
 //! refused it); `status_class` is `1xx` .. `5xx`, or `none` when no
 //! response came. Only the ten combinations that can happen are series:
-//! cardinality is services × 10 per counter. Durations run from the call to
-//! the response headers (a streamed body is not waited for), in seconds.
+//! cardinality is services × 10 per counter. Call durations run from the
+//! call to the response headers (a streamed body is not waited for), in
+//! seconds. Attempt durations are recorded by the balancer (mesh-balance),
+//! which reads the clock for its latency estimate anyway: to the end of the
+//! response body, and only under the default strategy, p2c peak-EWMA (the
+//! others never read the clock).
 //!
 //! Handles are registered when the stack is built, with the recorder in
 //! effect then, and each call costs a few increments on them. Without the
@@ -106,11 +112,12 @@ impl fmt::Display for OutcomeClass {
     }
 }
 
-/// Which golden metrics an [`Observe`] records: per logical call or per
-/// attempt.
+/// Which golden metrics a set of handles records: per logical call (an
+/// [`Observe`]) or per attempt (the retry layer's hook).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {
     Call,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     Attempt,
 }
 
@@ -133,29 +140,38 @@ const SERIES: [(OutcomeClass, &str); 10] = [
 struct Handles {
     /// By index into [`SERIES`].
     total: [metrics::Counter; 10],
+    /// Calls only: attempts are timed by the balancer, which reads the
+    /// clock for its latency estimate anyway (two clock reads per attempt
+    /// saved).
+    timing: Option<Timing>,
+}
+
+#[cfg(feature = "metrics")]
+struct Timing {
     duration: metrics::Histogram,
-    in_flight: Option<metrics::Gauge>,
+    in_flight: metrics::Gauge,
 }
 
 #[cfg(feature = "metrics")]
 impl Handles {
     fn new(service: &str, level: Level) -> Self {
-        let (total, duration) = match level {
-            Level::Call => ("mesh_requests_total", "mesh_request_duration_seconds"),
-            Level::Attempt => ("mesh_attempts_total", "mesh_attempt_duration_seconds"),
+        let total = match level {
+            Level::Call => "mesh_requests_total",
+            Level::Attempt => "mesh_attempts_total",
         };
         let s = || service.to_owned();
         Self {
             total: SERIES.map(|(outcome, class)| {
                 metrics::counter!(total, "service" => s(), "outcome" => outcome.as_str(), "status_class" => class)
             }),
-            duration: metrics::histogram!(duration, "service" => s()),
-            in_flight: (level == Level::Call)
-                .then(|| metrics::gauge!("mesh_requests_in_flight", "service" => s())),
+            timing: (level == Level::Call).then(|| Timing {
+                duration: metrics::histogram!("mesh_request_duration_seconds", "service" => s()),
+                in_flight: metrics::gauge!("mesh_requests_in_flight", "service" => s()),
+            }),
         }
     }
 
-    fn record_response(&self, status: u16, seconds: f64) {
+    fn record_response(&self, status: u16, start: Option<tokio::time::Instant>) {
         let i = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -164,10 +180,16 @@ impl Handles {
             _ => 4,
         };
         self.total[i].increment(1);
-        self.duration.record(seconds);
+        self.time(start);
     }
 
-    fn record_error(&self, class: OutcomeClass, seconds: f64) {
+    fn time(&self, start: Option<tokio::time::Instant>) {
+        if let (Some(t), Some(start)) = (&self.timing, start) {
+            t.duration.record(start.elapsed().as_secs_f64());
+        }
+    }
+
+    fn record_error(&self, class: OutcomeClass, start: Option<tokio::time::Instant>) {
         let i = match class {
             OutcomeClass::Success | OutcomeClass::Failure => 5,
             OutcomeClass::Timeout => 6,
@@ -176,7 +198,7 @@ impl Handles {
             OutcomeClass::BudgetExhausted => 9,
         };
         self.total[i].increment(1);
-        self.duration.record(seconds);
+        self.time(start);
     }
 }
 
@@ -215,22 +237,34 @@ impl<S> Observe<S> {
     }
 }
 
-impl<R, C> Observe<mesh_retry::RetryService<Observe<R>, C>> {
+impl<R, C> Observe<mesh_retry::RetryService<R, C>> {
     /// The router under the retry layer (what `RetryService::get_ref`
     /// returned before the stack recorded golden metrics).
     pub fn get_ref(&self) -> &R {
-        &self.inner.get_ref().inner
+        self.inner.get_ref()
     }
 
     /// The retry layer's policy (its budget and counts).
     pub fn policy(&self) -> &mesh_retry::RetryPolicy<C> {
         self.inner.policy()
     }
+}
 
-    /// The retry service.
-    pub fn retry(&self) -> &mesh_retry::RetryService<Observe<R>, C> {
-        &self.inner
+/// The hook that counts a service's attempts (`mesh_attempts_total`), for
+/// [`mesh_retry::RetryLayer::on_attempt`]; `None` without the `metrics`
+/// feature.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn attempt_hook(service: &str) -> Option<mesh_retry::AttemptHook> {
+    #[cfg(feature = "metrics")]
+    {
+        let handles = Handles::new(service, Level::Attempt);
+        Some(std::sync::Arc::new(move |result| match result {
+            Ok(status) => handles.record_response(status.as_u16(), None),
+            Err(e) => handles.record_error(OutcomeClass::of_error(e), None),
+        }))
     }
+    #[cfg(not(feature = "metrics"))]
+    None
 }
 
 impl<S: Clone> Clone for Observe<S> {
@@ -268,15 +302,16 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         #[cfg(feature = "metrics")]
-        if let Some(g) = &self.handles.in_flight {
-            g.increment(1.0);
-        }
+        let start = self.handles.timing.as_ref().map(|t| {
+            t.in_flight.increment(1.0);
+            tokio::time::Instant::now()
+        });
         ObserveFuture {
             inner: self.inner.call(req),
             #[cfg(feature = "metrics")]
             record: Some(Record {
                 handles: std::sync::Arc::clone(&self.handles),
-                start: tokio::time::Instant::now(),
+                start,
             }),
             #[cfg(not(feature = "metrics"))]
             record: None,
@@ -292,14 +327,14 @@ struct Record;
 #[cfg(feature = "metrics")]
 struct Record {
     handles: std::sync::Arc<Handles>,
-    start: tokio::time::Instant,
+    start: Option<tokio::time::Instant>,
 }
 
 #[cfg(feature = "metrics")]
 impl Drop for Record {
     fn drop(&mut self) {
-        if let Some(g) = &self.handles.in_flight {
-            g.decrement(1.0);
+        if let Some(t) = &self.handles.timing {
+            t.in_flight.decrement(1.0);
         }
     }
 }
@@ -328,14 +363,13 @@ where
         let _ = this.record;
         #[cfg(feature = "metrics")]
         if let Some(record) = this.record.take() {
-            let seconds = record.start.elapsed().as_secs_f64();
             match &result {
                 Ok(response) => record
                     .handles
-                    .record_response(response.status().as_u16(), seconds),
+                    .record_response(response.status().as_u16(), record.start),
                 Err(e) => record
                     .handles
-                    .record_error(OutcomeClass::of_error(&**e), seconds),
+                    .record_error(OutcomeClass::of_error(&**e), record.start),
             }
         }
         Poll::Ready(result)

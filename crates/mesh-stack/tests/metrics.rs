@@ -157,10 +157,8 @@ async fn golden_and_per_endpoint_metrics_after_an_ejection_retries_and_a_give_up
         Some(DebugValue::Histogram(v)) => assert_eq!(v.len() as u64, calls),
         other => panic!("call latency: {other:?}"),
     }
-    match value(&snap, "mesh_attempt_duration_seconds", &users) {
-        Some(DebugValue::Histogram(v)) => assert_eq!(v.len() as u64, calls + s.c.hits()),
-        other => panic!("attempt latency: {other:?}"),
-    }
+    // (`mesh_attempt_duration_seconds` is the balancer's, under p2c only:
+    // this scenario balances round robin, for a deterministic ejection.)
 
     // Retries by service and reason: one per failed attempt on c.
     assert_eq!(counter(&snap, "mesh_retry_requests_total", &users), calls);
