@@ -9,7 +9,7 @@
 //! `serde` feature it serializes (field names below are the JSON's);
 //! [`AdminSnapshot::to_json`] (feature `json` or `admin`) renders it, and
 //! the `admin` feature serves it as an axum `Router`
-//! ([`router`](crate::admin::router)).
+//! (`router`).
 //!
 //! Taking a snapshot locks nothing a call takes: it reads the balancers'
 //! atomics and the discovery watches.

@@ -21,12 +21,11 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 mod operator;
 use operator::{eject_c, ep, get, start};
 
+/// One series read back: its name, its labels and its value.
+type Series = (String, Vec<(String, String)>, DebugValue);
+
 /// The value of the series `name` whose labels include `labels`.
-fn value<'a>(
-    snap: &'a [(String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
+fn value<'a>(snap: &'a [Series], name: &str, labels: &[(&str, &str)]) -> Option<&'a DebugValue> {
     snap.iter()
         .find(|(n, l, _)| {
             n == name
@@ -37,11 +36,7 @@ fn value<'a>(
         .map(|(_, _, v)| v)
 }
 
-fn counter(
-    snap: &[(String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> u64 {
+fn counter(snap: &[Series], name: &str, labels: &[(&str, &str)]) -> u64 {
     match value(snap, name, labels) {
         Some(DebugValue::Counter(n)) => *n,
         other => panic!("{name}{labels:?}: {other:?}"),
@@ -49,11 +44,7 @@ fn counter(
 }
 
 /// Sum of every series of `name` whose labels include `labels`.
-fn counter_sum(
-    snap: &[(String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> u64 {
+fn counter_sum(snap: &[Series], name: &str, labels: &[(&str, &str)]) -> u64 {
     snap.iter()
         .filter(|(n, l, _)| {
             n == name
@@ -68,18 +59,14 @@ fn counter_sum(
         .sum()
 }
 
-fn gauge(
-    snap: &[(String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn gauge(snap: &[Series], name: &str, labels: &[(&str, &str)]) -> f64 {
     match value(snap, name, labels) {
         Some(DebugValue::Gauge(g)) => g.into_inner(),
         other => panic!("{name}{labels:?}: {other:?}"),
     }
 }
 
-fn read(snapshotter: &Snapshotter) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+fn read(snapshotter: &Snapshotter) -> Vec<Series> {
     snapshotter
         .snapshot()
         .into_vec()
