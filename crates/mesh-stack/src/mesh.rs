@@ -978,4 +978,62 @@ mod tests {
         // first answer.
         assert_eq!(call(&users).await, "10.0.0.7:8080");
     }
+
+    #[tokio::test]
+    async fn the_admin_view_says_when_discovery_fails_static() {
+        use mesh_testkit::consul::Fault;
+
+        let fake = FakeConsul::start().await.unwrap();
+        fake.add_instance(Instance::new("users", "u1", "10.0.0.7", 8080));
+        let config = MeshConfig {
+            consul: Some(ConsulConfig::new(fake.url())),
+            ..MeshConfig::new()
+        }
+        .service(
+            "users",
+            ServiceConfig::with_consul(ConsulSourceConfig {
+                wait: Duration::from_secs(1),
+                ..ConsulSourceConfig::default()
+            }),
+        )
+        .service("orders", ServiceConfig::with_static([ep("10.0.0.9:80")]));
+        let mesh = Mesh::new(config).unwrap();
+        // Before any stack: services listed, nothing started.
+        let snap = mesh.admin();
+        assert_eq!(snap.services.len(), 2);
+        assert!(snap.service("users").unwrap().discovery.is_none());
+
+        let users = mesh.http_client("users", echo()).unwrap();
+        assert_eq!(call(&users).await, "10.0.0.7:8080");
+        let snap = mesh.admin();
+        let users_view = snap.service("users").unwrap();
+        let discovery = users_view.discovery.as_ref().unwrap();
+        assert_eq!((discovery.endpoints, discovery.fail_static), (1, false));
+        let endpoint = users_view.endpoint("10.0.0.7:8080").unwrap();
+        assert_eq!(
+            (endpoint.state, endpoint.breaker),
+            ("available", Some("closed"))
+        );
+        assert_eq!(endpoint.weight, 1);
+
+        // The agent fails: the endpoints are kept, and the view says so.
+        fake.set_fault(Fault::NoLeader);
+        let discovery = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let snap = mesh.admin();
+                let d = snap.service("users").unwrap().discovery.clone().unwrap();
+                if d.fail_static {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(discovery.endpoints, 1);
+        assert!(discovery.consecutive_failures >= 1);
+        assert!(discovery.last_error.is_some());
+        assert!(discovery.last_success_ms_ago.is_some());
+        assert_eq!(call(&users).await, "10.0.0.7:8080", "fail static");
+    }
 }
