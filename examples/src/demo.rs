@@ -8,20 +8,22 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use mesh_stack::core::{AvailabilityState, BoxError};
+use mesh_stack::core::BoxError;
 use mesh_stack::discovery::consul::{
     CheckDefinition, ConsulClient, ConsulConfig, Registration, ServiceRegistration,
 };
 use mesh_stack::inner::{self, HyperClient};
-use mesh_stack::{Mesh, MeshConfig, MeshService};
+use mesh_stack::{Mesh, MeshConfig};
 use mesh_testkit::backend::{Backend, Behavior};
 use mesh_testkit::consul::FakeConsul;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
@@ -428,7 +430,13 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, BoxError> {
         .replace("{dir}", &pki.dir_str())
         .replace("{accounts}", &accounts.to_string());
     let config = MeshConfig::from_toml_str(&format!("{DEMO_CONFIG}{security}"))?;
+    // The recorder first: the stacks register their metrics when built.
+    let _ = prometheus();
     let mesh = Mesh::builder(config).consul_client(consul).build()?;
+    let operator = serve_operator_view(&mesh).await?;
+    if opts.display != Display::Quiet {
+        println!("operator view: http://{operator}/metrics  http://{operator}/admin\n");
+    }
     let secure_call = call_accounts(&mesh).await?;
     let discovery = mesh.discovery("users")?;
     let wait_start = Instant::now();
@@ -452,9 +460,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, BoxError> {
             recorder: Arc::clone(&recorder),
         },
     )?;
-    let view = MeshView {
-        users: users.clone(),
-    };
+    let view = MeshView { mesh: mesh.clone() };
     let mesh_summary = drive(
         &opts,
         &backends,
@@ -621,35 +627,77 @@ fn new_recorder(backends: &Backends) -> Recorder {
     )
 }
 
-/// Reads breaker states from the mesh stack.
+/// Reads endpoint states from the mesh's admin snapshot: what `/admin`
+/// serves.
 struct MeshView {
-    users: MeshService<Counting>,
+    mesh: Mesh,
 }
 
 impl MeshView {
-    /// Breaker state by backend port.
+    /// Endpoint state by backend port.
     fn states(&self) -> BTreeMap<u16, &'static str> {
-        let router = self.users.get_ref();
-        router
-            .endpoints()
+        let snapshot = self.mesh.admin();
+        let Some(users) = snapshot.service("users") else {
+            return BTreeMap::new();
+        };
+        users
+            .endpoints
             .iter()
-            .map(|e| {
-                let state = router
-                    .balancer()
-                    .availability(e.key())
-                    .map_or("?", |a| state_name(a.state()));
-                (e.address().port(), state)
+            .filter_map(|e| {
+                let port = e.address.rsplit_once(':')?.1.parse().ok()?;
+                Some((port, state_name(e.state)))
             })
             .collect()
     }
 }
 
-fn state_name(s: AvailabilityState) -> &'static str {
-    match s {
-        AvailabilityState::Available => "closed",
-        AvailabilityState::Probing => "half-open",
-        AvailabilityState::Unavailable => "OPEN",
+fn state_name(state: &str) -> &'static str {
+    match state {
+        "available" => "closed",
+        "probing" => "half-open",
+        "ejected" => "OPEN",
+        _ => "?",
     }
+}
+
+/// The process's Prometheus recorder, installed at the first run (the
+/// `metrics` facade has one global recorder; a second run in the same
+/// process, as in the demo's tests, reuses it). `None` if another recorder
+/// was installed first.
+fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                // Series of endpoints gone for a minute leave the page.
+                .idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(60)))
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Serves `/metrics` (Prometheus text format) and `/admin` (the mesh's
+/// admin snapshot, JSON) on 127.0.0.1 while the demo runs; returns the
+/// address.
+async fn serve_operator_view(mesh: &Mesh) -> Result<std::net::SocketAddr, BoxError> {
+    let mut app = mesh_stack::admin::router(mesh.clone());
+    if let Some(handle) = prometheus() {
+        app = app.route(
+            "/metrics",
+            axum::routing::get(move || {
+                handle.run_upkeep();
+                let text = handle.render();
+                async move { text }
+            }),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
 }
 
 /// Sends `opts.rate` calls per second for `opts.duration`, each under

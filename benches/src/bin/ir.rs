@@ -13,7 +13,8 @@
 //! endpoints, p2c peak-EWMA), `stack_16` (`Mesh::http_client`: retry, router,
 //! per-endpoint breaker and attempt timeout), `tower_balance_16` (tower's
 //! `Balance<PeakEwma>` without `Buffer`), `tower_buffer_balance_16`
-//! (`Buffer<Balance<PeakEwma>>`).
+//! (`Buffer<Balance<PeakEwma>>`); with `--features metrics`,
+//! `stack_16_prometheus` (`stack_16` with a Prometheus recorder installed).
 
 use std::time::Duration;
 
@@ -50,6 +51,19 @@ fn main() {
             run(&rt, &mut rt.block_on(async { layer.layer(Inner) }), n)
         }
         "stack_16" => {
+            let mesh = Mesh::new(
+                MeshConfig::new().service("users", ServiceConfig::with_static(endpoints(16))),
+            )
+            .unwrap();
+            let mut svc = rt.block_on(async { mesh.http_client("users", Inner).unwrap() });
+            run(&rt, &mut svc, n)
+        }
+        // `--features metrics`: the stack's metrics recorded by Prometheus's
+        // recorder (installed before the stack registers its handles).
+        #[cfg(feature = "metrics")]
+        "stack_16_prometheus" => {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            metrics::set_global_recorder(recorder).unwrap();
             let mesh = Mesh::new(
                 MeshConfig::new().service("users", ServiceConfig::with_static(endpoints(16))),
             )

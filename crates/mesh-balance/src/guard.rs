@@ -113,6 +113,10 @@ impl LoadGuard {
         let now = match (self.started_ns != NOT_TIMED).then_some(self.started_ns) {
             Some(started) => {
                 let now = state.params.clock.elapsed_nanos();
+                #[cfg(feature = "metrics")]
+                state
+                    .attempt_seconds
+                    .record(now.saturating_sub(started) as f64 * 1e-9);
                 let alone = in_flight(&self.state) <= 1;
                 if state.observe(now.saturating_sub(started), now, failed, alone) {
                     state

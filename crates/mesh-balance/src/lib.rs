@@ -130,11 +130,16 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for [`BalanceConfig`], durations in
 //!   humantime form (`"10s"`).
-//! - `metrics`: `mesh_balance_picks_total{service, endpoint}` (counter),
+//! - `metrics`: `mesh_balance_picks_total{service, endpoint}` (counter;
+//!   `endpoint` is the endpoint's address, never its discovery id),
 //!   `mesh_balance_endpoints{service}`,
 //!   `mesh_balance_ejected_endpoints{service}` and
-//!   `mesh_balance_panic_mode{service}` (gauges). Labels are bounded by the
-//!   endpoint set; no request data.
+//!   `mesh_balance_panic_mode{service}` (gauges), and
+//!   `mesh_attempt_duration_seconds{service}` (histogram: each attempt's
+//!   latency, to the end of its response when the router records at end of
+//!   stream; p2c peak-EWMA only, the strategy that reads the clock anyway).
+//!   Labels are bounded by the endpoint set (services × endpoint
+//!   addresses); no request data.
 //!
 //! Tracing events: endpoint set updated (info), endpoint added/removed
 //! (debug), ejected and panic mode (warn), re-admitted and panic mode over

@@ -89,6 +89,10 @@ pub(crate) struct EndpointState {
     pub(crate) detector: Arc<Detector>,
     #[cfg(feature = "metrics")]
     pub(crate) picks: metrics::Counter,
+    /// The service's attempt latency (one series per service): recorded
+    /// with the clock read the latency estimate takes anyway.
+    #[cfg(feature = "metrics")]
+    pub(crate) attempt_seconds: metrics::Histogram,
 }
 
 /// Requests in flight to this endpoint: strong references no snapshot holds.
@@ -117,7 +121,14 @@ impl EndpointState {
             picks: metrics::counter!(
                 "mesh_balance_picks_total",
                 "service" => service.to_owned(),
-                "endpoint" => endpoint.key().as_str().to_owned()
+                // The address, never the discovery id: a redeploy that keeps
+                // addresses adds no series.
+                "endpoint" => endpoint.address().to_string()
+            ),
+            #[cfg(feature = "metrics")]
+            attempt_seconds: metrics::histogram!(
+                "mesh_attempt_duration_seconds",
+                "service" => service.to_owned()
             ),
             endpoint,
             availability: Availability::new(),

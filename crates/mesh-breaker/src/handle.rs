@@ -1,7 +1,7 @@
 //! [`CircuitBreakerHandle`]: manual control and a cheap state read.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use mesh_core::Availability;
@@ -46,6 +46,20 @@ impl CircuitBreakerHandle {
         self.shared.name()
     }
 
+    /// The address of the endpoint this breaker counts for, when a router
+    /// built it for one endpoint (what its logs and metrics call it).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.shared.endpoint()
+    }
+
+    /// A handle that does not keep the breaker alive: for a registry of
+    /// breakers (an admin page) that must not outlive their endpoints.
+    pub fn downgrade(&self) -> WeakBreakerHandle {
+        WeakBreakerHandle {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
     /// Refuses every call until [`reset`](Self::reset).
     pub fn force_open(&self) {
         self.shared.force(CircuitState::ForcedOpen);
@@ -72,6 +86,33 @@ impl fmt::Debug for CircuitBreakerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerHandle")
             .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A [`CircuitBreakerHandle`] that does not keep its breaker alive
+/// ([`CircuitBreakerHandle::downgrade`]).
+#[derive(Clone)]
+pub struct WeakBreakerHandle {
+    shared: Weak<Shared>,
+}
+
+impl WeakBreakerHandle {
+    /// The handle, while the breaker lives.
+    pub fn upgrade(&self) -> Option<CircuitBreakerHandle> {
+        self.shared.upgrade().map(CircuitBreakerHandle::new)
+    }
+
+    /// Whether the breaker was dropped.
+    pub fn is_dropped(&self) -> bool {
+        self.shared.strong_count() == 0
+    }
+}
+
+impl fmt::Debug for WeakBreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakBreakerHandle")
+            .field("dropped", &self.is_dropped())
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use crate::config::{BreakerConfig, OpenBehavior};
 use crate::events::{BreakerEvent, Listener};
 use crate::service::CircuitBreaker;
-use crate::state::Shared;
+use crate::state::{Labels, Shared};
 
 /// Wraps a service in a [`CircuitBreaker`].
 ///
@@ -131,7 +131,9 @@ impl<C, M> CircuitBreakerLayer<C, M> {
     }
 
     /// Names the breakers this layer builds, in `tracing` events and as the
-    /// `breaker` metrics label. Use a bounded name (a service, not a URL).
+    /// `service` metrics label. Use a bounded name (a service, not a URL).
+    /// Breakers built for a router's endpoints are named `service/key`
+    /// instead, and carry the endpoint's address in their logs and metrics.
     #[must_use]
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
@@ -152,7 +154,10 @@ impl<S, C: Clone, M: Clone> Layer<S> for CircuitBreakerLayer<C, M> {
             &self.config,
             Availability::new(),
             self.listener.clone(),
-            self.name.clone(),
+            Labels {
+                name: self.name.clone(),
+                ..Labels::default()
+            },
         );
         CircuitBreaker::from_shared(inner, shared, self.classifier.clone(), self.mode.clone())
     }
@@ -173,7 +178,11 @@ impl<S, C: Clone, M: Clone> NewEndpoint<S> for CircuitBreakerLayer<C, M> {
             &config,
             target.health().clone(),
             self.listener.clone(),
-            Some(Arc::clone(target.name_arc())),
+            Labels {
+                name: Some(Arc::clone(target.name_arc())),
+                service: Some(Arc::clone(target.service_arc())),
+                endpoint: Some(Arc::from(target.endpoint().address().to_string())),
+            },
         );
         CircuitBreaker::from_shared(inner, shared, self.classifier.clone(), self.mode.clone())
     }

@@ -127,8 +127,9 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for [`BreakerConfig`], durations in
 //!   humantime form (`"30s"`).
-//! - `metrics`: counters and a state gauge through the `metrics` facade (see
-//!   the `metrics` module docs for names and labels).
+//! - `metrics`: counters and one state gauge per state through the
+//!   `metrics` facade, labelled by `service` and, inside a router, by the
+//!   endpoint's address (see the `metrics` module docs for names and labels).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -154,7 +155,7 @@ pub use config::{
 pub use error::BreakerOpen;
 pub use events::{BreakerEvent, TransitionReason};
 pub use future::{BreakerRecorder, ResponseFuture};
-pub use handle::CircuitBreakerHandle;
+pub use handle::{CircuitBreakerHandle, WeakBreakerHandle};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::CircuitState;

@@ -187,8 +187,23 @@ pub(crate) struct Shared {
     cold: Box<Mutex<Cold>>,
     listener: Option<Listener>,
     name: Option<Arc<str>>,
+    /// The endpoint's address, for a breaker a router built for one
+    /// endpoint: what logs and metrics call it (never its volatile id).
+    endpoint: Option<Arc<str>>,
     #[cfg(feature = "metrics")]
     metrics: crate::metrics::Metrics,
+}
+
+/// Who a breaker is, for its logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Labels {
+    /// The breaker's name (`service`, or `service/endpoint-key` in a router).
+    pub(crate) name: Option<Arc<str>>,
+    /// The service it belongs to (the `service` metrics label).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) service: Option<Arc<str>>,
+    /// The endpoint's address, inside a router (the `endpoint` label).
+    pub(crate) endpoint: Option<Arc<str>>,
 }
 
 impl Shared {
@@ -197,16 +212,16 @@ impl Shared {
         config: &BreakerConfig,
         availability: Availability,
         listener: Option<Listener>,
-        name: Option<Arc<str>>,
+        labels: Labels,
     ) -> Arc<Self> {
-        Arc::new(Self::new(config, availability, listener, name))
+        Arc::new(Self::new(config, availability, listener, labels))
     }
 
     fn new(
         config: &BreakerConfig,
         availability: Availability,
         listener: Option<Listener>,
-        name: Option<Arc<str>>,
+        labels: Labels,
     ) -> Self {
         let window = config.window.as_ref();
         let policy = Policy {
@@ -266,8 +281,12 @@ impl Shared {
             })),
             listener,
             #[cfg(feature = "metrics")]
-            metrics: crate::metrics::Metrics::new(name.as_deref()),
-            name,
+            metrics: crate::metrics::Metrics::new(
+                labels.service.as_deref().or(labels.name.as_deref()),
+                labels.endpoint.as_deref(),
+            ),
+            name: labels.name,
+            endpoint: labels.endpoint,
         }
     }
 
@@ -288,6 +307,10 @@ impl Shared {
 
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
     }
 
     pub(crate) fn behavior(&self) -> OpenBehavior {
@@ -416,7 +439,7 @@ impl Shared {
         if self.hot.0.policy.behavior == OpenBehavior::Report {
             return Admit::Bypass;
         }
-        tracing::trace!(breaker = self.name.as_deref(), %state, "circuit breaker refused a call");
+        tracing::trace!(breaker = self.name.as_deref(), endpoint = self.endpoint.as_deref(), %state, "circuit breaker refused a call");
         #[cfg(feature = "metrics")]
         self.metrics.rejected.increment(1);
         self.emit(|| BreakerEvent::Rejected { state });
@@ -477,6 +500,7 @@ impl Shared {
                 reclaimed = true;
                 tracing::warn!(
                     breaker = self.name.as_deref(),
+                    endpoint = self.endpoint.as_deref(),
                     timeout_ms = self.hot.0.policy.probe_timeout_ms,
                     "half-open probe did not finish within the probe timeout; permit released"
                 );
@@ -748,9 +772,13 @@ impl Shared {
         open_for: Option<Duration>,
     ) {
         let name = self.name.as_deref();
+        let endpoint = self.endpoint.as_deref();
+        // Transitions are bounded by the open backoff (one trip per open
+        // period at most), so these lines cannot flood the log.
         match to {
             CircuitState::Open | CircuitState::ForcedOpen => tracing::warn!(
                 breaker = name,
+                endpoint,
                 %from,
                 %to,
                 ?open_for,
@@ -758,13 +786,14 @@ impl Shared {
             ),
             _ => tracing::info!(
                 breaker = name,
+                endpoint,
                 %from,
                 %to,
                 "circuit breaker {from} -> {to}: {reason}"
             ),
         }
         #[cfg(feature = "metrics")]
-        self.metrics.transition(to);
+        self.metrics.transition(from, to);
         self.emit(|| BreakerEvent::Transition { from, to, reason });
     }
 
@@ -834,6 +863,13 @@ impl ProbePermit {
     }
 }
 
+#[cfg(feature = "metrics")]
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.metrics.dropped(self.state());
+    }
+}
+
 impl Drop for ProbePermit {
     fn drop(&mut self) {
         if !self.done && self.release() {
@@ -868,7 +904,7 @@ mod tests {
     }
 
     fn shared(config: &BreakerConfig) -> Shared {
-        Shared::new(config, Availability::new(), None, None)
+        Shared::new(config, Availability::new(), None, Labels::default())
     }
 
     /// The steady-state shortcut: only where a success changes nothing.

@@ -90,6 +90,7 @@ pub mod config;
 pub mod deadline;
 pub mod endpoint;
 pub mod eos;
+pub mod log_limit;
 mod outcome;
 pub mod pushback;
 pub mod stripe;

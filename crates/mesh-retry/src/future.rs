@@ -19,7 +19,6 @@ use tower_service::Service;
 use crate::body::TryCloneBody;
 use crate::copy::RequestCopy;
 use crate::error::DeadlineExceeded;
-use crate::metrics;
 use crate::policy::{Decision, GiveUp, RetryPolicy, instant_after};
 
 pin_project! {
@@ -150,6 +149,7 @@ where
                             Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError)
                         }
                     };
+                    this.policy.report_attempt(&result);
                     let Some(req) = this.request.as_mut() else {
                         // No copy: not retryable, or the last allowed attempt.
                         this.policy.note_last_attempt(&result);
@@ -268,6 +268,6 @@ fn deadline_exceeded<C>(policy: &RetryPolicy<C>) -> BoxError {
         reason = GiveUp::Deadline.as_str(),
         "deadline passed during an attempt"
     );
-    metrics::give_up(GiveUp::Deadline);
+    policy.count_give_up(GiveUp::Deadline);
     Box::new(DeadlineExceeded::new(None))
 }

@@ -62,6 +62,26 @@ impl<C> RetryLayer<C> {
         Self::from_policy(self.policy.unsent_errors(unsent))
     }
 
+    /// The same layer retrying for the service `service`: its give-up logs
+    /// and its metrics' `service` label (see [`RetryPolicy::named`]).
+    #[must_use]
+    pub fn named(self, service: impl Into<std::sync::Arc<str>>) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_policy(self.policy.named(service))
+    }
+
+    /// The same layer calling `hook` with every attempt's status or error:
+    /// see [`RetryPolicy::on_attempt`].
+    #[must_use]
+    pub fn on_attempt(self, hook: crate::AttemptHook) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_policy(self.policy.on_attempt(hook))
+    }
+
     /// The policy the layer's services decide with.
     pub fn policy(&self) -> &RetryPolicy<C> {
         &self.policy

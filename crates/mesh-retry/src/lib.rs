@@ -142,9 +142,12 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for [`RetryConfig`] (durations in
 //!   humantime form).
-//! - `metrics`: counters `mesh_retry_requests_total`,
-//!   `mesh_retry_retries_total`, `mesh_retry_requeues_total`,
-//!   `mesh_retry_budget_exhausted_total`, `mesh_retry_give_ups_total{reason}`.
+//! - `metrics`: counters `mesh_retry_requests_total{service}`,
+//!   `mesh_retry_retries_total{service, reason}`,
+//!   `mesh_retry_requeues_total{service}`,
+//!   `mesh_retry_budget_exhausted_total{service}`,
+//!   `mesh_retry_give_ups_total{service, reason}`; `service` is the name
+//!   given with [`RetryLayer::named`].
 //!
 //! [`HedgeLayer`] adds hedging: a second attempt of a slow idempotent request
 //! after a fixed delay, first success wins, paid from the same budget.
@@ -171,7 +174,7 @@ pub use error::{BudgetExhausted, DeadlineExceeded};
 pub use future::ResponseFuture;
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer};
 pub use layer::RetryLayer;
-pub use policy::{GiveUp, RetryPolicy, RetryStats, UnsentErrors};
+pub use policy::{AttemptHook, GiveUp, RetryPolicy, RetryStats, UnsentErrors};
 pub use replay::{ReplayBodyLayer, WithReplayBody};
 pub use service::RetryService;
 

@@ -18,7 +18,8 @@ use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
 use crate::copy::{RetryRequest, clone_request};
 use crate::error::{BudgetExhausted, DeadlineExceeded};
-use crate::metrics;
+use crate::metrics::Metrics;
+use mesh_core::log_limit::LogLimit;
 
 /// Why a retryable failure was not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +44,16 @@ pub enum GiveUp {
 }
 
 impl GiveUp {
+    /// Every reason, in declaration order (`ALL[why as usize] == why`).
+    pub const ALL: [GiveUp; 6] = [
+        GiveUp::MaxRetries,
+        GiveUp::Budget,
+        GiveUp::Deadline,
+        GiveUp::Pushback,
+        GiveUp::BodyNotReplayable,
+        GiveUp::MaxRequeues,
+    ];
+
     /// A short, stable name (used as the `reason` label).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -89,6 +100,16 @@ struct Shared<C> {
     unsent: UnsentErrors,
     retries: AtomicU64,
     requeues: AtomicU64,
+    /// The service the policy retries for (logs and the `service` label).
+    service: Option<Arc<str>>,
+    /// Registered at the first call, so that the policies a builder chain
+    /// makes on the way (`with_classifier`, then `named`, ...) register no
+    /// series of their own.
+    metrics: std::sync::OnceLock<Metrics>,
+    on_attempt: Option<AttemptHook>,
+    /// Give-ups and retries logged at INFO: a few a second at most.
+    give_up_log: LogLimit,
+    retry_log: LogLimit,
 }
 
 /// What the services of one policy (every clone) did, since it was built.
@@ -102,6 +123,37 @@ pub struct RetryStats {
     /// a failure that proved the request never reached a server.
     pub requeues: u64,
 }
+
+impl<C> Shared<C> {
+    #[inline]
+    fn metrics(&self) -> &Metrics {
+        self.metrics
+            .get_or_init(|| Metrics::new(self.service.as_deref()))
+    }
+
+    /// Counts a give-up and logs it at INFO (a few lines a second at most):
+    /// the service, the reason and the attempts the request made.
+    fn note_give_up(&self, why: GiveUp, retries: u32, requeues: u32) {
+        self.metrics().give_up(why);
+        if let Some(suppressed) = self.give_up_log.check() {
+            tracing::info!(
+                service = self.service.as_deref(),
+                reason = why.as_str(),
+                retries,
+                requeues,
+                max_retries = self.config.max_retries,
+                suppressed,
+                "retry: giving up ({why}) after {retries} retries and {requeues} requeues"
+            );
+        }
+    }
+}
+
+/// Called with the result of every attempt a retry layer makes (its status,
+/// or its error): for per-attempt metrics without a layer of their own. Set
+/// with [`RetryPolicy::on_attempt`]; it runs inline, keep it short.
+pub type AttemptHook =
+    Arc<dyn Fn(Result<http::StatusCode, &(dyn std::error::Error + 'static)>) + Send + Sync>;
 
 /// Safe, budgeted retries for HTTP and gRPC requests, as a
 /// `tower::retry::Policy`.
@@ -218,6 +270,8 @@ impl<C> RetryPolicy<C> {
             classifier,
             budget,
             is_unsent_error,
+            None,
+            None,
         ))
     }
 
@@ -232,6 +286,8 @@ impl<C> RetryPolicy<C> {
             self.shared.classifier.clone(),
             budget,
             self.shared.unsent,
+            self.shared.service.clone(),
+            self.shared.on_attempt.clone(),
         )
     }
 
@@ -252,7 +308,61 @@ impl<C> RetryPolicy<C> {
             self.shared.classifier.clone(),
             self.shared.budget.clone(),
             unsent,
+            self.shared.service.clone(),
+            self.shared.on_attempt.clone(),
         )
+    }
+
+    /// The same policy retrying for the service `service`: the name its
+    /// give-up log lines and its metrics' `service` label carry. Use a
+    /// bounded name (a service, not a URL).
+    #[must_use]
+    pub fn named(self, service: impl Into<Arc<str>>) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_parts(
+            self.shared.config.clone(),
+            self.shared.classifier.clone(),
+            self.shared.budget.clone(),
+            self.shared.unsent,
+            Some(service.into()),
+            self.shared.on_attempt.clone(),
+        )
+    }
+
+    /// The same policy calling `hook` with every attempt's status or error
+    /// (mesh-stack counts its attempts this way).
+    #[must_use]
+    pub fn on_attempt(self, hook: AttemptHook) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_parts(
+            self.shared.config.clone(),
+            self.shared.classifier.clone(),
+            self.shared.budget.clone(),
+            self.shared.unsent,
+            self.shared.service.clone(),
+            Some(hook),
+        )
+    }
+
+    /// Reports an attempt's result to the [`on_attempt`](Self::on_attempt)
+    /// hook, if any.
+    #[inline]
+    pub(crate) fn report_attempt<Res>(&self, result: &Result<Response<Res>, BoxError>) {
+        if let Some(hook) = &self.shared.on_attempt {
+            hook(match result {
+                Ok(r) => Ok(r.status()),
+                Err(e) => Err(&**e),
+            });
+        }
+    }
+
+    /// The service name given with [`named`](Self::named).
+    pub fn service(&self) -> Option<&str> {
+        self.shared.service.as_deref()
     }
 
     fn from_parts(
@@ -260,6 +370,8 @@ impl<C> RetryPolicy<C> {
         classifier: C,
         budget: RetryBudget,
         unsent: UnsentErrors,
+        service: Option<Arc<str>>,
+        on_attempt: Option<AttemptHook>,
     ) -> Self {
         let attempt_header = if config.attempt_header.is_empty() {
             None
@@ -284,6 +396,11 @@ impl<C> RetryPolicy<C> {
                 unsent,
                 retries: AtomicU64::new(0),
                 requeues: AtomicU64::new(0),
+                metrics: std::sync::OnceLock::new(),
+                service,
+                on_attempt,
+                give_up_log: LogLimit::default(),
+                retry_log: LogLimit::default(),
             }),
             retries: 0,
             requeues: 0,
@@ -373,7 +490,7 @@ impl<C> RetryPolicy<C> {
     #[inline]
     pub(crate) fn begin(&mut self) {
         self.shared.budget.deposit();
-        metrics::request();
+        self.shared.metrics().request();
         if self.shared.config.deadline.is_some() {
             self.start = Some(Instant::now());
         }
@@ -514,7 +631,7 @@ impl<C> RetryPolicy<C> {
         self.requeues += 1;
         let next = attempt + 1;
         self.stamp(req, next);
-        metrics::requeue();
+        self.shared.metrics().requeue();
         self.shared.requeues.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             attempt = next,
@@ -531,9 +648,15 @@ impl<C> RetryPolicy<C> {
         Decision::Stop(Some(why))
     }
 
+    /// Counts (and logs) a give-up for `why` that ends the request from
+    /// outside a decision (the deadline passed during an attempt).
+    pub(crate) fn count_give_up(&self, why: GiveUp) {
+        self.shared.note_give_up(why, self.retries, self.requeues);
+    }
+
     /// Counts a give-up for `why` and keeps it for the caller's event.
     fn note_give_up(&mut self, why: GiveUp) {
-        metrics::give_up(why);
+        self.shared.note_give_up(why, self.retries, self.requeues);
         self.give_up = Some(why);
     }
 
@@ -613,14 +736,18 @@ impl<C> RetryPolicy<C> {
         self.retries += 1;
         let next = attempt + 1;
         self.stamp(req, next);
-        metrics::retry();
+        self.shared.metrics().retry(result.is_ok());
         self.shared.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            attempt = next,
-            reason = %Reason { outcome: &outcome, result },
-            delay_ms = saturating_millis(delay),
-            "retrying request"
-        );
+        if let Some(suppressed) = self.shared.retry_log.check() {
+            tracing::info!(
+                service = self.shared.service.as_deref(),
+                attempt = next,
+                reason = %Reason { outcome: &outcome, result },
+                delay_ms = saturating_millis(delay),
+                suppressed,
+                "retrying request"
+            );
+        }
         Decision::Retry(delay)
     }
 

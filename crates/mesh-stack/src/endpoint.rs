@@ -1,9 +1,12 @@
 //! [`EndpointLayer`]: what every endpoint of a service gets.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mesh_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use mesh_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, WeakBreakerHandle};
+use mesh_core::EndpointKey;
 use mesh_core::eos::AtEndOfStream;
 use mesh_core::target::{NewEndpoint, Target};
 
@@ -31,6 +34,28 @@ pub struct EndpointLayer<C> {
     breaker: CircuitBreakerLayer<C, AtEndOfStream>,
     attempt_timeout: Duration,
     streaming: bool,
+    breakers: BreakerRegistry,
+}
+
+/// The breakers of one service's endpoints, by endpoint key, held weakly:
+/// what the admin snapshot reads. A breaker dropped with its endpoint
+/// leaves the registry at the next insert or read.
+#[derive(Clone, Default)]
+pub(crate) struct BreakerRegistry(Arc<Mutex<HashMap<EndpointKey, WeakBreakerHandle>>>);
+
+impl BreakerRegistry {
+    fn insert(&self, key: EndpointKey, handle: &CircuitBreakerHandle) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, h| !h.is_dropped());
+        map.insert(key, handle.downgrade());
+    }
+
+    /// The live breaker of `key`.
+    pub(crate) fn get(&self, key: &EndpointKey) -> Option<CircuitBreakerHandle> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, h| !h.is_dropped());
+        map.get(key).and_then(WeakBreakerHandle::upgrade)
+    }
 }
 
 impl<C> EndpointLayer<C> {
@@ -42,7 +67,14 @@ impl<C> EndpointLayer<C> {
             breaker: breaker.at_end_of_stream(),
             attempt_timeout,
             streaming: false,
+            breakers: BreakerRegistry::default(),
         }
+    }
+
+    /// Registers every breaker this layer builds in `breakers`.
+    pub(crate) fn registry(mut self, breakers: BreakerRegistry) -> Self {
+        self.breakers = breakers;
+        self
     }
 
     /// With `streaming`, the attempt timeout ends at the response headers
@@ -65,6 +97,7 @@ impl<C: Clone> Clone for EndpointLayer<C> {
             breaker: self.breaker.clone(),
             attempt_timeout: self.attempt_timeout,
             streaming: self.streaming,
+            breakers: self.breakers.clone(),
         }
     }
 }
@@ -84,6 +117,9 @@ impl<S, C: Clone> NewEndpoint<S> for EndpointLayer<C> {
 
     fn new_endpoint(&self, target: &Target, inner: S) -> Self::Service {
         let timeout = AttemptTimeout::new(inner, self.attempt_timeout).streaming(self.streaming);
-        self.breaker.new_endpoint(target, timeout)
+        let breaker = self.breaker.new_endpoint(target, timeout);
+        self.breakers
+            .insert(target.endpoint().key().clone(), &breaker.handle());
+        breaker
     }
 }

@@ -100,10 +100,14 @@
 //! - `reqwest-middleware` (implies `reqwest`): [`Mesh::reqwest_middleware`],
 //!   the mesh as a `reqwest_middleware::Middleware`.
 //! - `metrics`: the layers' counters and gauges through the `metrics` facade
-//!   (labelled by service, endpoint, outcome and state; never request data).
+//!   (labelled by service, endpoint address, outcome and state; never
+//!   request data), and each service's golden metrics: requests and
+//!   attempts by outcome and status class, their latency, calls in flight
+//!   ([`observe`]). See the README's "Metrics and admin" section.
 //!
 //! [`Service`]: tower_service::Service
 
+pub mod admin;
 pub mod builder;
 pub mod config;
 #[cfg(feature = "hyper")]
@@ -116,6 +120,7 @@ pub mod inner;
 pub mod mesh;
 #[cfg(feature = "reqwest-middleware")]
 pub mod middleware;
+pub mod observe;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod security;
@@ -127,6 +132,7 @@ pub use endpoint::EndpointLayer;
 pub use mesh::{
     GrpcMeshService, Mesh, MeshBuilder, MeshError, MeshLayer, MeshService, is_unsent_error,
 };
+pub use observe::{Observe, OutcomeClass};
 pub use security::{
     CredentialsLayer, MeshTlsConfig, ServerAuthorize, ServerSecurityConfig, ServerSecurityLayer,
     ServiceApiKeyConfig,

@@ -20,6 +20,7 @@ use tower_layer::Layer;
 
 use crate::config::{DiscoveryConfig, MeshConfig, ServiceConfig};
 use crate::endpoint::EndpointLayer;
+use crate::observe::{Level, Observe};
 
 /// The ready-made client stack of one service over the inner client `S`:
 /// retry, then the discovery router, then per endpoint a breaker and a
@@ -29,8 +30,13 @@ use crate::endpoint::EndpointLayer;
 /// it into each call's future, so it is small: the default,
 /// [`DefaultHttpClassifier`], is zero-sized (a configured `HttpClassifier`
 /// is 280 bytes: share one through an `Arc`, see [`Mesh::layer`]).
+///
+/// Each logical call goes through an [`Observe`], which records the
+/// service's golden metrics (feature `metrics`; see [`crate::observe`]).
+/// [`Observe::get_ref`] reaches the router, [`Observe::policy`] the retry
+/// policy.
 pub type MeshService<S, C = DefaultHttpClassifier> =
-    RetryService<DiscoveryService<S, EndpointLayer<C>, C, AtEndOfStream>, C>;
+    Observe<RetryService<DiscoveryService<S, EndpointLayer<C>, C, AtEndOfStream>, C>>;
 
 /// The gRPC stack: [`MeshService`] with gRPC classification, behind a
 /// [`ReplayBodyLayer`] so streaming tonic bodies can be retried.
@@ -154,6 +160,7 @@ impl MeshBuilder {
                 publishers: Mutex::new(Vec::new()),
                 stacks: Mutex::new(HashMap::new()),
                 connect: self.connect,
+                views: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -177,6 +184,8 @@ struct Shared {
     /// one balancer and one set of endpoint stacks per service and kind.
     stacks: Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
     connect: Option<ConnectIdentity>,
+    /// Every stack's balancer and breakers, by service: what `admin` reads.
+    views: Mutex<HashMap<String, Vec<crate::admin::StackView>>>,
 }
 
 impl fmt::Debug for Mesh {
@@ -202,6 +211,45 @@ impl Mesh {
     /// The config.
     pub fn config(&self) -> &MeshConfig {
         &self.shared.config
+    }
+
+    /// Every service and endpoint, their state and the reason for it: see
+    /// [`AdminSnapshot`](crate::admin::AdminSnapshot). Services whose
+    /// first stack was not built yet have no discovery and no endpoints.
+    /// Cheap (no lock a call takes); call it as often as a page refreshes.
+    pub fn admin(&self) -> crate::admin::AdminSnapshot {
+        let now = tokio::time::Instant::now();
+        let sources = self
+            .shared
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let views = self
+            .shared
+            .views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut names: Vec<&String> = self.shared.config.services.keys().collect();
+        names.sort();
+        let services = names
+            .into_iter()
+            .map(|name| {
+                let mut endpoints = Vec::new();
+                let mut panic_mode = false;
+                for view in views.get(name).into_iter().flatten() {
+                    panic_mode |= crate::admin::endpoints(view, now, &mut endpoints);
+                }
+                crate::admin::ServiceSnapshot {
+                    name: name.clone(),
+                    discovery: sources.get(name).map(|d| crate::admin::discovery(d, now)),
+                    panic_mode,
+                    endpoints,
+                }
+            })
+            .collect();
+        crate::admin::AdminSnapshot { services }
     }
 
     /// The config of the service `name`.
@@ -303,14 +351,18 @@ impl Mesh {
     pub fn layer<C: Clone>(&self, name: &str, classifier: C) -> Result<MeshLayer<C>, MeshError> {
         let config = self.service_config(name)?;
         let discovery = self.discovery(name)?;
+        let breakers = crate::endpoint::BreakerRegistry::default();
         let breaker = CircuitBreakerLayer::new(config.endpoint_breaker_config())
             .map_err(|e| e.nest(&format!("services.{name}.breaker")))?
             .with_classifier(classifier.clone())
             .name(name.to_owned());
         let router = DiscoveryLayer::builder(discovery)
+            .service(name.to_owned())
             .config(config.router_config())
             .new_endpoint(
-                EndpointLayer::new(breaker, config.attempt_timeout).streaming(config.streaming),
+                EndpointLayer::new(breaker, config.attempt_timeout)
+                    .streaming(config.streaming)
+                    .registry(breakers.clone()),
             )
             .classifier(classifier.clone())
             .at_end_of_stream()
@@ -318,8 +370,27 @@ impl Mesh {
             .map_err(|e| e.nest(&format!("services.{name}")))?;
         let retry = RetryLayer::with_classifier(config.retry.clone(), classifier)
             .map_err(|e| e.nest(&format!("services.{name}.retry")))?
-            .unsent_errors(is_unsent_error);
-        Ok(MeshLayer { retry, router })
+            .unsent_errors(is_unsent_error)
+            .named(name.to_owned());
+        let retry = match crate::observe::attempt_hook(name) {
+            Some(hook) => retry.on_attempt(hook),
+            None => retry,
+        };
+        self.shared
+            .views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .push(crate::admin::StackView {
+                balancer: router.balancer().clone(),
+                breakers,
+            });
+        Ok(MeshLayer {
+            retry,
+            router,
+            service: Arc::from(name),
+        })
     }
 
     /// The stack of the service `name` over an HTTP client: hyper-util's
@@ -366,7 +437,7 @@ impl Mesh {
         let layer = self.layer(name, classifier)?;
         let router = layer.router.layer(inner);
         router.apply_updates_in_background();
-        Ok(layer.retry.layer(router))
+        Ok(layer.wrap(router))
     }
 
     /// The stack of type `T` for `name`, built by `build` on first use.
@@ -802,9 +873,21 @@ pub fn is_unsent_error(error: &(dyn std::error::Error + 'static)) -> bool {
 pub struct MeshLayer<C = DefaultHttpClassifier> {
     retry: RetryLayer<C>,
     router: DiscoveryLayer<EndpointLayer<C>, C, AtEndOfStream>,
+    service: Arc<str>,
 }
 
 impl<C> MeshLayer<C> {
+    /// The stack over a router built by this layer's router layer.
+    fn wrap<S>(
+        &self,
+        router: DiscoveryService<S, EndpointLayer<C>, C, AtEndOfStream>,
+    ) -> MeshService<S, C>
+    where
+        C: Clone,
+    {
+        Observe::new(self.retry.layer(router), &self.service, Level::Call)
+    }
+
     /// The router layer (its balancer and discovery handle).
     pub fn router(&self) -> &DiscoveryLayer<EndpointLayer<C>, C, AtEndOfStream> {
         &self.router
@@ -821,6 +904,7 @@ impl<C: Clone> Clone for MeshLayer<C> {
         Self {
             retry: self.retry.clone(),
             router: self.router.clone(),
+            service: Arc::clone(&self.service),
         }
     }
 }
@@ -838,7 +922,7 @@ impl<S: Clone, C: Clone> Layer<S> for MeshLayer<C> {
     type Service = MeshService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.retry.layer(self.router.layer(inner))
+        self.wrap(self.router.layer(inner))
     }
 }
 
@@ -1016,5 +1100,63 @@ mod tests {
         // The first request waits (at most ready_timeout) for the watch's
         // first answer.
         assert_eq!(call(&users).await, "10.0.0.7:8080");
+    }
+
+    #[tokio::test]
+    async fn the_admin_view_says_when_discovery_fails_static() {
+        use mesh_testkit::consul::Fault;
+
+        let fake = FakeConsul::start().await.unwrap();
+        fake.add_instance(Instance::new("users", "u1", "10.0.0.7", 8080));
+        let config = MeshConfig {
+            consul: Some(ConsulConfig::new(fake.url())),
+            ..MeshConfig::new()
+        }
+        .service(
+            "users",
+            ServiceConfig::with_consul(ConsulSourceConfig {
+                wait: Duration::from_secs(1),
+                ..ConsulSourceConfig::default()
+            }),
+        )
+        .service("orders", ServiceConfig::with_static([ep("10.0.0.9:80")]));
+        let mesh = Mesh::new(config).unwrap();
+        // Before any stack: services listed, nothing started.
+        let snap = mesh.admin();
+        assert_eq!(snap.services.len(), 2);
+        assert!(snap.service("users").unwrap().discovery.is_none());
+
+        let users = mesh.http_client("users", echo()).unwrap();
+        assert_eq!(call(&users).await, "10.0.0.7:8080");
+        let snap = mesh.admin();
+        let users_view = snap.service("users").unwrap();
+        let discovery = users_view.discovery.as_ref().unwrap();
+        assert_eq!((discovery.endpoints, discovery.fail_static), (1, false));
+        let endpoint = users_view.endpoint("10.0.0.7:8080").unwrap();
+        assert_eq!(
+            (endpoint.state, endpoint.breaker),
+            ("available", Some("closed"))
+        );
+        assert_eq!(endpoint.weight, 1);
+
+        // The agent fails: the endpoints are kept, and the view says so.
+        fake.set_fault(Fault::NoLeader);
+        let discovery = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let snap = mesh.admin();
+                let d = snap.service("users").unwrap().discovery.clone().unwrap();
+                if d.fail_static {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(discovery.endpoints, 1);
+        assert!(discovery.consecutive_failures >= 1);
+        assert!(discovery.last_error.is_some());
+        assert!(discovery.last_success_ms_ago.is_some());
+        assert_eq!(call(&users).await, "10.0.0.7:8080", "fail static");
     }
 }

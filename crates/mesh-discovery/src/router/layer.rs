@@ -75,6 +75,7 @@ impl RouterConfig {
 #[derive(Clone)]
 pub struct DiscoveryLayer<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier, M = AtResponse> {
     discovery: Discovery,
+    service: Arc<str>,
     balancer: Balancer,
     new_endpoint: N,
     classifier: C,
@@ -86,7 +87,7 @@ pub struct DiscoveryLayer<N = LayerEndpoint<Identity>, C = DefaultHttpClassifier
 impl<N, C, M> fmt::Debug for DiscoveryLayer<N, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiscoveryLayer")
-            .field("service", &self.discovery.name())
+            .field("service", &self.service)
             .field("balance", self.balancer.config())
             .field("ready_timeout", &self.ready_timeout)
             .field("host", &self.host)
@@ -102,6 +103,7 @@ impl DiscoveryLayer {
         let balancer = Balancer::named(discovery.name().to_owned(), BalanceConfig::default())
             .expect("the default balance config is valid");
         Self {
+            service: Arc::from(discovery.name()),
             discovery,
             balancer,
             new_endpoint: LayerEndpoint(Identity::new()),
@@ -116,6 +118,7 @@ impl DiscoveryLayer {
     pub fn builder(discovery: Discovery) -> DiscoveryLayerBuilder {
         DiscoveryLayerBuilder {
             discovery,
+            service: None,
             config: RouterConfig::default(),
             new_endpoint: LayerEndpoint(Identity::new()),
             classifier: DefaultHttpClassifier,
@@ -148,7 +151,7 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         DiscoveryService::new(
-            Arc::from(self.discovery.name()),
+            Arc::clone(&self.service),
             inner,
             self.new_endpoint.clone(),
             self.classifier.clone(),
@@ -169,6 +172,7 @@ pub struct DiscoveryLayerBuilder<
     M = AtResponse,
 > {
     discovery: Discovery,
+    service: Option<Arc<str>>,
     config: RouterConfig,
     new_endpoint: N,
     classifier: C,
@@ -176,6 +180,16 @@ pub struct DiscoveryLayerBuilder<
 }
 
 impl<N, C, M> DiscoveryLayerBuilder<N, C, M> {
+    /// The service's name in endpoint targets (so in the per-endpoint
+    /// breakers' logs and metrics) and in the balancer's: the logical name
+    /// callers use (`users`). Defaults to the discovery source's name
+    /// (`consul:users`, `channel:users`, ...).
+    #[must_use]
+    pub fn service(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
     /// All router settings at once (from a config file, say).
     #[must_use]
     pub fn config(mut self, config: RouterConfig) -> Self {
@@ -222,6 +236,7 @@ impl<N, C, M> DiscoveryLayerBuilder<N, C, M> {
     pub fn new_endpoint<N2>(self, new_endpoint: N2) -> DiscoveryLayerBuilder<N2, C, M> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
+            service: self.service,
             config: self.config,
             new_endpoint,
             classifier: self.classifier,
@@ -237,6 +252,7 @@ impl<N, C, M> DiscoveryLayerBuilder<N, C, M> {
     pub fn classifier<C2>(self, classifier: C2) -> DiscoveryLayerBuilder<N, C2, M> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
+            service: self.service,
             config: self.config,
             new_endpoint: self.new_endpoint,
             classifier,
@@ -255,6 +271,7 @@ impl<N, C, M> DiscoveryLayerBuilder<N, C, M> {
     pub fn at_end_of_stream(self) -> DiscoveryLayerBuilder<N, C, AtEndOfStream> {
         DiscoveryLayerBuilder {
             discovery: self.discovery,
+            service: self.service,
             config: self.config,
             new_endpoint: self.new_endpoint,
             classifier: self.classifier,
@@ -265,9 +282,13 @@ impl<N, C, M> DiscoveryLayerBuilder<N, C, M> {
     /// Validates the settings and builds the layer.
     pub fn build(self) -> Result<DiscoveryLayer<N, C, M>, InvalidConfig> {
         self.config.validate()?;
-        let balancer = Balancer::named(self.discovery.name().to_owned(), self.config.balance)?;
+        let service = self
+            .service
+            .unwrap_or_else(|| Arc::from(self.discovery.name()));
+        let balancer = Balancer::named(Arc::clone(&service), self.config.balance)?;
         Ok(DiscoveryLayer {
             discovery: self.discovery,
+            service,
             balancer,
             new_endpoint: self.new_endpoint,
             classifier: self.classifier,
