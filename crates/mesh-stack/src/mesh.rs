@@ -838,6 +838,7 @@ impl Mesh {
 /// stacks over a caller's own client of the same type, so a plain client
 /// handed to [`Mesh::http_client`] is never what
 /// [`Mesh::hyper_client`] returns, nor the other way round.
+#[cfg(any(feature = "hyper", feature = "tonic"))]
 struct ReadyMade<T>(std::marker::PhantomData<T>);
 
 /// Whether `error` proves the request never reached a server: what the
