@@ -63,6 +63,7 @@
 
 mod client;
 mod config;
+mod feed;
 mod health;
 mod model;
 mod registration;
