@@ -448,21 +448,21 @@ async fn real_agent_register_discover_deregister() {
         .unwrap();
 }
 
-/// Eight watches over two blocking turns of 5 s (a rotation ≈ 20 s): the
+/// Sixteen watches over five blocking turns of 5 s (a rotation ≈ 16 s): the
 /// change feed brings each change to its watch at once, a node check to
 /// every watch, and stops with the watches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
     let consul = FakeConsul::start().await.unwrap();
-    let services: Vec<String> = (0..8).map(|s| format!("svc-{s}")).collect();
+    let services: Vec<String> = (0..16).map(|s| format!("svc-{s}")).collect();
     consul.add_instances(services.iter().flat_map(|s| {
         (0..2).map(move |i| Instance::new(s, &format!("{s}-{i}"), "127.0.0.1", 9000 + i))
     }));
     let mut c = ConsulConfig::new(consul.url());
-    c.max_connections = 4;
+    c.max_connections = 8;
     c.shared_wait = Duration::from_secs(5);
     let client = ConsulClient::new(&c).unwrap();
-    assert_eq!(client.blocking_connections(), 3);
+    assert_eq!(client.blocking_connections(), 7, "2 of them for the feed");
     let watches: Vec<Discovery> = services
         .iter()
         .map(|s| {
@@ -474,7 +474,7 @@ async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
     for w in &watches {
         until(w, "both instances", |s| s.len() == 2).await;
     }
-    assert!(client.change_feed_running(), "8 watches > 3 blocking turns");
+    assert!(client.change_feed_running(), "16 watches > 7 blocking turns");
     // Let every watch queue for its turn and the feed block.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let parsed: Vec<u64> = watches.iter().map(|w| w.health().answers_parsed()).collect();
@@ -485,12 +485,12 @@ async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
         until(&watches[s], "the change", |set| set.len() == 1).await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
-            "change {n} seen in {:?}, a rotation is ≈ 20 s",
+            "change {n} seen in {:?}, a rotation is ≈ 16 s",
             started.elapsed()
         );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let reparsed: Vec<usize> = (0..8)
+    let reparsed: Vec<usize> = (0..16)
         .filter(|&s| watches[s].health().answers_parsed() != parsed[s])
         .collect();
     assert_eq!(reparsed, [2, 5], "the changed services only");
@@ -519,7 +519,8 @@ async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
     .expect("the change feed stops when its watches do");
 }
 
-/// A few watches each hold their own blocking query: no feed.
+/// A few watches each hold their own blocking query: no feed. (Nor with
+/// fewer than 4 blocking permits: the feed would leave the watches too few.)
 #[tokio::test]
 async fn no_change_feed_while_every_watch_has_a_turn() {
     let consul = FakeConsul::start().await.unwrap();
@@ -529,6 +530,19 @@ async fn no_change_feed_while_every_watch_has_a_turn() {
     until(&d, "three", |s| s.len() == 3).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!client.change_feed_running());
+
+    // Four watches over a budget of 4 (3 blocking permits): they take
+    // turns, but the feed's two queries would leave them one.
+    let mut c = ConsulConfig::new(consul.url());
+    c.max_connections = 4;
+    let small = ConsulClient::new(&c).unwrap();
+    let watches: Vec<Discovery> = (0..4)
+        .map(|_| ConsulDiscovery::spawn(small.clone(), config("users")).unwrap())
+        .collect();
+    for w in &watches {
+        until(w, "three", |s| s.len() == 3).await;
+    }
+    assert!(!small.change_feed_running());
     assert_eq!(consul.state_requests(), 0);
 }
 

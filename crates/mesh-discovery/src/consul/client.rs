@@ -291,7 +291,7 @@ impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.0.inner.budget.watches.fetch_sub(1, Ordering::Relaxed);
         if self.0.inner.feed.is_running() {
-            self.0.inner.feed.recheck.notify_one();
+            self.0.inner.feed.recheck.notify_waiters();
         }
     }
 }
@@ -419,16 +419,17 @@ impl ConsulClient {
     /// services.
     pub fn expect_watches(&self, watches: usize) {
         self.inner.budget.expected.store(watches, Ordering::Relaxed);
-        self.inner.feed.recheck.notify_one();
+        self.inner.feed.recheck.notify_waiters();
         super::feed::ensure_running(self);
     }
 
-    /// Whether the change feed runs: one blocking query on
-    /// `/v1/health/state/any` that tells which services changed, so their
-    /// watches refresh at once instead of on their turn. It runs while the
-    /// watches take turns (more of them than
-    /// [`blocking_connections`](Self::blocking_connections)); see the
-    /// [`ConsulDiscovery`](super::ConsulDiscovery) module docs.
+    /// Whether the change feed runs: two blocking queries, on
+    /// `/v1/health/state/critical` and `/v1/health/state/warning`, that
+    /// tell which services changed, so their watches refresh at once
+    /// instead of on their turn. It runs while the watches take turns (more
+    /// of them than [`blocking_connections`](Self::blocking_connections),
+    /// which must be at least 4) and holds two of the blocking permits; see
+    /// the [`ConsulDiscovery`](super::ConsulDiscovery) docs.
     pub fn change_feed_running(&self) -> bool {
         self.inner.feed.is_running()
     }
@@ -449,9 +450,12 @@ impl ConsulClient {
     }
 
     /// Whether the change feed should run: watches are running and take
-    /// turns.
+    /// turns, and the feed's blocking queries leave them at least as many
+    /// blocking permits as it holds.
     pub(crate) fn feed_wanted(&self) -> bool {
-        self.inner.budget.watches.load(Ordering::Relaxed) > 0 && self.inner.budget.shares_turns()
+        self.inner.budget.watches.load(Ordering::Relaxed) > 0
+            && self.inner.budget.blocking_max >= 2 * super::feed::FEED_STATES.len()
+            && self.inner.budget.shares_turns()
     }
 
     pub(crate) fn downgrade(&self) -> WeakClient {

@@ -1,25 +1,32 @@
-//! The change feed: one blocking query per [`ConsulClient`] that tells which
+//! The change feed: blocking queries per [`ConsulClient`] that tell which
 //! services changed, so their watches refresh at once instead of waiting
 //! for their turn (see the [`watch`](super::watch) module docs, "Many
 //! watches, one agent").
 //!
-//! The query is `GET /v1/health/state/any?filter=Status != "passing"`:
+//! Two queries, `GET /v1/health/state/critical` and
+//! `GET /v1/health/state/warning`, each a blocking query:
 //!
-//! - Consul answers it from the checks table and blocks on that table's
-//!   index (`ChecksInState` watches the whole table for `any`), so any check
-//!   written anywhere (a status change, a check registered or removed with
-//!   its instance) wakes it;
-//! - the filter keeps the answer to the checks that are *not* passing,
-//!   which is what tells services apart: a check entering or leaving
-//!   `warning`/`critical` appears in or disappears from the list. At 1,000
-//!   services × 100 instances with one instance down the answer is one
-//!   check (≈ 400 bytes) instead of all 100,000 (≈ 40 MB unfiltered);
+//! - Consul answers them from the checks table's status index: the answer
+//!   lists the checks in that state (one check, ≈ 300 bytes, at 1,000
+//!   services × 100 instances with one instance down), and the query is
+//!   woken when a check in or leaving that state is written. Every change
+//!   of a check's status involves `critical` or `warning` on one side, so
+//!   the two together see every status change, recoveries included;
 //! - each answer is diffed with the last by (node, check ID) → (status,
 //!   service name, service ID); the services of every check that appeared,
-//!   disappeared or changed status get their watches kicked: each does one
+//!   disappeared or changed get their watches kicked: each does one
 //!   non-blocking read of its service, jumping the queue of blocking turns
 //!   (it needs no blocking permit). A node check (`serfHealth`,
 //!   `_node_maintenance`: no service) kicks every watch of the client.
+//!
+//! Measured against the alternatives (`BENCHMARKS.md`, 1,000 × 100):
+//! `/v1/health/state/any` sends all 100,000 checks (29.5 MB, ~1 s to parse)
+//! on every change; `any` with `filter=Status != "passing"` sends only the
+//! non-passing checks but makes the servers evaluate the filter on every
+//! check of the datacenter at each wake-up (the fake took 0.9-1.2 s per
+//! answer, against 15-30 ms for `critical`); `/v1/catalog/services` blocks
+//! on registrations only and names every service (13 KB) without saying
+//! which changed.
 //!
 //! Blind spots, left to the watches' rotation (at most one turn late):
 //! an instance registered passing (no check, or a check registered
@@ -27,13 +34,14 @@
 //! changes (no check status moves), watches of Connect endpoints (the
 //! proxies' checks carry the proxy's name), of another datacenter (the feed
 //! reads the agent's own), and changes while the feed itself is down (it
-//! keeps the last list across errors and diffs the next answer with it).
+//! keeps the last lists across errors and diffs the next answers with
+//! them, so only a change undone meanwhile is missed).
 //!
 //! It runs only while the client's watches take turns (more watches than
-//! blocking permits, see [`ConsulClient::blocking_connections`]): below
-//! that every watch holds its own blocking query and the feed would add
-//! nothing. While it runs it holds one blocking permit, so it counts in the
-//! connection budget like any watch.
+//! blocking permits, see [`ConsulClient::blocking_connections`], and at
+//! least 4 of those): below that every watch holds its own blocking query
+//! and the feed would add nothing. While it runs it holds two blocking
+//! permits, so it counts in the connection budget like two watches.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -48,8 +56,6 @@ use tokio::sync::Notify;
 use super::client::{ConsulClient, WeakClient};
 use crate::error::DiscoveryError;
 
-/// The feed's filter: the checks that are not passing.
-pub(crate) const FEED_FILTER: &str = "Status != \"passing\"";
 /// How long the agent may hold the feed's blocking query.
 pub(crate) const FEED_WAIT: Duration = Duration::from_secs(300);
 
@@ -258,24 +264,46 @@ async fn run(weak: WeakClient) {
     }
 }
 
+/// The states the feed follows, one blocking query each.
+pub(crate) const FEED_STATES: [&str; 2] = ["critical", "warning"];
+
 /// Runs while the client's watches take turns.
 async fn feed_loop(client: &ConsulClient) {
-    let feed = client.feed();
-    // One blocking permit, held while the feed runs.
-    let slot = tokio::select! {
-        s = client.take_blocking_slot() => s,
-        () = stopped(client) => return,
-    };
-    if slot.is_err() {
-        return;
+    // One blocking permit per query, held while the feed runs.
+    let mut slots = 0;
+    while slots < FEED_STATES.len() {
+        let slot = tokio::select! {
+            s = client.take_blocking_slot() => s,
+            () = stopped(client) => break,
+        };
+        if slot.is_err() {
+            break;
+        }
+        slots += 1;
     }
-    tracing::debug!("consul change feed started");
-    let mut backoff = Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(30)).session();
+    if slots == FEED_STATES.len() {
+        tracing::debug!("consul change feed started");
+        tokio::join!(
+            follow(client, FEED_STATES[0]),
+            follow(client, FEED_STATES[1])
+        );
+        tracing::debug!("consul change feed stopped: the watches no longer take turns");
+    }
+    for _ in 0..slots {
+        client.return_blocking_slot();
+    }
+}
+
+/// Follows the checks in `state` until the feed is no longer wanted.
+async fn follow(client: &ConsulClient, state: &str) {
+    let feed = client.feed();
+    let mut backoff =
+        Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(30)).session();
     let mut index = 0;
     let mut last: Option<CheckList> = None;
     while client.feed_wanted() {
         let answer = tokio::select! {
-            a = client.health_state_held("any", Some(FEED_FILTER), index, Some(FEED_WAIT)) => a,
+            a = client.health_state_held(state, None, index, Some(FEED_WAIT)) => a,
             () = stopped(client) => continue,
         };
         let parsed = answer.and_then(|a| {
@@ -287,12 +315,16 @@ async fn feed_loop(client: &ConsulClient) {
         match parsed {
             Ok((new_index, list)) => {
                 backoff.reset();
-                index = if new_index < index { 0 } else { new_index.max(1) };
+                index = if new_index < index {
+                    0
+                } else {
+                    new_index.max(1)
+                };
                 feed.answers.fetch_add(1, Ordering::Relaxed);
                 if let Some(old) = &last {
                     let (services, node) = diff(old, &list);
                     if node || !services.is_empty() {
-                        tracing::debug!(changed = services.len(), node, "consul change feed: kicking watches");
+                        tracing::debug!(state, changed = services.len(), node, "consul change feed: kicking watches");
                         feed.kick(&services, node);
                     }
                 }
@@ -301,7 +333,7 @@ async fn feed_loop(client: &ConsulClient) {
             Err(e) => {
                 index = 0;
                 let delay = backoff.next_delay();
-                tracing::debug!(error = %e, retry_in = ?delay, "consul change feed backing off");
+                tracing::debug!(state, error = %e, retry_in = ?delay, "consul change feed backing off");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stopped(client) => {}
@@ -309,14 +341,16 @@ async fn feed_loop(client: &ConsulClient) {
             }
         }
     }
-    client.return_blocking_slot();
-    tracing::debug!("consul change feed stopped: the watches no longer take turns");
 }
 
 /// Completes when the feed should look again whether it is still wanted.
 async fn stopped(client: &ConsulClient) {
     loop {
+        // Registered before the check, so a change right after it is not
+        // missed (`notify_waiters` stores nothing).
         let told = client.feed().recheck.notified();
+        tokio::pin!(told);
+        told.as_mut().enable();
         if !client.feed_wanted() {
             return;
         }

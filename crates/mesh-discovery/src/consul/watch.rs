@@ -53,31 +53,32 @@
 //! defaults, 10 s median measured).
 //!
 //! So while the watches take turns, the client also runs a **change feed**
-//! (one per [`ConsulClient`], holding one of the blocking permits): a
-//! blocking query on `/v1/health/state/any?filter=Status != "passing"`.
-//! Consul blocks it on its checks table, so any check written anywhere
-//! wakes it, and the answer lists the checks that are not passing; the
+//! (one per [`ConsulClient`], holding two of the blocking permits): a
+//! blocking query on `/v1/health/state/critical` and one on
+//! `/v1/health/state/warning`. Consul wakes each when a check in or leaving
+//! that state is written, and answers with the checks in that state; the
 //! feed diffs each answer with the last by (node, check ID, status,
 //! service) and *kicks* the watches of every service whose checks appeared,
-//! left or changed status (a node check, such as `serfHealth` or node
+//! left or changed (a node check, such as `serfHealth` or node
 //! maintenance, kicks them all). A kicked watch still waiting for its turn
 //! drops out of the queue and reads its service at once without blocking
 //! (no blocking permit needed), then goes back to taking turns; a kicked
 //! watch that is holding its query gets its answer anyway (the service's
-//! index moved) and its next read costs a round trip but no parse. A change
-//! then reaches its idle client in one feed answer plus one read, well
-//! under a second at 1,000 services × 100 instances (`BENCHMARKS.md`).
+//! index moved) and its next read costs a round trip but no parse. A
+//! change then reaches its idle client in one feed answer plus one read
+//! instead of up to a rotation (`BENCHMARKS.md` has the figures at 1,000
+//! services × 100 instances). The token bucket still applies: a second
+//! change to one service within `min_interval` waits for its token.
 //!
-//! Why that query: `/v1/health/state/critical` and `warning` block on
-//! their part of the checks table only (cheaper for the servers) but take
-//! two permits and still cannot see recoveries to passing without both;
-//! `any` without a filter sends every check of the datacenter on each
-//! change (≈ 40 MB at 100,000 checks); `/v1/catalog/services` blocks on
-//! registrations only and says which services exist, not which changed.
-//! The filtered `any` answer holds only the non-passing checks (≈ 400
-//! bytes with one instance down), at the price of the servers filtering
-//! every check of the datacenter on each wake-up (`O(checks)` per client
-//! per check write).
+//! Why those queries: every status change has `critical` or `warning` on
+//! one side, and both are served from the checks table's status index, so
+//! the servers' work and the answer are the size of the unhealthy checks
+//! (≈ 300 bytes with one instance down). `/v1/health/state/any` sends every
+//! check of the datacenter on each change (29.5 MB at 100,000 checks);
+//! `any` with `filter=Status != "passing"` is small on the wire but makes
+//! the servers filter every check at each wake-up, per client;
+//! `/v1/catalog/services` blocks on registrations only and says which
+//! services exist, not which changed.
 //!
 //! What the feed cannot see is left to the turns (at most one rotation
 //! late): an instance registered passing (no check, or checks registered
