@@ -263,7 +263,11 @@ async fn total_outage_retries_stay_in_budget_and_calls_still_reach_the_servers()
     let after = hits(&bs);
     let reached: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     eprintln!("total outage, breakers open: servers saw {reached:?}");
-    assert_eq!(reached.iter().sum::<u64>(), 32, "one attempt per call: {reached:?}");
+    assert_eq!(
+        reached.iter().sum::<u64>(),
+        32,
+        "one attempt per call: {reached:?}"
+    );
     assert_eq!(
         reached.iter().filter(|&&n| n > 0).count(),
         2,

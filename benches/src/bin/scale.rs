@@ -17,8 +17,8 @@
 //! (`PUT /v1/agent/service/maintenance/:id`), as an operator would.
 //!
 //! It also reports what each candidate "what changed" query costs at that
-//! size (bytes of one answer and the time to parse it into JSON values,
-//! with one instance in maintenance), and the CPU time this process spends
+//! size (bytes of one answer, the fake agent's round trip, and the time to
+//! parse it into JSON values, with one instance in maintenance), and the CPU time this process spends
 //! per change (`/proc/self/stat`, less the idle rate measured just before).
 
 use std::io::{BufRead, BufReader, Write};
@@ -84,15 +84,17 @@ async fn feed_candidates(operator: &ConsulClient, services: usize) {
         ("warning", None),
     ];
     for (state, filter) in candidates {
+        let asked = Instant::now();
         let a = operator
             .health_state(state, filter, 0, None)
             .await
             .expect("a health state answer");
+        let round_trip = asked.elapsed();
         let t = Instant::now();
         let v: Vec<serde_json::Value> = serde_json::from_slice(&a.body).expect("a check list");
         let parse = t.elapsed();
         println!(
-            "feed candidate /v1/health/state/{state}{}: {} checks, {} bytes, parsed in {parse:.2?}",
+            "feed candidate /v1/health/state/{state}{}: {} checks, {} bytes, answered in {round_trip:.2?}, parsed in {parse:.2?}",
             filter.map_or(String::new(), |f| format!("?filter={f}")),
             v.len(),
             a.body.len(),
@@ -307,8 +309,8 @@ async fn consul_case(
         }
     }
     let busy = (cpu() - busy_cpu).as_secs_f64();
-    let per_change = (busy - idle_rate * busy_t.elapsed().as_secs_f64()).max(0.0)
-        / (2 * latencies.len()) as f64;
+    let per_change =
+        (busy - idle_rate * busy_t.elapsed().as_secs_f64()).max(0.0) / (2 * latencies.len()) as f64;
     latencies.sort();
     println!(
         "change latency over {} changes: median {:.1?}, max {:.1?} (without the change feed: one rotation ≈ {services} watches / {} blocking connections × {shared_wait:?})",

@@ -474,10 +474,16 @@ async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
     for w in &watches {
         until(w, "both instances", |s| s.len() == 2).await;
     }
-    assert!(client.change_feed_running(), "16 watches > 7 blocking turns");
+    assert!(
+        client.change_feed_running(),
+        "16 watches > 7 blocking turns"
+    );
     // Let every watch queue for its turn and the feed block.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let parsed: Vec<u64> = watches.iter().map(|w| w.health().answers_parsed()).collect();
+    let parsed: Vec<u64> = watches
+        .iter()
+        .map(|w| w.health().answers_parsed())
+        .collect();
 
     for (n, s) in [5, 2].into_iter().enumerate() {
         let started = Instant::now();
@@ -562,6 +568,9 @@ async fn health_state_reads_checks_by_state() {
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["ServiceName"], "b");
     assert_eq!(a.index, Some(consul.index()));
-    let e = client.health_state("sick", None, 0, None).await.unwrap_err();
+    let e = client
+        .health_state("sick", None, 0, None)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Other);
 }

@@ -12,8 +12,8 @@ use mesh_core::config::InvalidConfig;
 use reqwest::{Method, Url};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::feed::Feed;
 use super::config::{ConsulConfig, ConsulToken, HttpAuth, Target};
+use super::feed::Feed;
 use super::model::{ServiceRegistration, go_duration};
 use crate::error::{DiscoveryError, ErrorKind, InvalidName, check_name, check_text};
 

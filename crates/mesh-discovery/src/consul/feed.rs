@@ -28,7 +28,7 @@
 //! on registrations only and names every service (13 KB) without saying
 //! which changed.
 //!
-//! Blind spots, left to the watches' rotation (at most one turn late):
+//! Blind spots, left to the watches' turns (at most one rotation late):
 //! an instance registered passing (no check, or a check registered
 //! passing) or deregistered while passing, tag, address or metadata
 //! changes (no check status moves), watches of Connect endpoints (the
@@ -324,7 +324,12 @@ async fn follow(client: &ConsulClient, state: &str) {
                 if let Some(old) = &last {
                     let (services, node) = diff(old, &list);
                     if node || !services.is_empty() {
-                        tracing::debug!(state, changed = services.len(), node, "consul change feed: kicking watches");
+                        tracing::debug!(
+                            state,
+                            changed = services.len(),
+                            node,
+                            "consul change feed: kicking watches"
+                        );
                         feed.kick(&services, node);
                     }
                 }
@@ -382,7 +387,7 @@ mod tests {
         assert_eq!(services, ["b", "c", "d"], "a: same status; c left, d came");
         assert!(!node);
         let dead = parse(br#"[{"Node":"n2","CheckID":"serfHealth","Status":"critical"}]"#).unwrap();
-        assert_eq!(diff(&new, &dead).1, true, "a node check kicks every watch");
+        assert!(diff(&new, &dead).1, "a node check kicks every watch");
         assert!(parse(b"{}").is_err());
     }
 }

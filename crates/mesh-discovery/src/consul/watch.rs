@@ -350,8 +350,7 @@ async fn run(
             && digest == last_digest
         {
             // A kick the answer shows was already seen costs no token either.
-            free_turn =
-                kicked || asked.elapsed() >= config.wait.min(client.shared_wait()) / 2;
+            free_turn = kicked || asked.elapsed() >= config.wait.min(client.shared_wait()) / 2;
             backoff.reset();
             publisher.record_success();
             continue;

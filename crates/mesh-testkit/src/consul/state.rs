@@ -337,7 +337,11 @@ impl State {
     pub(crate) fn checks_in(&self, state: Option<Health>) -> Vec<serde_json::Value> {
         let mut out: Vec<(&str, &str, serde_json::Value)> = Vec::new();
         for (node, n) in &self.nodes {
-            for c in n.checks.iter().filter(|c| state.is_none_or(|s| c.status == s)) {
+            for c in n
+                .checks
+                .iter()
+                .filter(|c| state.is_none_or(|s| c.status == s))
+            {
                 out.push((node, &c.id, super::json::check_json(c, node, None)));
             }
         }

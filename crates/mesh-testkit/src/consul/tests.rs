@@ -776,7 +776,10 @@ async fn health_state_lists_checks_in_a_state_and_blocks_on_that_state() {
     )
     .await;
     let el = start.elapsed();
-    assert!(el >= Duration::from_millis(250) && el < Duration::from_secs(4), "{el:?}");
+    assert!(
+        el >= Duration::from_millis(250) && el < Duration::from_secs(4),
+        "{el:?}"
+    );
     let new: u64 = new.unwrap().parse().unwrap();
     assert_eq!(new, idx + 2);
     assert!(body.contains("\"a1\""), "{body}");
@@ -819,7 +822,10 @@ async fn health_state_filters_take_check_selectors() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("service:a1") && !body.contains("serfHealth"), "{body}");
+    assert!(
+        body.contains("service:a1") && !body.contains("serfHealth"),
+        "{body}"
+    );
     let (status, _, _) = call(
         &c,
         "GET",
