@@ -502,6 +502,21 @@ async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
     assert_eq!(reparsed, [2, 5], "the changed services only");
     assert!(client.max_connections() >= usize::try_from(consul.max_open_connections()).unwrap());
 
+    // A new instance registers critical (as Consul's checks start), then
+    // passes: the feed sees its check come, then leave the critical list.
+    consul.add_instance(
+        Instance::new("svc-9", "svc-9-new", "127.0.0.1", 9100).health(Health::Critical),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    consul.set_health("svc-9-new", Health::Passing);
+    until(&watches[9], "the new instance", |set| set.len() == 3).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "new instance seen in {:?}",
+        started.elapsed()
+    );
+
     // A dead node: every watch refreshes (its instances all go).
     let started = Instant::now();
     consul.set_node_health("fake-node", Health::Critical);
