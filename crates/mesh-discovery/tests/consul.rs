@@ -589,3 +589,35 @@ async fn health_state_reads_checks_by_state() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Other);
 }
+
+/// A server that answers blocking queries at once must not make the change
+/// feed spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_is_rate_limited() {
+    let consul = FakeConsul::start().await.unwrap();
+    consul.add_instances((0..16).map(|s| {
+        Instance::new(
+            &format!("svc-{s}"),
+            &format!("svc-{s}-0"),
+            "127.0.0.1",
+            9000,
+        )
+    }));
+    let mut c = ConsulConfig::new(consul.url());
+    c.max_connections = 8;
+    let client = ConsulClient::new(&c).unwrap();
+    let watches: Vec<Discovery> = (0..16)
+        .map(|s| ConsulDiscovery::spawn(client.clone(), config(&format!("svc-{s}"))).unwrap())
+        .collect();
+    for w in &watches {
+        until(w, "its instance", |s| s.len() == 1).await;
+    }
+    assert!(client.change_feed_running());
+    consul.set_fault(Fault::SpuriousWakeups);
+    consul.reset_counts();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = consul.state_requests();
+    // Two queries, each a burst of 10 then 10 a second.
+    assert!(n <= 2 * (10 + 12), "{n} state requests in 1 s");
+    consul.clear_fault();
+}

@@ -37,6 +37,10 @@
 //! keeps the last lists across errors and diffs the next answers with
 //! them, so only a change undone meanwhile is missed).
 //!
+//! Each query is paced by a token bucket (a burst of 10, then 10 a second):
+//! a server that ignores `index` cannot make the feed spin, and one answer
+//! covers every change since the last.
+//!
 //! It runs only while the client's watches take turns (more watches than
 //! blocking permits, see [`ConsulClient::blocking_connections`], and at
 //! least 4 of those): below that every watch holds its own blocking query
@@ -54,10 +58,14 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use super::client::{ConsulClient, WeakClient};
+use super::watch::TokenBucket;
 use crate::error::DiscoveryError;
 
 /// How long the agent may hold the feed's blocking query.
 pub(crate) const FEED_WAIT: Duration = Duration::from_secs(300);
+/// The feed's token bucket: a burst of 10 queries, then one per 100 ms.
+const FEED_BURST: u32 = 10;
+const FEED_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The feed's state in its client: who to kick, whether it runs, counters.
 #[derive(Debug, Default)]
@@ -301,7 +309,15 @@ async fn follow(client: &ConsulClient, state: &str) {
         Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(30)).session();
     let mut index = 0;
     let mut last: Option<CheckList> = None;
+    // A server that ignores `index` (or answers every write at once) must
+    // not make the feed spin: at most 10 answers a second after a burst of
+    // 10; each answer covers every change since the last.
+    let mut bucket = TokenBucket::new(FEED_BURST, FEED_MIN_INTERVAL);
     while client.feed_wanted() {
+        tokio::select! {
+            () = bucket.acquire() => {}
+            () = stopped(client) => continue,
+        }
         let answer = tokio::select! {
             a = client.health_state_held(state, None, index, Some(FEED_WAIT)) => a,
             () = stopped(client) => continue,
