@@ -632,8 +632,10 @@ async fn health_state(
         let jitter = wait.mul_f64(fastrand::f64() / 16.0);
         let deadline = Instant::now() + wait + jitter;
         let mut fault = shared.fault_tx.subscribe();
+        // `writes` was subscribed before the snapshot was taken, and
+        // `changed` marks what it saw: no write between the snapshot and a
+        // wait goes unnoticed.
         loop {
-            writes.borrow_and_update();
             tokio::select! {
                 _ = writes.changed() => {
                     let s = shared.lock();
