@@ -2,12 +2,13 @@
 //! instances watched through one `Mesh` and the fake Consul. Checks what the
 //! agent saw (connections, wake-ups) and what the clients hold, with no
 //! request sent: the connection budget holds, one change re-parses one
-//! service, and an idle client sees the change.
+//! service, and an idle client sees the change (and its undoing) through
+//! the change feed, well within one rotation of the watches' turns.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use mesh_stack::discovery::consul::ConsulConfig;
+use mesh_stack::discovery::consul::{ConsulClient, ConsulConfig};
 use mesh_stack::{ConsulSourceConfig, Mesh, MeshConfig, ServiceConfig};
 use mesh_testkit::consul::{FakeConsul, Health, Instance};
 use tower::service_fn;
@@ -15,6 +16,10 @@ use tower::service_fn;
 const SERVICES: usize = 300;
 const INSTANCES: usize = 20;
 const MAX_CONNECTIONS: u32 = 32;
+/// `consul.shared_wait`: how long each turn holds a blocking query.
+const ROTATION_TURN: Duration = Duration::from_secs(3);
+/// How soon the idle client must see a change: a tenth of a rotation.
+const SEEN_WITHIN: Duration = Duration::from_millis(3000);
 
 fn name(s: usize) -> String {
     format!("svc-{s}")
@@ -47,9 +52,11 @@ async fn three_hundred_services_share_a_bounded_consul_client() {
 
     let mut consul = ConsulConfig::new(fake.url());
     consul.max_connections = MAX_CONNECTIONS;
-    // 300 watches over 27 blocking connections take turns of 200 ms: a
-    // change is seen within about 300 / 27 × 200 ms ≈ 2.2 s.
-    consul.shared_wait = Duration::from_millis(200);
+    // 300 watches over 25 blocking connections (the change feed holds 2 of
+    // the 27) take turns of 3 s: one rotation is about 300 / 25 × 3 s ≈ 36 s.
+    // Only the change feed can bring a change within the bound below.
+    consul.shared_wait = ROTATION_TURN;
+    let client = ConsulClient::new(&consul).unwrap();
     let mut config = MeshConfig {
         consul: Some(consul),
         ..MeshConfig::new()
@@ -59,11 +66,18 @@ async fn three_hundred_services_share_a_bounded_consul_client() {
             name(s),
             ServiceConfig::with_consul(ConsulSourceConfig {
                 wait: Duration::from_secs(30),
+                // The change and its undoing follow each other closely: with
+                // the default bucket (one read per 15 s after a burst of 2)
+                // the second would wait for a token, not for the feed.
+                min_interval: Duration::from_millis(200),
                 ..ConsulSourceConfig::default()
             }),
         );
     }
-    let mesh = Mesh::new(config).unwrap();
+    let mesh = Mesh::builder(config)
+        .consul_client(client.clone())
+        .build()
+        .unwrap();
     let clients: Vec<_> = (0..SERVICES)
         .map(|s| mesh.http_client(&name(s), inner()).unwrap())
         .collect();
@@ -94,25 +108,49 @@ async fn three_hundred_services_share_a_bounded_consul_client() {
     let parsed = |s: usize| mesh.discovery(&name(s)).unwrap().health().answers_parsed();
     let before: Vec<u64> = (0..SERVICES).map(parsed).collect();
     fake.reset_counts();
-    let changed = 7;
+    // Among the last to queue for a turn: its first comes ≈ a rotation in.
+    let changed = SERVICES - 10;
     assert!(fake.set_health(&format!("{}-3", name(changed)), Health::Critical));
 
-    // The idle client of that service drops the instance, with no request.
+    // The idle client of that service drops the instance, with no request,
+    // long before that service's turn could come round.
     let started = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(SEEN_WITHIN, async {
         while clients[changed].get_ref().endpoints().len() != INSTANCES - 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
-    .expect("an idle client sees the change");
+    .unwrap_or_else(|_| {
+        panic!(
+            "an idle client sees the change within {SEEN_WITHIN:?} (a rotation is ≈ 36 s); change feed running: {}, answers {}, watches kicked {}",
+            client.change_feed_running(),
+            client.change_feed_answers(),
+            client.watches_kicked()
+        )
+    });
     let latency = started.elapsed();
+    assert!(client.change_feed_running());
+    // (The watch may have been holding its own turn and seen the change
+    // first; the feed kicks it all the same.)
+    tokio::time::timeout(SEEN_WITHIN, async {
+        while client.watches_kicked() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the feed kicks the changed service's watch");
 
     // Give the other watches about half a rotation to show a spurious
     // re-parse.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let reparsed: Vec<usize> = (0..SERVICES).filter(|&s| parsed(s) != before[s]).collect();
     assert_eq!(reparsed, [changed], "one change re-parses its service only");
+    assert_eq!(
+        parsed(changed),
+        before[changed] + 1,
+        "and that service once (a kick the answer already showed is not parsed)"
+    );
     assert!(
         fake.health_wakeups() <= 1,
         "a write wakes the watchers of its service only: {} woken",
@@ -124,12 +162,44 @@ async fn three_hundred_services_share_a_bounded_consul_client() {
         }
     }
     assert!(
+        fake.state_requests() <= 4,
+        "the change feed asks again once per change (plus its turn running out): {}",
+        fake.state_requests()
+    );
+
+    // The instance comes back: its check leaves the feed's list, and the
+    // idle client routes to it again as fast.
+    let kicked = client.watches_kicked();
+    assert!(fake.set_health(&format!("{}-3", name(changed)), Health::Passing));
+    let back = std::time::Instant::now();
+    tokio::time::timeout(SEEN_WITHIN, async {
+        while clients[changed].get_ref().endpoints().len() != INSTANCES {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("an idle client sees the instance come back");
+    let back = back.elapsed();
+    tokio::time::timeout(SEEN_WITHIN, async {
+        while client.watches_kicked() == kicked {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the feed kicks the changed service's watch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.watches_kicked(),
+        kicked + 1,
+        "the feed kicks the watch of the changed service only"
+    );
+    assert!(
         fake.max_open_connections() <= u64::from(MAX_CONNECTIONS),
         "still within the budget: {}",
         fake.max_open_connections()
     );
     eprintln!(
-        "scale: change seen by the idle client in {latency:?}; {} connections opened in all",
+        "scale: change seen by the idle client in {latency:?}, undone in {back:?}; {} connections opened in all",
         fake.connections_opened()
     );
 }

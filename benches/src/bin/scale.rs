@@ -15,6 +15,11 @@
 //! a child process (this binary with `fake`), so its memory is not counted,
 //! and makes health changes through the agent API
 //! (`PUT /v1/agent/service/maintenance/:id`), as an operator would.
+//!
+//! It also reports what each candidate "what changed" query costs at that
+//! size (bytes of one answer, the fake agent's round trip, and the time to
+//! parse it into JSON values, with one instance in maintenance), and the CPU time this process spends
+//! per change (`/proc/self/stat`, less the idle rate measured just before).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -53,6 +58,54 @@ fn main() {
         "fake" => rt.block_on(fake(services, endpoints)),
         other => eprintln!("unknown mode {other:?}: static, consul"),
     }
+}
+
+/// CPU time (user + system) of this process so far.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th of them, in clock ticks (100 per second).
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Bytes and parse time of one answer of each candidate change feed.
+async fn feed_candidates(operator: &ConsulClient, services: usize) {
+    let candidates: [(&str, Option<&str>); 4] = [
+        ("any", None),
+        ("any", Some(r#"Status != "passing""#)),
+        ("critical", None),
+        ("warning", None),
+    ];
+    for (state, filter) in candidates {
+        let asked = Instant::now();
+        let a = operator
+            .health_state(state, filter, 0, None)
+            .await
+            .expect("a health state answer");
+        let round_trip = asked.elapsed();
+        let t = Instant::now();
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&a.body).expect("a check list");
+        let parse = t.elapsed();
+        println!(
+            "feed candidate /v1/health/state/{state}{}: {} checks, {} bytes, answered in {round_trip:.2?}, parsed in {parse:.2?}",
+            filter.map_or(String::new(), |f| format!("?filter={f}")),
+            v.len(),
+            a.body.len(),
+        );
+    }
+    // The fake does not serve /v1/catalog/services; its answer's size is
+    // `{"name":[tags],...}`.
+    let catalog: usize = 2 + (0..services).map(|s| name(s).len() + 6).sum::<usize>() - 1;
+    println!(
+        "feed candidate /v1/catalog/services: {catalog} bytes (computed: one name and its tags per service, no health)"
+    );
 }
 
 /// Resident set size in bytes.
@@ -182,7 +235,11 @@ async fn consul_case(
             ServiceConfig::with_consul(ConsulSourceConfig::default()),
         );
     }
-    let mesh = Mesh::new(config).expect("a valid config");
+    let mesh_client = ConsulClient::new(&consul).expect("a client");
+    let mesh = Mesh::builder(config)
+        .consul_client(mesh_client.clone())
+        .build()
+        .expect("a valid config");
     let clients: Vec<Client> = (0..services)
         .map(|s| mesh.hyper_client(&name(s)).expect("a stack"))
         .collect();
@@ -204,6 +261,23 @@ async fn consul_case(
     // Health changes made through the agent API; measured until the idle
     // client of the service routes without (then with) the instance.
     let operator = ConsulClient::new(&consul).expect("a client");
+    let id = format!("{}-0", name(services / 2));
+    operator
+        .service_maintenance(&id, Some("bench"))
+        .await
+        .expect("maintenance");
+    feed_candidates(&operator, services).await;
+    operator
+        .service_maintenance(&id, None)
+        .await
+        .expect("maintenance");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The idle cost: the watches' turns running out, the feed held.
+    let (idle_cpu, idle_t) = (cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_rate = (cpu() - idle_cpu).as_secs_f64() / idle_t.elapsed().as_secs_f64();
+    let (busy_cpu, busy_t) = (cpu(), Instant::now());
     let mut latencies = Vec::new();
     let mut rng = 0x2545_f491_u64;
     for _ in 0..12 {
@@ -229,14 +303,30 @@ async fn consul_case(
             .service_maintenance(&id, None)
             .await
             .expect("maintenance");
+        // Seen back before the next change (a change each way).
+        while clients[s].get_ref().endpoints().len() != endpoints {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
+    let busy = (cpu() - busy_cpu).as_secs_f64();
+    let per_change =
+        (busy - idle_rate * busy_t.elapsed().as_secs_f64()).max(0.0) / (2 * latencies.len()) as f64;
     latencies.sort();
     println!(
-        "change latency over {} changes: median {:.0?}, max {:.0?} (bound ≈ {services} watches / {} blocking connections × {shared_wait:?})",
+        "change latency over {} changes: median {:.1?}, max {:.1?} (without the change feed: one rotation ≈ {services} watches / {} blocking connections × {shared_wait:?})",
         latencies.len(),
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1],
-        operator.blocking_connections(),
+        operator.blocking_connections() - 2,
+    );
+    println!(
+        "CPU: {:.1} ms per change ({} changes, each way), idle {:.1}% of a core; change feed running: {}, {} answers, {} watches kicked",
+        per_change * 1000.0,
+        2 * latencies.len(),
+        idle_rate * 100.0,
+        mesh_client.change_feed_running(),
+        mesh_client.change_feed_answers(),
+        mesh_client.watches_kicked(),
     );
 
     drop(child.stdin.take());

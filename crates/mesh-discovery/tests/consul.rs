@@ -447,3 +447,177 @@ async fn real_agent_register_discover_deregister() {
         .unwrap()
         .unwrap();
 }
+
+/// Sixteen watches over five blocking turns of 5 s (a rotation ≈ 16 s): the
+/// change feed brings each change to its watch at once, a node check to
+/// every watch, and stops with the watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_brings_a_change_ahead_of_the_turns() {
+    let consul = FakeConsul::start().await.unwrap();
+    let services: Vec<String> = (0..16).map(|s| format!("svc-{s}")).collect();
+    consul.add_instances(services.iter().flat_map(|s| {
+        (0..2).map(move |i| Instance::new(s, &format!("{s}-{i}"), "127.0.0.1", 9000 + i))
+    }));
+    let mut c = ConsulConfig::new(consul.url());
+    c.max_connections = 8;
+    c.shared_wait = Duration::from_secs(5);
+    let client = ConsulClient::new(&c).unwrap();
+    assert_eq!(client.blocking_connections(), 7, "2 of them for the feed");
+    let watches: Vec<Discovery> = services
+        .iter()
+        .map(|s| {
+            let mut w = config(s);
+            w.wait = Duration::from_secs(60);
+            ConsulDiscovery::spawn(client.clone(), w).unwrap()
+        })
+        .collect();
+    for w in &watches {
+        until(w, "both instances", |s| s.len() == 2).await;
+    }
+    assert!(
+        client.change_feed_running(),
+        "16 watches > 7 blocking turns"
+    );
+    // Let every watch queue for its turn and the feed block.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let parsed: Vec<u64> = watches
+        .iter()
+        .map(|w| w.health().answers_parsed())
+        .collect();
+
+    for (n, s) in [5, 2].into_iter().enumerate() {
+        let started = Instant::now();
+        consul.set_health(&format!("svc-{s}-1"), Health::Critical);
+        until(&watches[s], "the change", |set| set.len() == 1).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "change {n} seen in {:?}, a rotation is ≈ 16 s",
+            started.elapsed()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reparsed: Vec<usize> = (0..16)
+        .filter(|&s| watches[s].health().answers_parsed() != parsed[s])
+        .collect();
+    assert_eq!(reparsed, [2, 5], "the changed services only");
+    assert!(client.max_connections() >= usize::try_from(consul.max_open_connections()).unwrap());
+
+    // A new instance registers critical (as Consul's checks start), then
+    // passes: the feed sees its check come, then leave the critical list.
+    consul.add_instance(
+        Instance::new("svc-9", "svc-9-new", "127.0.0.1", 9100).health(Health::Critical),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    consul.set_health("svc-9-new", Health::Passing);
+    until(&watches[9], "the new instance", |set| set.len() == 3).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "new instance seen in {:?}",
+        started.elapsed()
+    );
+
+    // A dead node: every watch refreshes (its instances all go).
+    let started = Instant::now();
+    consul.set_node_health("fake-node", Health::Critical);
+    for w in &watches {
+        until(w, "the node's instances gone", EndpointSet::is_empty).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The feed ends with the watches.
+    drop(watches);
+    timeout(Duration::from_secs(10), async {
+        while client.change_feed_running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the change feed stops when its watches do");
+}
+
+/// A few watches each hold their own blocking query: no feed. (Nor with
+/// fewer than 4 blocking permits: the feed would leave the watches too few.)
+#[tokio::test]
+async fn no_change_feed_while_every_watch_has_a_turn() {
+    let consul = FakeConsul::start().await.unwrap();
+    three(&consul);
+    let client = client(&consul);
+    let d = ConsulDiscovery::spawn(client.clone(), config("users")).unwrap();
+    until(&d, "three", |s| s.len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!client.change_feed_running());
+
+    // Four watches over a budget of 4 (3 blocking permits): they take
+    // turns, but the feed's two queries would leave them one.
+    let mut c = ConsulConfig::new(consul.url());
+    c.max_connections = 4;
+    let small = ConsulClient::new(&c).unwrap();
+    let watches: Vec<Discovery> = (0..4)
+        .map(|_| ConsulDiscovery::spawn(small.clone(), config("users")).unwrap())
+        .collect();
+    for w in &watches {
+        until(w, "three", |s| s.len() == 3).await;
+    }
+    assert!(!small.change_feed_running());
+    assert_eq!(consul.state_requests(), 0);
+}
+
+#[tokio::test]
+async fn health_state_reads_checks_by_state() {
+    let consul = FakeConsul::start().await.unwrap();
+    consul.add_instances([
+        Instance::new("a", "a1", "127.0.0.1", 1),
+        Instance::new("b", "b1", "127.0.0.1", 2).health(Health::Warning),
+    ]);
+    let client = client(&consul);
+    let a = client
+        .health_state("any", Some(r#"Status != "passing""#), 0, None)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["ServiceName"], "b");
+    assert_eq!(a.index, Some(consul.index()));
+    let e = client
+        .health_state("sick", None, 0, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Other);
+}
+
+/// A server that answers blocking queries at once must not make the change
+/// feed spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_is_rate_limited() {
+    let consul = FakeConsul::start().await.unwrap();
+    consul.add_instances((0..16).map(|s| {
+        Instance::new(
+            &format!("svc-{s}"),
+            &format!("svc-{s}-0"),
+            "127.0.0.1",
+            9000,
+        )
+    }));
+    let mut c = ConsulConfig::new(consul.url());
+    c.max_connections = 8;
+    let client = ConsulClient::new(&c).unwrap();
+    let watches: Vec<Discovery> = (0..16)
+        .map(|s| ConsulDiscovery::spawn(client.clone(), config(&format!("svc-{s}"))).unwrap())
+        .collect();
+    for w in &watches {
+        until(w, "its instance", |s| s.len() == 1).await;
+    }
+    assert!(client.change_feed_running());
+    consul.set_fault(Fault::SpuriousWakeups);
+    consul.reset_counts();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = consul.state_requests();
+    // Two queries, each a burst of 10 then 10 a second.
+    assert!(n <= 2 * (10 + 12), "{n} state requests in 1 s");
+    consul.clear_fault();
+}

@@ -13,6 +13,7 @@ use reqwest::{Method, Url};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::config::{ConsulConfig, ConsulToken, HttpAuth, Target};
+use super::feed::Feed;
 use super::model::{ServiceRegistration, go_duration};
 use crate::error::{DiscoveryError, ErrorKind, InvalidName, check_name, check_text};
 
@@ -194,6 +195,17 @@ struct Inner {
     partition: Option<String>,
     request_timeout: Duration,
     budget: Budget,
+    feed: Feed,
+}
+
+/// A [`ConsulClient`] that does not keep it alive (the change feed's task
+/// holds one).
+pub(crate) struct WeakClient(std::sync::Weak<Inner>);
+
+impl WeakClient {
+    pub(crate) fn upgrade(&self) -> Option<ConsulClient> {
+        self.0.upgrade().map(|inner| ConsulClient { inner })
+    }
 }
 
 /// The client's connection budget ([`ConsulConfig::max_connections`]): every
@@ -255,15 +267,20 @@ impl Budget {
     /// every watch can hold a connection, `shared_wait` at most when they
     /// must take turns.
     fn wait(&self, wait: Duration) -> Duration {
-        let watches = self
-            .watches
-            .load(Ordering::Relaxed)
-            .max(self.expected.load(Ordering::Relaxed));
-        if watches > self.blocking_max {
+        if self.shares_turns() {
             wait.min(self.shared_wait)
         } else {
             wait
         }
+    }
+
+    /// More watches (running or announced) than blocking permits.
+    fn shares_turns(&self) -> bool {
+        let watches = self
+            .watches
+            .load(Ordering::Relaxed)
+            .max(self.expected.load(Ordering::Relaxed));
+        watches > self.blocking_max
     }
 }
 
@@ -273,6 +290,9 @@ pub(crate) struct WatchGuard(ConsulClient);
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.0.inner.budget.watches.fetch_sub(1, Ordering::Relaxed);
+        if self.0.inner.feed.is_running() {
+            self.0.inner.feed.recheck.notify_waiters();
+        }
     }
 }
 
@@ -364,6 +384,7 @@ impl ConsulClient {
                 partition: config.partition.clone(),
                 request_timeout: config.request_timeout,
                 budget: Budget::new(config.max_connections, config.shared_wait),
+                feed: Feed::default(),
             }),
         })
     }
@@ -399,6 +420,57 @@ impl ConsulClient {
     /// services.
     pub fn expect_watches(&self, watches: usize) {
         self.inner.budget.expected.store(watches, Ordering::Relaxed);
+        self.inner.feed.recheck.notify_waiters();
+        super::feed::ensure_running(self);
+    }
+
+    /// Whether the change feed runs: two blocking queries, on
+    /// `/v1/health/state/critical` and `/v1/health/state/warning`, that
+    /// tell which services changed, so their watches refresh at once
+    /// instead of on their turn. It runs while the watches take turns (more
+    /// of them than [`blocking_connections`](Self::blocking_connections),
+    /// which must be at least 4) and holds two of the blocking permits; see
+    /// the [`ConsulDiscovery`](super::ConsulDiscovery) docs.
+    pub fn change_feed_running(&self) -> bool {
+        self.inner.feed.is_running()
+    }
+
+    /// Answers of the change feed diffed so far (its first one included).
+    pub fn change_feed_answers(&self) -> u64 {
+        self.inner.feed.answers()
+    }
+
+    /// Watches the change feed kicked so far (each does one non-blocking
+    /// read of its service).
+    pub fn watches_kicked(&self) -> u64 {
+        self.inner.feed.kicked()
+    }
+
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    /// Whether the change feed should run: watches are running and take
+    /// turns, and the feed's blocking queries leave them at least as many
+    /// blocking permits as it holds.
+    pub(crate) fn feed_wanted(&self) -> bool {
+        self.inner.budget.watches.load(Ordering::Relaxed) > 0
+            && self.inner.budget.blocking_max >= 2 * super::feed::FEED_STATES.len()
+            && self.inner.budget.shares_turns()
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakClient {
+        WeakClient(Arc::downgrade(&self.inner))
+    }
+
+    /// Takes one blocking permit until [`return_blocking_slot`](Self::return_blocking_slot).
+    pub(crate) async fn take_blocking_slot(&self) -> Result<(), DiscoveryError> {
+        self.inner.budget.blocking().await?.forget();
+        Ok(())
+    }
+
+    pub(crate) fn return_blocking_slot(&self) {
+        self.inner.budget.blocking.add_permits(1);
     }
 
     pub(crate) fn shared_wait(&self) -> Duration {
@@ -618,6 +690,22 @@ impl ConsulClient {
         wait: Option<Duration>,
         margin: Duration,
     ) -> Result<HealthAnswer, DiscoveryError> {
+        self.health_service_kickable(query, index, wait, margin, None)
+            .await
+            .map(|(a, _)| a)
+    }
+
+    /// A health read; a blocking one that is still waiting for its turn
+    /// when `kick` is notified becomes a non-blocking read at once (true in
+    /// the result).
+    pub(crate) async fn health_service_kickable(
+        &self,
+        query: &HealthQuery,
+        index: u64,
+        wait: Option<Duration>,
+        margin: Duration,
+        kick: Option<&tokio::sync::Notify>,
+    ) -> Result<(HealthAnswer, bool), DiscoveryError> {
         query
             .validate()
             .map_err(|e| DiscoveryError::new(ErrorKind::Other, "invalid query").with_source(e))?;
@@ -626,10 +714,24 @@ impl ConsulClient {
         let timeout;
         // A blocking query takes a blocking turn first; its `wait` is
         // decided once the turn is ours (turns may have become shared).
+        let mut kicked = false;
         let (blocking, wait) = match wait {
             Some(w) if index > 0 => {
-                let permit = self.inner.budget.blocking().await?;
-                (Some(permit), Some(self.inner.budget.wait(w)))
+                let permit = match kick {
+                    None => Some(self.inner.budget.blocking().await?),
+                    Some(kick) => tokio::select! {
+                        biased;
+                        () = kick.notified() => None,
+                        p = self.inner.budget.blocking() => Some(p?),
+                    },
+                };
+                match permit {
+                    Some(p) => (Some(p), Some(self.inner.budget.wait(w))),
+                    None => {
+                        kicked = true;
+                        (None, None)
+                    }
+                }
             }
             _ => (None, None),
         };
@@ -670,21 +772,92 @@ impl ConsulClient {
         }
         let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
         drop(blocking);
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
+        Ok((answer(&headers, body), kicked))
+    }
+}
+
+impl ConsulClient {
+    /// `GET /v1/health/state/:state`: every check in `state` (`any`,
+    /// `passing`, `warning` or `critical`), node checks included, with an
+    /// optional `filter` on the checks' fields (`Status != "passing"`).
+    /// With `index > 0` and a `wait`, a blocking query on the checks
+    /// table's index (it takes one of the blocking permits while held).
+    /// The body is a JSON array of checks (`Node`, `CheckID`, `Status`,
+    /// `ServiceID`, `ServiceName`, ...).
+    pub async fn health_state(
+        &self,
+        state: &str,
+        filter: Option<&str>,
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Result<HealthAnswer, DiscoveryError> {
+        let _blocking = match wait {
+            Some(_) if index > 0 => Some(self.inner.budget.blocking().await?),
+            _ => None,
         };
-        Ok(HealthAnswer {
-            index: header("x-consul-index").and_then(|v| v.parse().ok()),
-            known_leader: header("x-consul-knownleader").and_then(|v| v.parse().ok()),
-            last_contact: header("x-consul-lastcontact")
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis),
-            filtered_by_acls: header("x-consul-results-filtered-by-acls") == Some("true"),
-            body,
-        })
+        self.health_state_held(state, filter, index, wait).await
+    }
+
+    /// [`health_state`](Self::health_state) for a caller that holds a
+    /// blocking permit already (the change feed).
+    pub(crate) async fn health_state_held(
+        &self,
+        state: &str,
+        filter: Option<&str>,
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Result<HealthAnswer, DiscoveryError> {
+        if !matches!(state, "any" | "passing" | "warning" | "critical") {
+            return Err(DiscoveryError::new(
+                ErrorKind::Other,
+                format!("invalid check state {state:?}: any, passing, warning or critical"),
+            ));
+        }
+        if let Some(f) = filter {
+            check_text("filter", f).map_err(|e| {
+                DiscoveryError::new(ErrorKind::Other, "invalid filter").with_source(e)
+            })?;
+        }
+        let mut url = self.url(&["v1", "health", "state", state]);
+        let timeout;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(f) = filter {
+                q.append_pair("filter", f);
+            }
+            match wait {
+                Some(w) if index > 0 => {
+                    q.append_pair("index", &index.to_string());
+                    q.append_pair("wait", &go_duration(w));
+                    timeout = w + w / 16 + BLOCKING_MARGIN;
+                }
+                _ => timeout = self.inner.request_timeout,
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
+        Ok(answer(&headers, body))
+    }
+}
+
+/// The parts of an answer a health read keeps.
+fn answer(headers: &http::HeaderMap, body: Bytes) -> HealthAnswer {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    HealthAnswer {
+        index: header("x-consul-index").and_then(|v| v.parse().ok()),
+        known_leader: header("x-consul-knownleader").and_then(|v| v.parse().ok()),
+        last_contact: header("x-consul-lastcontact")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+        filtered_by_acls: header("x-consul-results-filtered-by-acls") == Some("true"),
+        body,
     }
 }
 

@@ -176,10 +176,14 @@ pub struct ConsulConfig {
     pub max_connections: u32,
     /// How long a blocking query may hold a connection while more watches
     /// share the client than it has connections for blocking queries: the
-    /// watches then take turns, and a change waits at most about
-    /// `watches / blocking connections × shared_wait` to be seen. With
-    /// fewer watches than connections, each watch blocks for its own
-    /// `wait`. 100 ms to 10 min; default 1 s.
+    /// watches then take turns. A change of a check's status is brought
+    /// to its watch at once by the client's change feed (two of the
+    /// blocking connections, see [`ConsulDiscovery`](super::ConsulDiscovery));
+    /// what the feed cannot see (an instance registered or deregistered
+    /// while passing, tag or address changes) waits at most about
+    /// `watches / blocking connections × shared_wait`. With fewer watches
+    /// than connections, each watch blocks for its own `wait`. 100 ms to
+    /// 10 min; default 1 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub shared_wait: Duration,
 }

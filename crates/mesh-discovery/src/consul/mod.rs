@@ -30,6 +30,11 @@
 //!   loop is rate-limited by a token bucket (burst 2, then one query per
 //!   15 s by default, as Consul advises) rather than by sleeping each turn.
 //!   The HTTP timeout of a blocking query is `wait + wait/16` plus a margin.
+//! - **Many watches, one agent.** A [`ConsulClient`] bounds its connections;
+//!   past its blocking permits the watches take turns, and a change feed on
+//!   `/v1/health/state/critical` and `warning` sends the watches of the
+//!   services whose checks changed to the front (see [`ConsulDiscovery`]'s
+//!   module docs in `watch`).
 //! - **Consistency.** [`Consistency::Stale`] lets any server answer; with
 //!   [`WatchConfig::max_staleness`], answers from a server without a leader
 //!   or too far behind it (`X-Consul-KnownLeader`, `X-Consul-LastContact`,
@@ -63,6 +68,7 @@
 
 mod client;
 mod config;
+mod feed;
 mod health;
 mod model;
 mod registration;

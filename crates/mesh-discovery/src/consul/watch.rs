@@ -47,18 +47,51 @@
 //! (the permits are handed out first come, first served), each blocking
 //! query held at most [`shared_wait`](super::ConsulConfig::shared_wait)
 //! (default 1 s). A change that lands while its watch waits for a turn is
-//! answered at once on that turn (its index is behind), so nothing is lost,
-//! only delayed: by up to one rotation, about `watches / blocking permits ×
-//! shared_wait` (≈ 19 s at 1,000 watches with the defaults; 10 s median
-//! measured, `BENCHMARKS.md`). Lowering `shared_wait`
-//! trades that staleness for queries to the agent (`watches / shared_wait`
-//! per second at most, each answered from the agent without parsing here).
-//! A single blocking query on a "what changed" endpoint with non-blocking
-//! refreshes of the changed services would make the delay one round trip;
-//! Consul's HTTP API has no cheap per-service change feed, though
-//! (`/v1/catalog/services` lists names without saying which changed,
-//! `/v1/health/state/any` returns every check of the datacenter on each
-//! change), so this crate takes turns instead.
+//! answered at once on that turn (its index is behind), so nothing is lost;
+//! on its own that would delay it by up to one rotation, about `watches /
+//! blocking permits × shared_wait` (≈ 19 s at 1,000 watches with the
+//! defaults, 10 s median measured).
+//!
+//! So while the watches take turns, the client also runs a **change feed**
+//! (one per [`ConsulClient`], holding two of the blocking permits): a
+//! blocking query on `/v1/health/state/critical` and one on
+//! `/v1/health/state/warning`. Consul wakes each when a check in or leaving
+//! that state is written, and answers with the checks in that state; the
+//! feed diffs each answer with the last by (node, check ID, status,
+//! service) and *kicks* the watches of every service whose checks appeared,
+//! left or changed (a node check, such as `serfHealth` or node
+//! maintenance, kicks them all). A kicked watch still waiting for its turn
+//! drops out of the queue and reads its service at once without blocking
+//! (no blocking permit needed), then goes back to taking turns; a kicked
+//! watch that is holding its query gets its answer anyway (the service's
+//! index moved) and its next read costs a round trip but no parse. A
+//! change then reaches its idle client in one feed answer plus one read
+//! instead of up to a rotation (`BENCHMARKS.md` has the figures at 1,000
+//! services × 100 instances). The token bucket still applies: a second
+//! change to one service within `min_interval` waits for its token.
+//!
+//! Why those queries: every status change has `critical` or `warning` on
+//! one side, and both are served from the checks table's status index, so
+//! the servers' work and the answer are the size of the unhealthy checks
+//! (≈ 300 bytes with one instance down). `/v1/health/state/any` sends every
+//! check of the datacenter on each change (29.5 MB at 100,000 checks);
+//! `any` with `filter=Status != "passing"` is small on the wire but makes
+//! the servers filter every check at each wake-up, per client;
+//! `/v1/catalog/services` blocks on registrations only and says which
+//! services exist, not which changed.
+//!
+//! What the feed cannot see is left to the turns (at most one rotation
+//! late): an instance registered passing (no check, or checks registered
+//! passing) or deregistered while passing, tag, address, weight or
+//! metadata changes that move no check, watches of Connect endpoints
+//! (`/v1/health/connect`: the proxies' checks carry the proxy's name) and
+//! of another datacenter, and a change the feed missed while it was
+//! failing (it keeps its last list and diffs the next answer with it, so
+//! only changes undone meanwhile are missed). Checks register critical by
+//! default, so a new instance usually shows up in the feed.
+//! Lowering `shared_wait` still trades that staleness for queries to the
+//! agent (`watches / shared_wait` per second at most, each answered from
+//! the agent without parsing here).
 //!
 //! An answer whose index and body are those of the last parsed answer (a
 //! turn that ran out its wait) is not parsed, and a turn that ran out its
@@ -71,6 +104,7 @@ use mesh_core::config::InvalidConfig;
 use tokio::time::Instant;
 
 use super::client::{Consistency, ConsulClient, HealthAnswer, HealthQuery};
+use super::feed::KickGuard;
 use super::health::parse_health_report;
 use super::model::AddressChoice;
 use crate::error::{DiscoveryError, ErrorKind};
@@ -213,6 +247,7 @@ impl ConsulDiscovery {
         // Counted now, not when the task first runs: watches started in a
         // loop all count before the first one blocks.
         let counted = client.watch_guard();
+        super::feed::ensure_running(&client);
         tokio::spawn(run(client, config, publisher, counted));
         Ok(discovery)
     }
@@ -269,6 +304,11 @@ async fn run(
     // token: taking turns on a shared client must not eat the bucket.
     let mut free_turn = false;
     let mut last_digest: Option<u64> = None;
+    // The change feed reads the agent's own datacenter and names services
+    // by their checks: a Connect watch (proxies carry their own name) or
+    // one of another datacenter is left to its turns.
+    let kick = (config.query.datacenter.is_none() && !config.query.connect)
+        .then(|| KickGuard::new(&client, &config.query.service));
     tracing::debug!(source = %publisher.name(), "consul watch started");
     loop {
         if !free_turn {
@@ -278,8 +318,10 @@ async fn run(
         let asked = Instant::now();
         let answer = tokio::select! {
             () = publisher.closed() => break,
-            a = query(&client, &config, &leader_query, index, wait) => a,
+            a = query(&client, &config, &leader_query, index, wait, kick.as_ref().map(KickGuard::notify)) => a,
         };
+        let kicked = answer.as_ref().is_ok_and(|(_, k)| *k);
+        let answer = answer.map(|(a, _)| a);
         // Same index and the same bytes as the answer parsed last: nothing
         // changed (Consul's blocking-query rules), so nothing is parsed and
         // an idle service costs its watch a hash of the body. (The bytes
@@ -290,7 +332,8 @@ async fn run(
             && a.index == Some(index)
             && digest == last_digest
         {
-            free_turn = asked.elapsed() >= config.wait.min(client.shared_wait()) / 2;
+            // A kick the answer shows was already seen costs no token either.
+            free_turn = kicked || asked.elapsed() >= config.wait.min(client.shared_wait()) / 2;
             backoff.reset();
             publisher.record_success();
             continue;
@@ -379,24 +422,26 @@ async fn query(
     leader_query: &HealthQuery,
     index: u64,
     wait: Option<Duration>,
-) -> Result<HealthAnswer, DiscoveryError> {
-    let a = client
-        .health_service_with_margin(&config.query, index, wait, config.timeout_margin)
+    kick: Option<&tokio::sync::Notify>,
+) -> Result<(HealthAnswer, bool), DiscoveryError> {
+    let (a, kicked) = client
+        .health_service_kickable(&config.query, index, wait, config.timeout_margin, kick)
         .await?;
     let Some(max) = config.max_staleness else {
-        return Ok(a);
+        return Ok((a, kicked));
     };
     if config.query.consistency != Consistency::Stale {
-        return Ok(a);
+        return Ok((a, kicked));
     }
     let too_old = a.last_contact.is_some_and(|c| c > max);
     if !too_old && a.known_leader != Some(false) {
-        return Ok(a);
+        return Ok((a, kicked));
     }
     tracing::debug!(service = %config.query.service, last_contact = ?a.last_contact, known_leader = ?a.known_leader, "stale answer too old; asking the leader");
     client
         .health_service_with_margin(leader_query, 0, None, config.timeout_margin)
         .await
+        .map(|a| (a, kicked))
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     at: usize,
+    /// The selectors' valid first parts.
+    roots: &'static [&'static str],
 }
 
 impl Parser {
@@ -187,7 +189,7 @@ impl Parser {
             return Err("expected a selector".into());
         };
         let path: Vec<String> = w.split('.').map(str::to_owned).collect();
-        if !matches!(path[0].as_str(), "Node" | "Service" | "Checks") {
+        if !self.roots.contains(&path[0].as_str()) {
             return Err(format!("Selector {w:?} is not valid"));
         }
         self.at += 1;
@@ -196,12 +198,42 @@ impl Parser {
 }
 
 impl Filter {
-    /// Parses a filter; the error is Consul's 400 message.
+    /// Parses a filter over health entries (`Node`, `Service`, `Checks`);
+    /// the error is Consul's 400 message.
     pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        Self::parse_for(s, &["Node", "Service", "Checks"])
+    }
+
+    /// Parses a filter over checks (`/v1/health/state/:state`), whose
+    /// selectors are a check's fields.
+    pub(crate) fn parse_for_checks(s: &str) -> Result<Self, String> {
+        Self::parse_for(
+            s,
+            &[
+                "Node",
+                "CheckID",
+                "Name",
+                "Status",
+                "Notes",
+                "Output",
+                "ServiceID",
+                "ServiceName",
+                "ServiceTags",
+                "Type",
+                "Interval",
+                "Timeout",
+                "ExposedPort",
+                "PeerName",
+            ],
+        )
+    }
+
+    fn parse_for(s: &str, roots: &'static [&'static str]) -> Result<Self, String> {
         let fail = |e: String| format!("Failed to create boolean expression evaluator: {e}");
         let mut p = Parser {
             toks: lex(s).map_err(fail)?,
             at: 0,
+            roots,
         };
         let f = p.or().map_err(fail)?;
         if p.at != p.toks.len() {

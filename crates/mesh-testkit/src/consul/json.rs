@@ -98,7 +98,9 @@ fn service_tagged_addresses(s: &Instance) -> Map<String, Value> {
     out
 }
 
-fn check_json(c: &CheckState, node: &str, service: Option<&Instance>) -> Value {
+/// One check as Consul sends it (in a health entry's `Checks`, and in
+/// `/v1/health/state/:state`).
+pub(crate) fn check_json(c: &CheckState, node: &str, service: Option<&Instance>) -> Value {
     let dur = |d: Option<std::time::Duration>| {
         d.map_or_else(String::new, |d| format!("{}ms", d.as_millis()))
     };

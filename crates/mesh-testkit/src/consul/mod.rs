@@ -17,6 +17,7 @@
 //! | `GET /v1/agent/health/service/id/:id` | 200 / 429 / 503 for passing / warning / critical, 404 unknown |
 //! | `GET /v1/health/service/:name` | `passing`, `tag` (repeatable, all must match), `filter` (the subset of Consul's filter language discovery uses: `==`, `!=`, `contains`, `in`, `is empty`, `and`, `or`, `not`), `stale`, `consistent`, `index` + `wait` blocking; `dc` other than `dc1` answers 500 "No path to datacenter" |
 //! | `GET /v1/health/connect/:name` | as above, for Connect-native instances of `name` (`Connect.Native`) and `connect-proxy` instances whose `Proxy.DestinationServiceName` is `name`; follows the global index |
+//! | `GET /v1/health/state/:state` | `any`, `passing`, `warning`, `critical` (else 400): every check in that state, node checks included, ordered by node and check ID; `filter` on the check's fields (`Status != "passing"`), `stale`, `dc`; `X-Consul-Index` is the checks table's (the global) index; `index` + `wait` returns at once when that index is past `index`, else holds until a check in or leaving the state changes (any check for `any`) |
 //! | `GET /v1/agent/connect/ca/roots` | `ActiveRootID`, `TrustDomain` (`<cluster-id>.consul`), `Roots[]` (`ID`, `Name`, `RootCert`, `IntermediateCerts`, `Active`, ...); blocking |
 //! | `GET /v1/agent/connect/ca/leaf/:service` | a leaf issued on first use (ECDSA P-256, URI SAN `spiffe://<trust-domain>/ns/default/dc/dc1/svc/<service>`, `CertPEM`, `PrivateKeyPEM`, `ValidAfter`, `ValidBefore`), renewed at 80 % of its TTL; blocking, a held query returns the renewed leaf |
 //! | `GET /v1/connect/intentions/match?by=destination\|source&name=` | `{name: [intentions]}`, highest `Precedence` first (9 exact, 8 `*` source, 6 `*` destination, 5 both); blocking |
@@ -325,6 +326,8 @@ pub(crate) struct Shared {
     in_flight_health: AtomicU64,
     /// Blocked health queries woken because their service's index moved.
     health_wakeups: AtomicU64,
+    /// Requests to `/v1/health/state/:state`.
+    state_requests: AtomicU64,
     connections_opened: AtomicU64,
     open_connections: AtomicU64,
     max_open_connections: AtomicU64,
@@ -405,6 +408,7 @@ impl FakeConsul {
             health_requests: AtomicU64::new(0),
             in_flight_health: AtomicU64::new(0),
             health_wakeups: AtomicU64::new(0),
+            state_requests: AtomicU64::new(0),
             connections_opened: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
             max_open_connections: AtomicU64::new(0),
@@ -764,6 +768,12 @@ impl FakeConsul {
         self.shared.health_wakeups.load(Ordering::SeqCst)
     }
 
+    /// Requests to `/v1/health/state/:state` so far (since the last
+    /// [`reset_counts`](Self::reset_counts)).
+    pub fn state_requests(&self) -> u64 {
+        self.shared.state_requests.load(Ordering::SeqCst)
+    }
+
     /// Connections accepted so far.
     pub fn connections_opened(&self) -> u64 {
         self.shared.connections_opened.load(Ordering::SeqCst)
@@ -786,6 +796,7 @@ impl FakeConsul {
         self.shared.requests.store(0, Ordering::SeqCst);
         self.shared.health_requests.store(0, Ordering::SeqCst);
         self.shared.health_wakeups.store(0, Ordering::SeqCst);
+        self.shared.state_requests.store(0, Ordering::SeqCst);
         self.shared.max_open_connections.store(
             self.shared.open_connections.load(Ordering::SeqCst),
             Ordering::SeqCst,

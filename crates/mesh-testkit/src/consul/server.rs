@@ -199,6 +199,9 @@ async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Res
         (&Method::GET, ["v1", "health", "connect", name]) => {
             return health(&shared, name, &query, caller == Caller::Allowed, true).await;
         }
+        (&Method::GET, ["v1", "health", "state", state]) => {
+            return health_state(&shared, state, &query, caller == Caller::Allowed).await;
+        }
         (_, ["v1", "agent", "connect", ..] | ["v1", "connect", ..]) => {
             if caller != Caller::Allowed {
                 return Ok(denied("service:write"));
@@ -523,6 +526,156 @@ async fn health(
     let filtered = !authorized && !entries.is_empty();
     let entries = if authorized { entries } else { Vec::new() };
     let body = serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec());
+    let fault = *shared.fault_tx.borrow();
+    let mut resp = reply(StatusCode::OK, body);
+    if fault == Fault::GarbageBody {
+        *resp.body_mut() = Full::new(Bytes::from_static(b"<html>502 Bad Gateway</html>"));
+    }
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    match fault {
+        Fault::MissingIndex => {}
+        Fault::IndexZero => {
+            h.insert("x-consul-index", http::HeaderValue::from_static("0"));
+        }
+        _ => {
+            h.insert("x-consul-index", http::HeaderValue::from(current));
+        }
+    }
+    if filtered {
+        h.insert(
+            "x-consul-results-filtered-by-acls",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    let (known, contact) = if stale {
+        (leader.known, leader.last_contact)
+    } else {
+        (true, Duration::ZERO)
+    };
+    h.insert(
+        "x-consul-knownleader",
+        http::HeaderValue::from_static(if known { "true" } else { "false" }),
+    );
+    h.insert(
+        "x-consul-lastcontact",
+        http::HeaderValue::from(u64::try_from(contact.as_millis()).unwrap_or(u64::MAX)),
+    );
+    Ok(resp)
+}
+
+/// `GET /v1/health/state/:state` (`any`, `passing`, `warning`,
+/// `critical`): every check in that state, node checks included, as
+/// Consul's `ChecksInState` answers. `X-Consul-Index` is the checks table's
+/// index (here the global one: every write of the fake touches checks). A
+/// blocking query returns at once when that index is past `index`;
+/// otherwise it is held until a check *in or leaving* that state changes
+/// (Consul watches the state's part of the checks table; `any` watches all
+/// of it), or the wait runs out. `filter` applies to each check after the
+/// query, so it changes the answer, not what wakes it.
+async fn health_state(
+    shared: &Arc<Shared>,
+    state: &str,
+    query: &[(String, String)],
+    authorized: bool,
+) -> Result<Resp, DropConnection> {
+    shared.state_requests.fetch_add(1, Ordering::SeqCst);
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let flag = |k: &str| get(k).is_some_and(|v| v != "false" && v != "0");
+    let wanted = match state {
+        "any" => None,
+        s => match Health::parse(s) {
+            Some(h) => Some(h),
+            None => return Ok(reply(StatusCode::BAD_REQUEST, "Invalid check state")),
+        },
+    };
+    if get("dc").is_some_and(|dc| dc != DATACENTER) {
+        return Ok(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No path to datacenter",
+        ));
+    }
+    let stale = flag("stale");
+    let leader = shared.leader();
+    if !leader.known && !stale {
+        return Ok(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No cluster leader",
+        ));
+    }
+    let filter = match get("filter").map(Filter::parse_for_checks) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return Ok(reply(StatusCode::BAD_REQUEST, e)),
+    };
+    let index: u64 = match get("index").map(str::parse) {
+        None => 0,
+        Some(Ok(i)) => i,
+        Some(Err(_)) => return Ok(reply(StatusCode::BAD_REQUEST, "Invalid index")),
+    };
+    let wait = match get("wait") {
+        None => Duration::from_secs(300),
+        Some(w) => match parse_go_duration(w) {
+            Some(w) => w.min(Duration::from_secs(600)),
+            None => return Ok(reply(StatusCode::BAD_REQUEST, "Invalid wait time")),
+        },
+    };
+    let mut writes = shared.index_tx.subscribe();
+    let (mut checks, mut current) = {
+        let s = shared.lock();
+        (s.checks_in(wanted), s.index)
+    };
+    if index > 0 && current <= index && *shared.fault_tx.borrow() != Fault::SpuriousWakeups {
+        let jitter = wait.mul_f64(fastrand::f64() / 16.0);
+        let deadline = Instant::now() + wait + jitter;
+        let mut fault = shared.fault_tx.subscribe();
+        // `writes` was subscribed before the snapshot was taken, and
+        // `changed` marks what it saw: no write between the snapshot and a
+        // wait goes unnoticed.
+        loop {
+            tokio::select! {
+                _ = writes.changed() => {
+                    let s = shared.lock();
+                    current = s.index;
+                    // `any` watches the whole table; a state its own part.
+                    if wanted.is_none() {
+                        checks = s.checks_in(None);
+                        break;
+                    }
+                    let now = s.checks_in(wanted);
+                    if now != checks {
+                        checks = now;
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    let s = shared.lock();
+                    current = s.index;
+                    checks = s.checks_in(wanted);
+                    break;
+                }
+                _ = fault.changed() => {
+                    if *fault.borrow_and_update() != Fault::None {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(resp) = connection_fault(shared).await? {
+            return Ok(resp);
+        }
+    }
+    if let Some(f) = &filter {
+        checks.retain(|c| f.matches(c));
+    }
+    let filtered = !authorized && !checks.is_empty();
+    if !authorized {
+        checks.clear();
+    }
+    let body = serde_json::to_vec(&checks).unwrap_or_else(|_| b"[]".to_vec());
     let fault = *shared.fault_tx.borrow();
     let mut resp = reply(StatusCode::OK, body);
     if fault == Fault::GarbageBody {

@@ -331,6 +331,37 @@ impl State {
         out
     }
 
+    /// The checks of `/v1/health/state/:state` (`None`: `any`), node checks
+    /// and service checks, ordered by node then check ID as Consul's
+    /// `checks` table is.
+    pub(crate) fn checks_in(&self, state: Option<Health>) -> Vec<serde_json::Value> {
+        let mut out: Vec<(&str, &str, serde_json::Value)> = Vec::new();
+        for (node, n) in &self.nodes {
+            for c in n
+                .checks
+                .iter()
+                .filter(|c| state.is_none_or(|s| c.status == s))
+            {
+                out.push((node, &c.id, super::json::check_json(c, node, None)));
+            }
+        }
+        for inst in self.instances.values() {
+            for c in inst
+                .checks
+                .iter()
+                .filter(|c| state.is_none_or(|s| c.status == s))
+            {
+                out.push((
+                    &inst.spec.node,
+                    &c.id,
+                    super::json::check_json(c, &inst.spec.node, Some(&inst.spec)),
+                ));
+            }
+        }
+        out.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        out.into_iter().map(|(_, _, v)| v).collect()
+    }
+
     /// Removes instances whose check with `DeregisterCriticalServiceAfter`
     /// has been critical at least that long (one pass of Consul's reaper).
     pub(crate) fn reap(&mut self, now: Instant) -> Vec<String> {

@@ -707,3 +707,131 @@ async fn health_connect_lists_native_instances_and_proxies() {
     ids.sort_unstable();
     assert_eq!(ids, ["db-1", "db-sidecar"]);
 }
+
+#[tokio::test]
+async fn health_state_lists_checks_in_a_state_and_blocks_on_that_state() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instances([
+        Instance::new("a", "a1", "10.0.0.1", 80),
+        Instance::new("b", "b1", "10.0.0.2", 80).health(Health::Critical),
+    ]);
+    let (status, idx, body) = call(&c, "GET", "/v1/health/state/critical", "").await;
+    assert_eq!(status, 200);
+    let idx: u64 = idx.unwrap().parse().unwrap();
+    assert_eq!(idx, c.index(), "the checks table's (global) index");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v[0]["ServiceName"], "b");
+    assert_eq!(v[0]["ServiceID"], "b1");
+    assert_eq!(v[0]["CheckID"], "service:b1");
+    assert_eq!(v[0]["Status"], "critical");
+    assert_eq!(v[0]["Node"], "fake-node");
+
+    // `any` lists node checks too (serfHealth, no service); `filter`
+    // applies to each check.
+    let (_, _, body) = call(&c, "GET", "/v1/health/state/any", "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["serfHealth", "service:a1", "service:b1"]);
+    let (_, _, body) = call(
+        &c,
+        "GET",
+        "/v1/health/state/any?filter=Status%20!%3D%20%22passing%22",
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(
+        call(&c, "GET", "/v1/health/state/bogus", "").await.0,
+        400,
+        "unknown state"
+    );
+    assert_eq!(
+        call(&c, "GET", "/v1/health/state/any?dc=dc9", "").await.0,
+        500
+    );
+
+    // A blocked `critical` query is not woken by a write that leaves the
+    // critical checks alone (a new passing instance)...
+    let c2 = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c2.add_instance(Instance::new("a", "a2", "10.0.0.3", 80));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ...but by a check turning critical.
+        c2.set_health("a1", Health::Critical);
+    });
+    let start = Instant::now();
+    let (_, new, body) = call(
+        &c,
+        "GET",
+        &format!("/v1/health/state/critical?index={idx}&wait=5s"),
+        "",
+    )
+    .await;
+    let el = start.elapsed();
+    assert!(
+        el >= Duration::from_millis(250) && el < Duration::from_secs(4),
+        "{el:?}"
+    );
+    let new: u64 = new.unwrap().parse().unwrap();
+    assert_eq!(new, idx + 2);
+    assert!(body.contains("\"a1\""), "{body}");
+
+    // An index behind the checks table's returns at once, whatever changed.
+    let start = Instant::now();
+    let (_, again, _) = call(
+        &c,
+        "GET",
+        &format!("/v1/health/state/warning?index={idx}&wait=5s"),
+        "",
+    )
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(again.unwrap().parse::<u64>().unwrap(), new);
+
+    // Nothing changes: held for the wait, same index.
+    let start = Instant::now();
+    let (_, same, _) = call(
+        &c,
+        "GET",
+        &format!("/v1/health/state/critical?index={new}&wait=300ms"),
+        "",
+    )
+    .await;
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(same.unwrap().parse::<u64>().unwrap(), new);
+    assert!(c.state_requests() >= 7);
+}
+
+#[tokio::test]
+async fn health_state_filters_take_check_selectors() {
+    let c = FakeConsul::start().await.unwrap();
+    c.add_instance(Instance::new("a", "a1", "10.0.0.1", 80).health(Health::Warning));
+    let (status, _, body) = call(
+        &c,
+        "GET",
+        "/v1/health/state/any?filter=ServiceName%20%3D%3D%20%22a%22",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("service:a1") && !body.contains("serfHealth"),
+        "{body}"
+    );
+    let (status, _, _) = call(
+        &c,
+        "GET",
+        "/v1/health/state/any?filter=Service.Service%20%3D%3D%20%22a%22",
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "a health entry's selector is not a check's");
+}
