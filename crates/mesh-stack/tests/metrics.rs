@@ -309,3 +309,46 @@ async fn a_removed_endpoint_leaves_its_series_at_zero_and_the_admin_page() {
     assert_eq!(users.endpoints.len(), 2);
     assert!(users.endpoint(&c).is_none());
 }
+
+/// Discovery health as metrics: a good answer sets the last-success
+/// timestamp (staleness is `time() - it`) and clears fail static; a failure
+/// sets fail static while the last set keeps serving.
+#[tokio::test(flavor = "current_thread")]
+async fn discovery_staleness_and_fail_static_are_gauges() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let s = start().await;
+    let source = [("source", "channel:users")];
+    let metrics = read(&snapshotter);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = gauge(
+        &metrics,
+        "mesh_discovery_last_success_timestamp_seconds",
+        &source,
+    );
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&last),
+        "{last} vs now {now}"
+    );
+    assert_eq!(gauge(&metrics, "mesh_discovery_fail_static", &source), 0.0);
+
+    s.source.fail("the registry is down");
+    let metrics = read(&snapshotter);
+    assert_eq!(gauge(&metrics, "mesh_discovery_fail_static", &source), 1.0);
+    assert_eq!(
+        counter(&metrics, "mesh_discovery_errors_total", &source),
+        1,
+        "one failure"
+    );
+    assert_eq!(get(&s.users).await, Ok(200), "the last set serves");
+
+    s.source
+        .set([ep(s.a.addr()), ep(s.b.addr()), ep(s.c.addr())]);
+    let metrics = read(&snapshotter);
+    assert_eq!(gauge(&metrics, "mesh_discovery_fail_static", &source), 0.0);
+}

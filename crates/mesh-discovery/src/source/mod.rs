@@ -448,6 +448,17 @@ impl Publisher {
             h.last_success = Some(now);
             h.consecutive_failures = 0;
         });
+        #[cfg(feature = "metrics")]
+        {
+            // A wall-clock timestamp: staleness is `time() - this` in PromQL.
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics::gauge!("mesh_discovery_last_success_timestamp_seconds", "source" => self.name.to_string())
+                .set(unix);
+            metrics::gauge!("mesh_discovery_fail_static", "source" => self.name.to_string())
+                .set(0.0);
+        }
     }
 
     /// Records an answer parsed (see [`SourceHealth::answers_parsed`]).
@@ -477,8 +488,13 @@ impl Publisher {
             h.last_error_at = Some(now);
         });
         #[cfg(feature = "metrics")]
-        metrics::counter!("mesh_discovery_errors_total", "source" => self.name.to_string())
-            .increment(1);
+        {
+            metrics::counter!("mesh_discovery_errors_total", "source" => self.name.to_string())
+                .increment(1);
+            // 1 while the last known set is served in spite of failures.
+            metrics::gauge!("mesh_discovery_fail_static", "source" => self.name.to_string())
+                .set(1.0);
+        }
     }
 
     /// Resolves when every [`Discovery`] and receiver on this publisher is
