@@ -28,6 +28,10 @@ use crate::timeout::AttemptTimeout;
 /// gets traffic, ejecting tripped endpoints within its ejection cap (panic
 /// mode past it). A timed-out attempt is a failure for the breaker.
 ///
+/// With the feature `spans`, each attempt runs in an INFO span
+/// `mesh.attempt` (`service`, `endpoint` address, `attempt` number; see
+/// [`observe`](crate::observe#spans)).
+///
 /// `C` is the breaker's classifier, cloned into each call's future: keep it
 /// small (a zero-sized `DefaultHttpClassifier`, or an `Arc`).
 pub struct EndpointLayer<C> {
@@ -113,10 +117,15 @@ impl<C: fmt::Debug> fmt::Debug for EndpointLayer<C> {
 }
 
 impl<S, C: Clone> NewEndpoint<S> for EndpointLayer<C> {
+    #[cfg(feature = "spans")]
+    type Service = CircuitBreaker<crate::spans::AttemptSpan<AttemptTimeout<S>>, C, AtEndOfStream>;
+    #[cfg(not(feature = "spans"))]
     type Service = CircuitBreaker<AttemptTimeout<S>, C, AtEndOfStream>;
 
     fn new_endpoint(&self, target: &Target, inner: S) -> Self::Service {
         let timeout = AttemptTimeout::new(inner, self.attempt_timeout).streaming(self.streaming);
+        #[cfg(feature = "spans")]
+        let timeout = crate::spans::AttemptSpan::new(timeout, target);
         let breaker = self.breaker.new_endpoint(target, timeout);
         self.breakers
             .insert(target.endpoint().key().clone(), &breaker.handle());

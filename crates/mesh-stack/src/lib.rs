@@ -104,6 +104,8 @@
 //!   request data), and each service's golden metrics: requests and
 //!   attempts by outcome and status class, their latency, calls in flight
 //!   ([`observe`]). See the README's "Metrics and admin" section.
+//! - `spans`: an INFO span per logical call and per attempt (`spans`
+//!   module), for `tracing` subscribers and `tracing-opentelemetry`.
 //!
 //! [`Service`]: tower_service::Service
 
@@ -124,6 +126,8 @@ pub mod observe;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod security;
+#[cfg(feature = "spans")]
+pub mod spans;
 pub mod timeout;
 
 pub use builder::ServiceBuilderExt;
@@ -176,6 +180,7 @@ pub use mesh_retry as retry;
     feature = "toml",
     feature = "tonic",
     feature = "reqwest-middleware",
+    feature = "admin",
     feature = "dns"
 ))]
 #[doc = include_str!("../../../README.md")]

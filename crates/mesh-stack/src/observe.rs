@@ -35,12 +35,26 @@
 //!
 //! Handles are registered when the stack is built, with the recorder in
 //! effect then, and each call costs a few increments on them. Without the
-//! `metrics` feature the wrappers are empty and forward every call as is.
+//! `metrics` feature the wrappers record no metrics.
+//!
+//! # Spans
+//!
+//! With the feature `spans`, each logical call runs in an INFO span
+//! `mesh.call` (fields `service`, `method`, and `outcome` when it ends, one
+//! of the classes above), and each attempt in an INFO span `mesh.attempt`
+//! inside it (fields `service`, `endpoint`, the endpoint's address, and
+//! `attempt`, 1 for the first). Both cover the call to its response
+//! headers. With no subscriber, or one that filters them out
+//! (`mesh_stack=warn`), a span is a disabled handle: no allocation, no
+//! field formatted. `tracing-opentelemetry` turns them into OpenTelemetry
+//! spans. See the `spans` module (feature `spans`).
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+
+use std::sync::Arc;
 
 use http::Response;
 use mesh_core::BoxError;
@@ -207,17 +221,21 @@ impl Handles {
 /// through untouched. See the [module docs](self).
 pub struct Observe<S> {
     inner: S,
+    #[cfg(feature = "spans")]
+    service: Arc<str>,
     #[cfg(feature = "metrics")]
-    handles: std::sync::Arc<Handles>,
+    handles: Arc<Handles>,
 }
 
 impl<S> Observe<S> {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn new(inner: S, service: &str, level: Level) -> Self {
+    pub(crate) fn new(inner: S, service: &Arc<str>, level: Level) -> Self {
         Self {
             inner,
+            #[cfg(feature = "spans")]
+            service: Arc::clone(service),
             #[cfg(feature = "metrics")]
-            handles: std::sync::Arc::new(Handles::new(service, level)),
+            handles: Arc::new(Handles::new(service, level)),
         }
     }
 
@@ -258,7 +276,7 @@ pub(crate) fn attempt_hook(service: &str) -> Option<mesh_retry::AttemptHook> {
     #[cfg(feature = "metrics")]
     {
         let handles = Handles::new(service, Level::Attempt);
-        Some(std::sync::Arc::new(move |result| match result {
+        Some(Arc::new(move |result| match result {
             Ok(status) => handles.record_response(status.as_u16(), None),
             Err(e) => handles.record_error(OutcomeClass::of_error(e), None),
         }))
@@ -271,8 +289,10 @@ impl<S: Clone> Clone for Observe<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            #[cfg(feature = "spans")]
+            service: Arc::clone(&self.service),
             #[cfg(feature = "metrics")]
-            handles: std::sync::Arc::clone(&self.handles),
+            handles: Arc::clone(&self.handles),
         }
     }
 }
@@ -285,9 +305,9 @@ impl<S: fmt::Debug> fmt::Debug for Observe<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for Observe<S>
+impl<S, ReqBody, B> Service<http::Request<ReqBody>> for Observe<S>
 where
-    S: Service<Req, Response = Response<B>>,
+    S: Service<http::Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<B>;
@@ -300,17 +320,33 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        #[cfg(feature = "spans")]
+        let span = tracing::info_span!(
+            "mesh.call",
+            service = &*self.service,
+            method = %req.method(),
+            outcome = tracing::field::Empty,
+        );
         #[cfg(feature = "metrics")]
         let start = self.handles.timing.as_ref().map(|t| {
             t.in_flight.increment(1.0);
             tokio::time::Instant::now()
         });
+        #[cfg(feature = "spans")]
+        let (inner, span) = if span.is_disabled() {
+            (self.inner.call(req), None)
+        } else {
+            (span.in_scope(|| self.inner.call(req)), Some(Box::new(span)))
+        };
+        #[cfg(not(feature = "spans"))]
+        let (inner, span) = (self.inner.call(req), ());
         ObserveFuture {
-            inner: self.inner.call(req),
+            inner,
+            span,
             #[cfg(feature = "metrics")]
             record: Some(Record {
-                handles: std::sync::Arc::clone(&self.handles),
+                handles: Arc::clone(&self.handles),
                 start,
             }),
             #[cfg(not(feature = "metrics"))]
@@ -326,7 +362,7 @@ struct Record;
 /// What an [`ObserveFuture`] records when it ends (or is dropped).
 #[cfg(feature = "metrics")]
 struct Record {
-    handles: std::sync::Arc<Handles>,
+    handles: Arc<Handles>,
     start: Option<tokio::time::Instant>,
 }
 
@@ -339,11 +375,19 @@ impl Drop for Record {
     }
 }
 
+/// The call's span: boxed, and only when a subscriber listens, so the
+/// future is one word larger, not a `Span` larger (feature `spans`).
+#[cfg(feature = "spans")]
+type CallSpan = Option<Box<tracing::Span>>;
+#[cfg(not(feature = "spans"))]
+type CallSpan = ();
+
 pin_project! {
     /// The future of an [`Observe`]: the inner future, then the record.
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
+        span: CallSpan,
         record: Option<Record>,
     }
 }
@@ -358,7 +402,25 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx)).map_err(Into::into);
+        #[cfg(feature = "spans")]
+        let result = {
+            let _entered = this.span.as_ref().map(|span| span.enter());
+            ready!(this.inner.poll(cx)).map_err(Into::into)
+        };
+        #[cfg(not(feature = "spans"))]
+        let result = {
+            let _ = this.span;
+            ready!(this.inner.poll(cx)).map_err(Into::into)
+        };
+        #[cfg(feature = "spans")]
+        if let Some(span) = this.span.take() {
+            let outcome = match &result {
+                Ok(response) if response.status().is_server_error() => OutcomeClass::Failure,
+                Ok(_) => OutcomeClass::Success,
+                Err(e) => OutcomeClass::of_error(&**e),
+            };
+            span.record("outcome", outcome.as_str());
+        }
         #[cfg(not(feature = "metrics"))]
         let _ = this.record;
         #[cfg(feature = "metrics")]
