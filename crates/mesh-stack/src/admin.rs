@@ -207,6 +207,52 @@ impl ServiceSnapshot {
     }
 }
 
+/// How often a [`Mesh`](crate::Mesh) copies its endpoints' in-flight
+/// count, weight and latency estimate into gauges (feature `metrics`):
+/// sampled from the snapshot, so calls pay nothing for them.
+#[cfg(feature = "metrics")]
+pub const ENDPOINT_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The (service, endpoint address) pairs whose gauges are set.
+#[cfg(feature = "metrics")]
+pub(crate) type GaugedEndpoints = std::collections::HashSet<(String, String)>;
+
+/// Sets `mesh_endpoint_in_flight`, `mesh_endpoint_weight` and
+/// `mesh_endpoint_latency_seconds` `{service, endpoint}` from `snapshot`
+/// (in flight summed over a service's stacks), and zeroes those of the
+/// endpoints in `before` that are gone. Returns the pairs set now.
+#[cfg(feature = "metrics")]
+pub(crate) fn record_endpoint_gauges(
+    snapshot: &AdminSnapshot,
+    before: &GaugedEndpoints,
+) -> GaugedEndpoints {
+    let mut now: std::collections::HashMap<(String, String), (u64, u32, f64)> =
+        std::collections::HashMap::new();
+    for service in &snapshot.services {
+        for e in &service.endpoints {
+            let entry = now
+                .entry((service.name.clone(), e.address.clone()))
+                .or_default();
+            entry.0 += u64::from(e.in_flight);
+            entry.1 = entry.1.max(e.weight);
+            entry.2 = entry.2.max(e.ewma_latency_ms);
+        }
+    }
+    let set = |(service, endpoint): &(String, String), (in_flight, weight, ms): (u64, u32, f64)| {
+        let labels = [("service", service.clone()), ("endpoint", endpoint.clone())];
+        metrics::gauge!("mesh_endpoint_in_flight", &labels).set(in_flight as f64);
+        metrics::gauge!("mesh_endpoint_weight", &labels).set(f64::from(weight));
+        metrics::gauge!("mesh_endpoint_latency_seconds", &labels).set(ms / 1000.0);
+    };
+    for (key, values) in &now {
+        set(key, *values);
+    }
+    for gone in before.iter().filter(|key| !now.contains_key(*key)) {
+        set(gone, (0, 0, 0.0));
+    }
+    now.into_keys().collect()
+}
+
 /// An axum `Router` serving the mesh's [`AdminSnapshot`] as JSON at
 /// `GET /admin` (feature `admin`). Serve it on a loopback or otherwise
 /// private address: it lists every endpoint of every service.

@@ -161,6 +161,8 @@ impl MeshBuilder {
                 stacks: Mutex::new(HashMap::new()),
                 connect: self.connect,
                 views: Mutex::new(HashMap::new()),
+                #[cfg(feature = "metrics")]
+                gauges_started: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -186,6 +188,9 @@ struct Shared {
     connect: Option<ConnectIdentity>,
     /// Every stack's balancer and breakers, by service: what `admin` reads.
     views: Mutex<HashMap<String, Vec<crate::admin::StackView>>>,
+    /// Whether the task sampling the endpoint gauges runs.
+    #[cfg(feature = "metrics")]
+    gauges_started: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Mesh {
@@ -386,6 +391,8 @@ impl Mesh {
                 balancer: router.balancer().clone(),
                 breakers,
             });
+        #[cfg(feature = "metrics")]
+        self.start_endpoint_gauges();
         Ok(MeshLayer {
             retry,
             router,
@@ -453,6 +460,36 @@ impl Mesh {
     }
 
     /// The stack of type `T` for `name`, kept under the kind `K`.
+    /// Starts, once per mesh and on the first stack built inside a tokio
+    /// runtime, the task that copies every endpoint's in-flight count,
+    /// weight and latency estimate into gauges each
+    /// [`ENDPOINT_GAUGE_INTERVAL`](crate::admin::ENDPOINT_GAUGE_INTERVAL)
+    /// (and zeroes those of endpoints gone). It ends with the mesh.
+    #[cfg(feature = "metrics")]
+    fn start_endpoint_gauges(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.shared.gauges_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(crate::admin::ENDPOINT_GAUGE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut gauged = crate::admin::GaugedEndpoints::new();
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let snapshot = Mesh { shared }.admin();
+                gauged = crate::admin::record_endpoint_gauges(&snapshot, &gauged);
+            }
+        });
+    }
+
     fn cached_as<K: 'static, T>(
         &self,
         name: &str,

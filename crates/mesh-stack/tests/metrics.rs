@@ -352,3 +352,62 @@ async fn discovery_staleness_and_fail_static_are_gauges() {
     let metrics = read(&snapshotter);
     assert_eq!(gauge(&metrics, "mesh_discovery_fail_static", &source), 0.0);
 }
+
+/// Every endpoint's in-flight count, weight and latency estimate are
+/// sampled into gauges once a second (nothing per call), and an endpoint
+/// that leaves the set has its gauges zeroed.
+#[tokio::test(flavor = "current_thread")]
+async fn endpoint_gauges_are_sampled_and_zeroed_when_an_endpoint_goes() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let s = start().await;
+    assert_eq!(get(&s.users).await, Ok(200));
+    let (a, c) = (s.a.addr().to_string(), s.c.addr().to_string());
+    // A snapshot takes the values it reads (the next sample sets them
+    // again): one snapshot per check.
+    let endpoint_gauge = |metrics: &[Series], name: &str, endpoint: &str| match value(
+        metrics,
+        name,
+        &[("service", "users"), ("endpoint", endpoint)],
+    ) {
+        Some(DebugValue::Gauge(g)) => Some(g.into_inner()),
+        _ => None,
+    };
+    let sampled = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let metrics = read(&snapshotter);
+            let weight = |e: &str| endpoint_gauge(&metrics, "mesh_endpoint_weight", e);
+            if weight(&a) == Some(1.0) && weight(&c) == Some(1.0) {
+                return metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no endpoint gauges within 5 s");
+    // The first sample may land while the call above is in flight.
+    assert!(
+        endpoint_gauge(&sampled, "mesh_endpoint_in_flight", &a).is_some_and(|n| n <= 1.0),
+        "{sampled:?}"
+    );
+    assert!(
+        endpoint_gauge(&sampled, "mesh_endpoint_latency_seconds", &a).is_some_and(|s| s > 0.0),
+        "{sampled:?}"
+    );
+
+    s.source.set([ep(s.a.addr()), ep(s.b.addr())]);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let metrics = read(&snapshotter);
+            let weight = |e: &str| endpoint_gauge(&metrics, "mesh_endpoint_weight", e);
+            if weight(&c) == Some(0.0) && weight(&a) == Some(1.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("c's gauges are not zeroed within 5 s");
+}
