@@ -94,6 +94,9 @@ pub struct EndpointStats {
     pub weight: u32,
     /// Whether a pick may choose it now: not ejected, weight above zero.
     pub eligible: bool,
+    /// Its success rate over the outlier detector's last interval that had
+    /// calls (`None` before one, or with outlier detection off).
+    pub recent_success_rate: Option<f64>,
 }
 
 // ===== impl Balancer =====
@@ -340,6 +343,7 @@ impl Balancer {
             latency_estimate: slot.state.rtt_estimate(),
             weight: slot.weight,
             eligible: slot.weight > 0 && self.usable(&mut ctx, slot),
+            recent_success_rate: slot.state.recent_success_rate(),
         })
     }
 

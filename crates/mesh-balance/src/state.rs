@@ -86,6 +86,9 @@ pub(crate) struct EndpointState {
     failures: AtomicU64,
     /// Consecutive success-rate ejections (their length grows with it).
     pub(crate) outlier_ejections: AtomicU32,
+    /// The success rate of the last outlier interval with calls, in
+    /// thousandths; `NO_RATE` before one.
+    pub(crate) recent_success: AtomicU32,
     pub(crate) detector: Arc<Detector>,
     #[cfg(feature = "metrics")]
     pub(crate) picks: metrics::Counter,
@@ -94,6 +97,9 @@ pub(crate) struct EndpointState {
     #[cfg(feature = "metrics")]
     pub(crate) attempt_seconds: metrics::Histogram,
 }
+
+/// `recent_success` before any interval with calls.
+const NO_RATE: u32 = u32::MAX;
 
 /// Requests in flight to this endpoint: strong references no snapshot holds.
 #[inline]
@@ -148,6 +154,7 @@ impl EndpointState {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             outlier_ejections: AtomicU32::new(0),
+            recent_success: AtomicU32::new(NO_RATE),
             detector,
         }
     }
@@ -166,7 +173,21 @@ impl EndpointState {
     pub(crate) fn take_counts(&self) -> (u64, u64) {
         let calls = self.calls.swap(0, Ordering::Relaxed);
         let failures = self.failures.swap(0, Ordering::Relaxed);
-        (calls, failures.min(calls))
+        let failures = failures.min(calls);
+        if let Some(failed) = failures.saturating_mul(1000).checked_div(calls) {
+            // At most 1000: failures <= calls.
+            let permille = 1000u32.saturating_sub(u32::try_from(failed).unwrap_or(1000));
+            self.recent_success.store(permille, Ordering::Relaxed);
+        }
+        (calls, failures)
+    }
+
+    /// The success rate of the last outlier interval that had calls.
+    pub(crate) fn recent_success_rate(&self) -> Option<f64> {
+        match self.recent_success.load(Ordering::Relaxed) {
+            NO_RATE => None,
+            permille => Some(f64::from(permille) / 1000.0),
+        }
     }
 
     /// The latency estimate as a pick sees it at `now_ns`: an idle endpoint's

@@ -558,6 +558,16 @@ async fn gray_failures_are_ejected_by_success_rate() {
     // Their share over the whole run is far below their fair 1/3.
     let gray_share = f64::from(hits["e0"] + hits["e1"]) / f64::from(hits.values().sum::<u32>());
     assert!(gray_share < 0.2, "{gray_share} {hits:?}");
+    // The last interval's success rate, as the admin view shows it: a
+    // healthy endpoint's is 1, a gray one's (measured before its
+    // ejection) is about 0.7.
+    let rate = |name: &str| {
+        b.endpoint_stats(ep(name, 1).key())
+            .unwrap()
+            .recent_success_rate
+    };
+    assert_eq!(rate("e2"), Some(1.0));
+    assert!(rate("e0").is_some_and(|r| r < 0.9), "{:?}", rate("e0"));
     // After the ejection (10 s base) they take traffic again.
     tokio::time::advance(Duration::from_secs(10)).await;
     let mut back = 0;

@@ -5,7 +5,8 @@
 //! of the config, its discovery source's health (endpoints known, time since
 //! the last good answer, fail-static in effect) and, for each stack built for
 //! it, every endpoint's availability, breaker state, time until
-//! re-admission, weight, requests in flight and latency estimate. With the
+//! re-admission, weight, requests in flight, latency estimate and recent
+//! success rate. With the
 //! `serde` feature it serializes (field names below are the JSON's);
 //! [`AdminSnapshot::to_json`] (feature `json` or `admin`) renders it, and
 //! the `admin` feature serves it as an axum `Router`
@@ -97,6 +98,10 @@ pub struct EndpointSnapshot {
     pub ewma_latency_ms: f64,
     /// Whether a pick may choose it now (not ejected, weight above zero).
     pub eligible: bool,
+    /// Its success rate over the outlier detector's last interval (1 s by
+    /// default) that had calls; `None` before one or with outlier detection
+    /// off.
+    pub recent_success_rate: Option<f64>,
 }
 
 /// What [`Mesh::admin`](crate::Mesh::admin) reads for one stack.
@@ -181,6 +186,7 @@ pub(crate) fn endpoints(view: &StackView, now: Instant, out: &mut Vec<EndpointSn
             in_flight: stats.in_flight,
             ewma_latency_ms: stats.latency_estimate.as_secs_f64() * 1e3,
             eligible: stats.eligible,
+            recent_success_rate: stats.recent_success_rate,
         });
     }
     balancer.stats().panic
