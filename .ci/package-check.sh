@@ -9,4 +9,10 @@
 # `publish = false`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Cargo extracts the overlay's crates under $CARGO_HOME/registry/src/-<hash>/
+# (local registries get a "-" name) and never extracts a name-version it
+# has again: a second run from the same checkout path would build the
+# dependents against the first run's sources. Drop those copies first.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+rm -rf "$cargo_home"/registry/src/-*/mesh-* "$cargo_home"/registry/cache/-*/mesh-*
 cargo package --workspace --exclude examples --exclude mesh-tests --exclude mesh-bench "$@"
