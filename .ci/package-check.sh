@@ -9,10 +9,13 @@
 # `publish = false`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Cargo extracts the overlay's crates under $CARGO_HOME/registry/src/-<hash>/
-# (local registries get a "-" name) and never extracts a name-version it
-# has again: a second run from the same checkout path would build the
-# dependents against the first run's sources. Drop those copies first.
+# Cargo treats a registry crate of a given name and version as immutable:
+# it never extracts the overlay's crates again (under
+# $CARGO_HOME/registry/src/-<hash>/, local registries get a "-" name) nor
+# rebuilds them in the verify builds' target dir (target/package). A second
+# run from the same checkout would build the dependents against the first
+# run's sources. Drop both first.
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
-rm -rf "$cargo_home"/registry/src/-*/mesh-* "$cargo_home"/registry/cache/-*/mesh-*
+rm -rf "$cargo_home"/registry/src/-*/mesh-* "$cargo_home"/registry/cache/-*/mesh-* \
+  "${CARGO_TARGET_DIR:-target}/package"
 cargo package --workspace --exclude examples --exclude mesh-tests --exclude mesh-bench "$@"
