@@ -12,10 +12,11 @@ cd "$(dirname "$0")/.."
 # Cargo treats a registry crate of a given name and version as immutable:
 # it never extracts the overlay's crates again (under
 # $CARGO_HOME/registry/src/-<hash>/, local registries get a "-" name) nor
-# rebuilds them in the verify builds' target dir (target/package). A second
-# run from the same checkout would build the dependents against the first
-# run's sources. Drop both first.
+# rebuilds them where it built them before. A second run from the same
+# checkout would build the dependents against the first run's crates. So:
+# fresh copies, and a target dir of this check's own, emptied first.
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
-rm -rf "$cargo_home"/registry/src/-*/mesh-* "$cargo_home"/registry/cache/-*/mesh-* \
-  "${CARGO_TARGET_DIR:-target}/package"
+rm -rf "$cargo_home"/registry/src/-*/mesh-* "$cargo_home"/registry/cache/-*/mesh-*
+export CARGO_TARGET_DIR=target/package-check
+rm -rf "$CARGO_TARGET_DIR"
 cargo package --workspace --exclude examples --exclude mesh-tests --exclude mesh-bench "$@"
