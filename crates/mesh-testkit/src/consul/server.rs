@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::filter::Filter;
 use super::json::parse_registration;
 use super::state::{AGENT_NODE, CheckKind, DATACENTER, HealthRead, parse_go_duration};
-use super::{Fault, Health, Shared};
+use super::{Fault, Health, Leader, Shared};
 
 pub(crate) type Resp = Response<Full<Bytes>>;
 
@@ -526,45 +526,9 @@ async fn health(
     let filtered = !authorized && !entries.is_empty();
     let entries = if authorized { entries } else { Vec::new() };
     let body = serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec());
-    let fault = *shared.fault_tx.borrow();
-    let mut resp = reply(StatusCode::OK, body);
-    if fault == Fault::GarbageBody {
-        *resp.body_mut() = Full::new(Bytes::from_static(b"<html>502 Bad Gateway</html>"));
-    }
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    match fault {
-        Fault::MissingIndex => {}
-        Fault::IndexZero => {
-            h.insert("x-consul-index", http::HeaderValue::from_static("0"));
-        }
-        _ => {
-            h.insert("x-consul-index", http::HeaderValue::from(current));
-        }
-    }
-    if filtered {
-        h.insert(
-            "x-consul-results-filtered-by-acls",
-            http::HeaderValue::from_static("true"),
-        );
-    }
-    let (known, contact) = if stale {
-        (leader.known, leader.last_contact)
-    } else {
-        (true, Duration::ZERO)
-    };
-    h.insert(
-        "x-consul-knownleader",
-        http::HeaderValue::from_static(if known { "true" } else { "false" }),
-    );
-    h.insert(
-        "x-consul-lastcontact",
-        http::HeaderValue::from(u64::try_from(contact.as_millis()).unwrap_or(u64::MAX)),
-    );
-    Ok(resp)
+    Ok(health_answer(
+        shared, body, current, filtered, stale, leader,
+    ))
 }
 
 /// `GET /v1/health/state/:state` (`any`, `passing`, `warning`,
@@ -676,6 +640,22 @@ async fn health_state(
         checks.clear();
     }
     let body = serde_json::to_vec(&checks).unwrap_or_else(|_| b"[]".to_vec());
+    Ok(health_answer(
+        shared, body, current, filtered, stale, leader,
+    ))
+}
+
+/// A health answer as Consul sends it: the JSON `body`, its index, the ACL
+/// filter and leader headers, and the fault in effect (a garbage body, a
+/// missing or zero index).
+fn health_answer(
+    shared: &Shared,
+    body: Vec<u8>,
+    current: u64,
+    filtered: bool,
+    stale: bool,
+    leader: Leader,
+) -> Resp {
     let fault = *shared.fault_tx.borrow();
     let mut resp = reply(StatusCode::OK, body);
     if fault == Fault::GarbageBody {
@@ -714,7 +694,7 @@ async fn health_state(
         "x-consul-lastcontact",
         http::HeaderValue::from(u64::try_from(contact.as_millis()).unwrap_or(u64::MAX)),
     );
-    Ok(resp)
+    resp
 }
 
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
