@@ -91,6 +91,17 @@ enum GrpcMethod {
 /// server (see [`RetryPolicy::unsent_errors`]).
 pub type UnsentErrors = fn(&(dyn std::error::Error + 'static)) -> bool;
 
+/// What a policy is built from (the rest of [`Shared`] is derived or
+/// counted).
+struct Parts<C> {
+    config: RetryConfig,
+    classifier: C,
+    budget: RetryBudget,
+    unsent: UnsentErrors,
+    service: Option<Arc<str>>,
+    on_attempt: Option<AttemptHook>,
+}
+
 struct Shared<C> {
     config: RetryConfig,
     classifier: C,
@@ -265,14 +276,14 @@ impl<C> RetryPolicy<C> {
     pub fn with_classifier(config: RetryConfig, classifier: C) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let budget = RetryBudget::new(&config.budget);
-        Ok(Self::from_parts(
+        Ok(Self::from_parts(Parts {
             config,
             classifier,
             budget,
-            is_unsent_error,
-            None,
-            None,
-        ))
+            unsent: is_unsent_error,
+            service: None,
+            on_attempt: None,
+        }))
     }
 
     /// The same policy drawing from another (shared) budget.
@@ -281,14 +292,7 @@ impl<C> RetryPolicy<C> {
     where
         C: Clone,
     {
-        Self::from_parts(
-            self.shared.config.clone(),
-            self.shared.classifier.clone(),
-            budget,
-            self.shared.unsent,
-            self.shared.service.clone(),
-            self.shared.on_attempt.clone(),
-        )
+        self.rebuilt(|p| p.budget = budget)
     }
 
     /// The same policy telling never-sent failures with `unsent` instead of
@@ -303,14 +307,7 @@ impl<C> RetryPolicy<C> {
     where
         C: Clone,
     {
-        Self::from_parts(
-            self.shared.config.clone(),
-            self.shared.classifier.clone(),
-            self.shared.budget.clone(),
-            unsent,
-            self.shared.service.clone(),
-            self.shared.on_attempt.clone(),
-        )
+        self.rebuilt(|p| p.unsent = unsent)
     }
 
     /// The same policy retrying for the service `service`: the name its
@@ -321,14 +318,7 @@ impl<C> RetryPolicy<C> {
     where
         C: Clone,
     {
-        Self::from_parts(
-            self.shared.config.clone(),
-            self.shared.classifier.clone(),
-            self.shared.budget.clone(),
-            self.shared.unsent,
-            Some(service.into()),
-            self.shared.on_attempt.clone(),
-        )
+        self.rebuilt(|p| p.service = Some(service.into()))
     }
 
     /// The same policy calling `hook` with every attempt's status or error
@@ -338,14 +328,7 @@ impl<C> RetryPolicy<C> {
     where
         C: Clone,
     {
-        Self::from_parts(
-            self.shared.config.clone(),
-            self.shared.classifier.clone(),
-            self.shared.budget.clone(),
-            self.shared.unsent,
-            self.shared.service.clone(),
-            Some(hook),
-        )
+        self.rebuilt(|p| p.on_attempt = Some(hook))
     }
 
     /// Reports an attempt's result to the [`on_attempt`](Self::on_attempt)
@@ -365,14 +348,33 @@ impl<C> RetryPolicy<C> {
         self.shared.service.as_deref()
     }
 
-    fn from_parts(
-        config: RetryConfig,
-        classifier: C,
-        budget: RetryBudget,
-        unsent: UnsentErrors,
-        service: Option<Arc<str>>,
-        on_attempt: Option<AttemptHook>,
-    ) -> Self {
+    /// A new policy (fresh counts) from this one's parts, `change`d.
+    fn rebuilt(&self, change: impl FnOnce(&mut Parts<C>)) -> Self
+    where
+        C: Clone,
+    {
+        let shared = &*self.shared;
+        let mut parts = Parts {
+            config: shared.config.clone(),
+            classifier: shared.classifier.clone(),
+            budget: shared.budget.clone(),
+            unsent: shared.unsent,
+            service: shared.service.clone(),
+            on_attempt: shared.on_attempt.clone(),
+        };
+        change(&mut parts);
+        Self::from_parts(parts)
+    }
+
+    fn from_parts(parts: Parts<C>) -> Self {
+        let Parts {
+            config,
+            classifier,
+            budget,
+            unsent,
+            service,
+            on_attempt,
+        } = parts;
         let attempt_header = if config.attempt_header.is_empty() {
             None
         } else {
