@@ -818,12 +818,32 @@ impl ConsulClient {
                 DiscoveryError::new(ErrorKind::Other, "invalid filter").with_source(e)
             })?;
         }
-        let mut url = self.url(&["v1", "health", "state", state]);
+        let params: &[(&str, &str)] = match filter {
+            Some(f) => &[("filter", f)],
+            None => &[],
+        };
+        let (headers, body) = self
+            .get_indexed(&["v1", "health", "state", state], params, index, wait)
+            .await?;
+        Ok(answer(&headers, body))
+    }
+
+    /// A GET of `segments` with `params`; with `index > 0` and a `wait`, a
+    /// blocking query (its timeout past the wait by Consul's jitter, 1/16,
+    /// and a margin). Returns the answer's headers and body.
+    async fn get_indexed(
+        &self,
+        segments: &[&str],
+        params: &[(&str, &str)],
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Result<(http::HeaderMap, Bytes), DiscoveryError> {
+        let mut url = self.url(segments);
         let timeout;
         {
             let mut q = url.query_pairs_mut();
-            if let Some(f) = filter {
-                q.append_pair("filter", f);
+            for (k, v) in params {
+                q.append_pair(k, v);
             }
             match wait {
                 Some(w) if index > 0 => {
@@ -837,8 +857,7 @@ impl ConsulClient {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
-        Ok(answer(&headers, body))
+        self.send(self.request(Method::GET, url, timeout)).await
     }
 }
 
@@ -872,26 +891,7 @@ impl ConsulClient {
         index: u64,
         wait: Option<Duration>,
     ) -> Result<(Option<u64>, Bytes), DiscoveryError> {
-        let mut url = self.url(segments);
-        let timeout;
-        {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in params {
-                q.append_pair(k, v);
-            }
-            match wait {
-                Some(w) if index > 0 => {
-                    q.append_pair("index", &index.to_string());
-                    q.append_pair("wait", &go_duration(w));
-                    timeout = w + w / 16 + BLOCKING_MARGIN;
-                }
-                _ => timeout = self.inner.request_timeout,
-            }
-        }
-        if url.query() == Some("") {
-            url.set_query(None);
-        }
-        let (headers, body) = self.send(self.request(Method::GET, url, timeout)).await?;
+        let (headers, body) = self.get_indexed(segments, params, index, wait).await?;
         let index = headers
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
